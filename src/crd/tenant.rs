@@ -1,0 +1,250 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{EMAIL_MESSAGE, EMAIL_RULE, KEY_MESSAGE, KEY_RULE};
+
+/// A customer account of the product: the people, locations and roles below it belong to it.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "usher.dev",
+    version = "v1alpha1",
+    kind = "Tenant",
+    namespaced,
+    status = "TenantStatus",
+    shortname = "tn",
+    category = "usher",
+    doc = "A customer account of the product. SystemUsers, LocationGroups and RoleBindings name it in tenantRef; usher writes it to the user store and counts its users by phase.",
+    printcolumn(
+        name = "Display Name",
+        type_ = "string",
+        json_path = ".spec.displayName"
+    ),
+    printcolumn(name = "Users", type_ = "integer", json_path = ".status.users.total"),
+    printcolumn(
+        name = "Pending",
+        type_ = "integer",
+        json_path = ".status.users.pending"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// The name people see in invitation mails and in the product, e.g. "Acme Charging".
+    #[x_kube(validation = Rule::new("self.trim().size() > 0").message("must not be empty or blank"))]
+    #[schemars(length(max = 200))]
+    pub display_name: String,
+
+    /// How to reach the customer's operations team. Informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<Contact>,
+
+    /// How invitations to this tenant's people are issued. Every field has a default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitations: Option<InvitationPolicy>,
+
+    /// The role catalogue of this tenant. When absent: Administrator, Manager, CustomerService and
+    /// Technician (exclusive). Role names are unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(min = 1, max = 64))]
+    pub roles: Option<Vec<Role>>,
+
+    /// What happens to a person's store account when their SystemUser is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offboarding: Option<OffboardingSpec>,
+}
+
+/// How to reach a customer's operations team.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Contact {
+    /// Email address of the customer's operations contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(EMAIL_RULE).message(EMAIL_MESSAGE))]
+    #[schemars(length(max = 254))]
+    pub email: Option<String>,
+    /// Phone number of the customer's operations contact, free form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub phone: Option<String>,
+}
+
+/// How invitations are issued to this tenant's people.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InvitationPolicy {
+    /// How long an invitation token stays valid, as a duration such as "48h" or "90m";
+    /// between 5m and 720h. Default 72h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new(r"self.matches('^([0-9]+(h|m|s))+$')").message("must be a duration such as 48h, 90m or 1h30m"),
+        validation = Rule::new(r"!self.matches('^([0-9]+(h|m|s))+$') || (duration(self) >= duration('5m') && duration(self) <= duration('720h'))").message("must be between 5m and 720h")
+    )]
+    #[schemars(length(max = 32))]
+    pub ttl: Option<String>,
+
+    /// The From header of invitation mails, e.g. "Acme Portal <no-reply@acme.example>".
+    /// Default: the operator's --mail-from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(r"self.matches('^[^\\r\\n]*[^@\\s<>]+@[^@\\s<>]+\\.[^@\\s<>]+>?$')").message("must be an address such as no-reply@acme.example or \"Acme Portal <no-reply@acme.example>\""))]
+    #[schemars(length(max = 320))]
+    pub from: Option<String>,
+
+    /// The page invited people open to accept; usher appends `?token=…`.
+    /// Default: the operator's own acceptance page (--public-url + /accept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(r"self.matches('^https?://[^\\s?#]+$')").message("must be an http:// or https:// URL without a query or fragment"))]
+    #[schemars(length(max = 2048))]
+    pub accept_url: Option<String>,
+
+    /// Also keep each token in a Secret `<user>-invitation` for admins who hand it over by other
+    /// means. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose_token: Option<bool>,
+
+    /// When set, only emails in these domains may be invited; others make the SystemUser Failed
+    /// with reason EmailDomainNotAllowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        merge_strategy = ListMerge::Set,
+        validation = Rule::new(r"self.all(d, d.matches('^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$'))").message("each entry must be a domain name such as acme.example")
+    )]
+    #[schemars(length(max = 100), inner(length(max = 253)))]
+    pub allowed_domains: Option<Vec<String>>,
+}
+
+/// A role of the tenant's catalogue.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Role {
+    /// The role's name, as RoleBindings name it, e.g. "Technician".
+    #[x_kube(validation = Rule::new(KEY_RULE).message(KEY_MESSAGE))]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+
+    /// What the role is for, shown to admins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 500))]
+    pub description: Option<String>,
+
+    /// An exclusive role cannot be held together with any other role by the same user.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclusive: bool,
+
+    /// Free-form module names written to the store with the role, so the application can answer
+    /// "may this person open Pricing?".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 63)))]
+    pub permissions: Vec<String>,
+}
+
+/// The default role catalogue, used when a tenant names none.
+pub fn default_roles() -> Vec<Role> {
+    let role = |name: &str, description: &str, exclusive: bool| Role {
+        name: name.into(),
+        description: Some(description.into()),
+        exclusive,
+        permissions: Vec::new(),
+    };
+    vec![
+        role("Administrator", "All settings and data", false),
+        role(
+            "Manager",
+            "Day-to-day management of locations and staff",
+            false,
+        ),
+        role(
+            "CustomerService",
+            "Customer accounts and support cases",
+            false,
+        ),
+        role("Technician", "Field work orders; holds no other role", true),
+    ]
+}
+
+/// What happens to a person's store account when their SystemUser is deleted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OffboardingSpec {
+    /// Deactivate keeps the account (re-adding the person restores it); Delete removes it.
+    #[serde(default)]
+    pub policy: OffboardingPolicy,
+
+    /// At most this many people of the tenant are offboarded within an hour; the rest wait until
+    /// the annotation usher.dev/allow-mass-offboarding is set to a new value. Guards against a bad
+    /// commit wiping a tenant. Default 50.
+    #[serde(default = "default_max_per_hour")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_per_hour: i32,
+}
+
+impl Default for OffboardingSpec {
+    fn default() -> Self {
+        Self {
+            policy: OffboardingPolicy::default(),
+            max_per_hour: default_max_per_hour(),
+        }
+    }
+}
+
+fn default_max_per_hour() -> i32 {
+    50
+}
+
+/// What offboarding does to the store account.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum OffboardingPolicy {
+    /// Deactivate the account and keep it, so the person can be restored.
+    #[default]
+    Deactivate,
+    /// Delete the account from the store.
+    Delete,
+}
+
+/// The observed state of a Tenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, and OffboardingThrottled while the offboarding guard holds deletions back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The tenant's SystemUsers counted by phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<UserCounts>,
+}
+
+/// SystemUsers counted by phase.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCounts {
+    /// All SystemUsers of the tenant.
+    pub total: i32,
+    /// Invited, not accepted yet.
+    pub pending: i32,
+    /// Accepted their invitation.
+    pub active: i32,
+    /// Their invitation expired before they accepted.
+    pub expired: i32,
+    /// Deactivated with spec.suspended.
+    pub suspended: i32,
+    /// Could not be provisioned; see their Ready condition.
+    #[serde(default)]
+    pub failed: i32,
+}

@@ -1,0 +1,12 @@
+//! usher: a Kubernetes operator that keeps a multi-tenant product's customers (Tenant), their
+//! locations (LocationGroup), their people (SystemUser) and those people's roles (RoleBinding) in
+//! git, and reconciles them into the product's user store.
+//!
+//! Layers, each depending only on those above it (see DESIGN.md):
+//! - [`crd`]: the API types, pure data; the CRDs in `crds/` are generated from them.
+//! - [`cli`]: the `usher` command line.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod crd;

@@ -1,0 +1,10 @@
+//! Integration tests: one binary, one real control plane (etcd, kube-apiserver,
+//! kube-controller-manager) started on first use, a fresh namespace per test.
+
+mod support;
+
+mod admission;
+mod control_plane;
+mod crds;
+mod examples;
+mod kubectl;

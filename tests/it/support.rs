@@ -1,0 +1,192 @@
+//! What every integration test needs: a client of the shared control plane, the CRDs installed
+//! once, a fresh namespace, and manifest helpers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiResource, Discovery, Scope};
+use kube::{Client, Config};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+pub const FIELD_MANAGER: &str = "usher-tests";
+
+/// A client of this test binary's control plane, with the CRDs installed and Established.
+pub async fn client() -> Client {
+    let shared = usher_testenv::shared();
+    let kubeconfig = Kubeconfig::read_from(&shared.kubeconfig).expect("readable kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("valid kubeconfig");
+    let client = Client::try_from(config).expect("client");
+    static CRDS: OnceCell<()> = OnceCell::const_new();
+    CRDS.get_or_init(|| install_crds(client.clone())).await;
+    client
+}
+
+/// Run kubectl against the control plane as admin; (success, stdout + stderr).
+pub fn kubectl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(usher_testenv::kubectl())
+        .arg("--kubeconfig")
+        .arg(&usher_testenv::shared().kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Apply the CRDs generated from the types and wait until each is Established.
+pub async fn install_crds(client: Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for crd in usher::crd::all() {
+        let name = crd.metadata.name.clone().expect("CRDs are named");
+        api.patch(&name, &pp, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+    }
+    for crd in usher::crd::all() {
+        let name = crd.metadata.name.clone().expect("CRDs are named");
+        eventually(Duration::from_secs(30), || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let crd = api.get(&name).await.ok()?;
+                established(&crd).then_some(())
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("CRD {name} did not become Established"));
+    }
+}
+
+/// Whether a CRD has the condition Established=True.
+pub fn established(crd: &CustomResourceDefinition) -> bool {
+    crd.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
+}
+
+/// A new namespace named after the test, with a random suffix.
+pub async fn namespace(client: &Client, test: &str) -> String {
+    let suffix: u32 = rand_suffix();
+    let name = format!("{}-{suffix:08x}", test.replace('_', "-"))
+        .chars()
+        .take(63)
+        .collect::<String>();
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name}
+    }))
+    .expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+    name
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos(),
+    );
+    h.finish() as u32
+}
+
+/// Poll `f` every 100 ms until it returns Some, or give up after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The documents of a multi-document YAML file, skipping empty ones.
+pub fn documents(path: &Path) -> Vec<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            serde_json::Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+        })
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect()
+}
+
+/// The YAML files of a folder, sorted by name.
+pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Server-side apply one manifest into `namespace` (namespaced kinds) the way GitOps tools
+/// do: strict field validation, so unknown fields are errors.
+pub async fn apply(
+    client: &Client,
+    discovery: &Discovery,
+    namespace: &str,
+    doc: &serde_json::Value,
+) -> Result<DynamicObject, kube::Error> {
+    let mut obj: DynamicObject = serde_json::from_value(doc.clone()).expect("a Kubernetes object");
+    let gvk = GroupVersionKind::try_from(obj.types.as_ref().expect("apiVersion and kind"))
+        .expect("valid apiVersion");
+    let (ar, caps): (ApiResource, _) = discovery
+        .resolve_gvk(&gvk)
+        .unwrap_or_else(|| panic!("{gvk:?} is not served"));
+    let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
+        obj.metadata.namespace = Some(namespace.to_string());
+        Api::namespaced_with(client.clone(), namespace, &ar)
+    } else {
+        Api::all_with(client.clone(), &ar)
+    };
+    let name = obj.metadata.name.clone().expect("named manifest");
+    let pp = PatchParams::apply(FIELD_MANAGER).validation_strict();
+    api.patch(&name, &pp, &Patch::Apply(&obj)).await
+}
+
+/// Discovery of every served group, including usher.dev.
+pub async fn discovery(client: &Client) -> Discovery {
+    Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery")
+}
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
