@@ -34,9 +34,23 @@ crds: ## Regenerate crds/ from the Rust types
 k8s-bins: ## Build kube-apiserver, kube-controller-manager and kubectl once (cached in target/k8s)
 	bash tests/k8s/build.sh
 
+.PHONY: test-peers
+test-peers: ## The real servers tests talk to: aiosmtpd (venv in target/venv), Chromium + chromedriver
+	@if [ ! -x target/venv/bin/python ] || ! target/venv/bin/python -c "import aiosmtpd" 2>/dev/null; then \
+		python3 -m venv target/venv && target/venv/bin/pip install --quiet --disable-pip-version-check aiosmtpd; fi
+	@if ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else echo "install Debian's chromium and chromium-driver (sudo apt-get install chromium chromium-driver)"; exit 1; fi; fi
+
 .PHONY: test
-test: k8s-bins ## Every test, unit and integration, against a real control plane
+test: k8s-bins test-peers ## Every test, unit and integration, against a real control plane and real peers
 	$(CARGO) test --workspace --no-fail-fast
+
+##@ Run
+.PHONY: run
+run: k8s-bins ## Throwaway control plane + CRDs + examples/ + `usher run` with embedded defaults (Ctrl-C stops all)
+	$(CARGO) build --quiet --workspace
+	@bash hack/run.sh
 
 ##@ Control plane
 .PHONY: control-plane

@@ -19,6 +19,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the operator: watch the kinds, reconcile the store, send mail, serve HTTP.
+    Run(RunArgs),
     /// Print the CustomResourceDefinitions as multi-document YAML (or write one file per kind).
     Crds {
         /// Write `<group>_<plural>.yaml` files into this folder instead of printing.
@@ -32,6 +34,7 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         let result = match self.command {
             Command::Crds { dir } => crds(dir.as_deref()),
+            Command::Run(args) => run(args),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -43,12 +46,67 @@ impl Cli {
     }
 }
 
+/// Options of `usher run`; each also an environment variable.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The user store: sqlite://PATH (embedded, created if missing).
+    #[arg(long, env = "USHER_STORE", default_value = "sqlite://usher.db")]
+    store: String,
+    /// Where mail goes: file://DIR (one .eml per message), smtp://host:port, smtps://host:port.
+    #[arg(long, env = "USHER_MAIL", default_value = "file://outbox")]
+    mail: String,
+    /// The From header when a tenant sets none.
+    #[arg(
+        long,
+        env = "USHER_MAIL_FROM",
+        default_value = "usher <no-reply@localhost>"
+    )]
+    mail_from: String,
+    /// Address of the acceptance page, the API, health and metrics.
+    #[arg(long, env = "USHER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Base of the links in invitation mails.
+    #[arg(
+        long,
+        env = "USHER_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    public_url: String,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "USHER_NAMESPACE")]
+    namespace: Option<String>,
+    /// How often every object is reconciled again without a change, e.g. 10m.
+    #[arg(long, env = "USHER_RESYNC", default_value = "10m", value_parser = parse_duration)]
+    resync: std::time::Duration,
+    /// Log lines as text or JSON.
+    #[arg(long, env = "USHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::plan::system_user::parse_duration(text)
+        .and_then(|d| d.try_into().ok())
+        .ok_or_else(|| format!("{text:?} is not a duration such as 10m, 1h or 90s"))
+}
+
 /// What the command line can fail at, each with a message a person understands.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// A CRD could not be rendered as YAML (a bug in the types).
     #[error("cannot render the CRDs as YAML: {0}")]
     Render(#[from] serde_yaml_ng::Error),
+    /// The user store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The mail transport is misconfigured.
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
+    /// The Kubernetes API cannot be reached or lacks the CRDs.
+    #[error("{0}")]
+    Kube(String),
+    /// The HTTP listener or the runtime failed.
+    #[error("{0}")]
+    Io(String),
     /// A file or stdout could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -85,4 +143,34 @@ fn crds(dir: Option<&Path>) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+fn run(args: RunArgs) -> Result<(), CliError> {
+    init_tracing(&args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Io(format!("starting the runtime: {e}")))?;
+    runtime.block_on(crate::run::run(crate::run::Options {
+        store: args.store,
+        mail: args.mail,
+        mail_from: args.mail_from,
+        listen: args.listen,
+        public_url: args.public_url,
+        namespace: args.namespace,
+        resync: args.resync,
+    }))
+}
+
+fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

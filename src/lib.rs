@@ -4,9 +4,19 @@
 //!
 //! Layers, each depending only on those above it (see DESIGN.md):
 //! - [`crd`]: the API types, pure data; the CRDs in `crds/` are generated from them.
+//! - [`plan`]: the decisions, pure functions over the types and the store's records.
+//! - [`token`]: invitation tokens and their hashes.
 //! - [`cli`]: the `usher` command line.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod controller;
 pub mod crd;
+pub mod mail;
+pub mod metrics;
+pub mod plan;
+pub mod run;
+pub mod server;
+pub mod store;
+pub mod token;

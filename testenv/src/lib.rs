@@ -10,6 +10,7 @@
 //! Every child process is started with `PR_SET_PDEATHSIG`, so it dies with the thread that spawned
 //! it: when a test binary ends — passing, failing or on Ctrl-C — its control plane ends too.
 
+mod peers;
 mod pki;
 mod process;
 
@@ -18,6 +19,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use peers::{ChromeDriver, Smtp, scratch_dir, venv_python};
 pub use process::Supervised;
 
 /// Everything that can go wrong bringing a control plane up.

@@ -1,6 +1,5 @@
 //! One component of the control plane as a child process tied to the spawning thread's life.
 
-use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,7 +18,12 @@ impl Supervised {
     /// Spawn `cmd` with stdout and stderr appended to `<dir>/<name>.log`.
     pub fn spawn(name: &'static str, cmd: &mut Command, dir: &Path) -> Result<Self, Error> {
         let log = dir.join(format!("{name}.log"));
-        let out = File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+        // Appended, so a restarted process keeps the earlier run's lines.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io(format!("creating {}", log.display())))?;
         let err = out.try_clone().map_err(io("duplicating a log handle"))?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         // SAFETY: prctl and getppid are async-signal-safe; nothing here allocates.
@@ -62,6 +66,12 @@ impl Supervised {
             log: self.log.display().to_string(),
             tail,
         }
+    }
+
+    /// SIGKILL at once, as a crash would; no cleanup runs in the child.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Whether a process with this pid runs (not a zombie).

@@ -7,4 +7,5 @@ mod admission;
 mod control_plane;
 mod crds;
 mod examples;
+mod invitations;
 mod kubectl;

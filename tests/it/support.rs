@@ -190,3 +190,166 @@ pub async fn discovery(client: &Client) -> Discovery {
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Apply every document of a YAML string into `namespace`.
+pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) {
+    let discovery = discovery(client).await;
+    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+        let doc = serde_json::Value::deserialize(doc).expect("valid YAML");
+        if doc.is_null() {
+            continue;
+        }
+        apply(client, &discovery, namespace, &doc)
+            .await
+            .unwrap_or_else(|e| panic!("applying {}: {e}", doc["metadata"]["name"]));
+    }
+}
+
+/// Wait until `pred` holds for the object, or panic with its last state after 30 s.
+pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, pred: impl Fn(&K) -> bool) -> K
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + kube::Resource,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    loop {
+        if let Ok(Some(obj)) = api.get_opt(name).await {
+            if pred(&obj) {
+                return obj;
+            }
+            last = Some(obj);
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("{name} never became {what}; last seen: {last:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One `usher run` process scoped to a test's namespace, with its own SQLite file and port.
+pub struct Usher {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// The SQLite file.
+    pub db: PathBuf,
+    namespace: String,
+    mail: String,
+    port: u16,
+    extra: Vec<String>,
+    dir: PathBuf,
+    process: Option<usher_testenv::Supervised>,
+}
+
+impl Usher {
+    /// Start usher for `namespace`, mailing through `mail`.
+    pub async fn start(namespace: &str, mail: &str, extra: &[&str]) -> Self {
+        let dir = usher_testenv::scratch_dir("usher").expect("scratch dir");
+        let port = usher_testenv::free_port().expect("free port");
+        let mut usher = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            db: dir.join("usher.db"),
+            namespace: namespace.to_string(),
+            mail: mail.to_string(),
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir,
+            process: None,
+        };
+        usher.restart().await;
+        usher
+    }
+
+    /// Start again (after `kill` or `stop`) with the same store, port and settings.
+    pub async fn restart(&mut self) {
+        let shared = usher_testenv::shared();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usher"));
+        cmd.env("KUBECONFIG", &shared.kubeconfig)
+            .env("RUST_LOG", "info,kube_runtime=warn")
+            .args(["run", "--namespace", &self.namespace])
+            .args(["--store", &format!("sqlite://{}", self.db.display())])
+            .args(["--mail", &self.mail])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--public-url", &self.url])
+            .args(&self.extra);
+        let process =
+            usher_testenv::Supervised::spawn("usher", &mut cmd, &self.dir).expect("usher starts");
+        let url = format!("{}/readyz", self.url);
+        let ready = eventually(Duration::from_secs(30), || async {
+            process.check_alive().ok()?;
+            let r = reqwest::get(&url).await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+        if ready.is_none() {
+            panic!("usher did not become ready:\n{}", self.log());
+        }
+        self.process = Some(process);
+    }
+
+    /// SIGKILL: a crash, nothing finishes.
+    pub fn kill(&mut self) {
+        if let Some(p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Everything usher logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("usher.log")).unwrap_or_default()
+    }
+
+    /// The value of a metric (summed over its labels), from /metrics.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// POST a token to the redemption API; (status, JSON body).
+    pub async fn redeem(&self, token: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/invitations/redeem", self.url))
+            .json(&serde_json::json!({ "token": token }))
+            .send()
+            .await
+            .expect("redeem answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// The acceptance link and the token of an invitation mail, read the way a person would: from
+/// the text part.
+pub fn invitation_in(raw: &[u8]) -> (String, String) {
+    let msg = mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("a parseable message");
+    let text = msg.body_text(0).expect("a text part").into_owned();
+    let link = text
+        .split_whitespace()
+        .find(|w| w.contains("/accept?token="))
+        .unwrap_or_else(|| panic!("no acceptance link in:\n{text}"))
+        .to_string();
+    let token = link.rsplit("token=").next().unwrap_or_default().to_string();
+    (link, token)
+}
+
+/// The recipients (To) of a raw message.
+pub fn recipient(raw: &[u8]) -> String {
+    let msg = mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("parseable");
+    msg.to()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .unwrap_or_default()
+        .to_string()
+}

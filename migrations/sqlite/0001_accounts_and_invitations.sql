@@ -1,0 +1,34 @@
+-- Tenants, accounts and invitations. Times are microseconds since the Unix epoch (UTC).
+CREATE TABLE tenants (
+    key          TEXT PRIMARY KEY,           -- <namespace>/<name> of the Tenant
+    display_name TEXT NOT NULL,
+    updated_us   INTEGER NOT NULL
+);
+
+CREATE TABLE users (
+    id           TEXT PRIMARY KEY,
+    tenant       TEXT NOT NULL,              -- tenants.key
+    external_id  TEXT NOT NULL UNIQUE,       -- <namespace>/<name> of the SystemUser
+    email        TEXT NOT NULL,
+    email_lower  TEXT NOT NULL,
+    profile      TEXT NOT NULL,              -- JSON: names, phone, address, locations, ...
+    active       INTEGER NOT NULL DEFAULT 0,
+    activated_us INTEGER,
+    created_us   INTEGER NOT NULL,
+    updated_us   INTEGER NOT NULL
+);
+CREATE INDEX users_by_tenant_email ON users (tenant, email_lower);
+
+-- Only the SHA-256 of a token is stored. One row per attempt; a resend adds a row.
+CREATE TABLE invitations (
+    token_hash   TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    attempt      INTEGER NOT NULL,
+    trigger      TEXT,                       -- the resend annotation value it answered
+    created_us   INTEGER NOT NULL,
+    expires_us   INTEGER NOT NULL,
+    sent_us      INTEGER,
+    used_us      INTEGER,
+    revoked_us   INTEGER
+);
+CREATE UNIQUE INDEX invitations_by_user_attempt ON invitations (user_id, attempt);

@@ -1,0 +1,343 @@
+//! SystemUser: account in the store → token → Secret (if exposed) → mail → status.
+//!
+//! Order matters for crash safety: the token's hash is recorded before the mail is sent and the
+//! "sent" mark after it. A crash in between leaves an unsent invitation, which the next
+//! reconcile completes with a fresh token for the same attempt: at most one duplicate mail, never
+//! a lost invitation, never two open tokens.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::{Context, Error, MANAGER, apply_status, observe, publish};
+use crate::crd::{SystemUser, Tenant};
+use crate::mail::Invitation;
+use crate::plan::records::{InvitationRecord, UserRecord, object_key};
+use crate::plan::system_user::{
+    self as plan, AccessAction, AccountAction, Blocked, InvitationAction, InvitationSettings, Peer,
+    StatusInput,
+};
+use crate::token::Token;
+
+#[tracing::instrument(skip_all, fields(kind = "SystemUser", namespace = user.namespace().unwrap_or_default(), name = user.name_any()))]
+pub(super) async fn reconcile(user: Arc<SystemUser>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    if !ctx.caches_ready() {
+        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+    }
+    let result = apply(&user, &ctx).await;
+    observe(&ctx, "SystemUser", &*user, started, result).await
+}
+
+/// The invitation Secret's name for a user.
+pub fn secret_name(user: &str) -> String {
+    format!("{user}-invitation")
+}
+
+async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
+    let ns = user.namespace().ok_or(Error::Malformed("no namespace"))?;
+    let now = Timestamp::now();
+    let tenant = ctx
+        .tenants
+        .get(&kube::runtime::reflector::ObjectRef::new(&user.spec.tenant_ref.name).within(&ns));
+    let peers: Vec<Peer> = ctx
+        .users
+        .state()
+        .iter()
+        .filter(|u| u.namespace().as_deref() == Some(&ns) && u.uid() != user.uid())
+        .map(|u| Peer {
+            name: u.name_any(),
+            tenant: u.spec.tenant_ref.name.clone(),
+            email: u.spec.email.clone(),
+            created: u.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        })
+        .collect();
+    let blocked = plan::blocked(user, tenant.as_deref(), &peers);
+
+    let mut account = None;
+    let mut latest = None;
+    let mut secret = None;
+    let mut failure = None;
+    if let (None, Some(tenant)) = (&blocked, tenant.as_deref()) {
+        let settings = InvitationSettings::of(tenant);
+        let tenant_key = object_key(&ns, &tenant.name_any());
+        account = ctx
+            .store
+            .user_by_external_id(&object_key(&ns, &user.name_any()))
+            .await?;
+        latest = match &account {
+            Some(a) => ctx.store.latest_invitation(&a.id).await?,
+            None => None,
+        };
+        let todo = plan::plan(user, &tenant_key, account.as_ref(), latest.as_ref());
+        match execute(
+            ctx,
+            user,
+            tenant,
+            &settings,
+            todo,
+            &mut account,
+            &mut latest,
+            now,
+        )
+        .await
+        {
+            Ok(()) => {}
+            // The status still tells what happened; the error then drives the backoff.
+            Err(e @ Error::Mail(_)) => failure = Some(e),
+            Err(e) => return Err(e),
+        }
+        let pending = latest.as_ref().is_some_and(|i| {
+            i.open() && !i.expired(now) && !account.as_ref().is_some_and(|a| a.active)
+        });
+        if settings.expose_token && pending {
+            secret = Some(secret_name(&user.name_any()));
+        }
+    }
+
+    let mut status = plan::status(&StatusInput {
+        user,
+        blocked: blocked.as_ref(),
+        account: account.as_ref(),
+        latest: latest.as_ref(),
+        secret_name: secret.clone(),
+        now,
+    });
+    if let Some(err) = &failure
+        && let Some(c) = status.conditions.first_mut()
+    {
+        c.message = format!("{}: {err}", c.message);
+    }
+
+    // The token's Secret lives while the invitation is open, and goes once it is not.
+    let had_secret = user
+        .status
+        .as_ref()
+        .and_then(|s| s.invitation.as_ref())
+        .and_then(|i| i.secret_name.clone());
+    if let Some(old) = had_secret.filter(|_| secret.is_none()) {
+        delete_secret(ctx, &ns, &old).await?;
+    }
+    if status.phase == Some(crate::crd::UserPhase::Expired)
+        && user.status.as_ref().and_then(|s| s.phase) != Some(crate::crd::UserPhase::Expired)
+    {
+        ctx.metrics.invitations_expired.inc();
+    }
+    let notes = plan::events(user.status.as_ref(), &status);
+    apply_status(ctx, user, user.status.as_ref(), &status).await?;
+    for note in notes {
+        let type_ = if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, user, type_, note.reason, note.message).await;
+    }
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    if matches!(blocked, Some(Blocked::TenantNotFound(_))) {
+        // The Tenant watch wakes us when it appears; this is only a safety net.
+        return Ok(Action::requeue(ctx.settings.resync));
+    }
+    let wait = plan::requeue_at(latest.as_ref(), now)
+        .map(|at| Duration::from_millis((at - now).get_milliseconds().max(0) as u64 + 500))
+        .map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync));
+    Ok(Action::requeue(wait))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    ctx: &Context,
+    user: &SystemUser,
+    tenant: &Tenant,
+    settings: &InvitationSettings,
+    todo: plan::UserPlan,
+    account: &mut Option<UserRecord>,
+    latest: &mut Option<InvitationRecord>,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let store = &ctx.store;
+    let written = |n: u64| ctx.metrics.store_writes.inc_by(n);
+    match todo.account {
+        AccountAction::Keep => {}
+        AccountAction::Create(fields) => {
+            *account = Some(store.create_user(&fields).await?);
+            written(1);
+        }
+        AccountAction::Update(fields) => {
+            let id = account.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+            *account = Some(store.update_user(&id, &fields).await?);
+            written(1);
+        }
+    }
+    let Some(acc) = account.as_mut() else {
+        return Ok(());
+    };
+    match todo.access {
+        AccessAction::Keep => {}
+        AccessAction::Suspend => {
+            store.set_active(&acc.id, false, now).await?;
+            store.revoke_open(&acc.id, now).await?;
+            written(2);
+            acc.active = false;
+            *latest = store.latest_invitation(&acc.id).await?;
+        }
+        AccessAction::Restore => {
+            store.set_active(&acc.id, true, now).await?;
+            written(1);
+            acc.active = true;
+        }
+    }
+    let expires_at = now + settings.ttl;
+    let token = match todo.invitation {
+        InvitationAction::Keep => return Ok(()),
+        InvitationAction::Issue { attempt, trigger } => {
+            let token = Token::generate().map_err(|e| Error::Random(e.to_string()))?;
+            let record = InvitationRecord {
+                token_hash: token.hash(),
+                user_id: acc.id.clone(),
+                attempt,
+                trigger,
+                created_at: now,
+                expires_at,
+                sent_at: None,
+                used_at: None,
+                revoked_at: None,
+            };
+            store.record_invitation(&record).await?;
+            written(1);
+            ctx.metrics.invitations_issued.inc();
+            *latest = Some(record);
+            token
+        }
+        InvitationAction::Resend { attempt } => {
+            let token = Token::generate().map_err(|e| Error::Random(e.to_string()))?;
+            if !store
+                .rotate_unsent(&acc.id, attempt, &token.hash(), expires_at)
+                .await?
+            {
+                // Sent, used or revoked meanwhile: read again next time.
+                *latest = store.latest_invitation(&acc.id).await?;
+                return Ok(());
+            }
+            written(1);
+            if let Some(l) = latest.as_mut() {
+                l.token_hash = token.hash();
+                l.expires_at = expires_at;
+            }
+            token
+        }
+    };
+    if settings.expose_token {
+        write_secret(ctx, user, &token, expires_at).await?;
+    }
+    send(ctx, user, tenant, &token, expires_at).await?;
+    let sent = Timestamp::now();
+    store.mark_sent(&token.hash(), sent).await?;
+    written(1);
+    if let Some(l) = latest.as_mut() {
+        l.sent_at = Some(sent);
+    }
+    tracing::info!(fingerprint = %token.hash().fingerprint(), "invitation sent");
+    Ok(())
+}
+
+async fn send(
+    ctx: &Context,
+    user: &SystemUser,
+    tenant: &Tenant,
+    token: &Token,
+    expires_at: Timestamp,
+) -> Result<(), Error> {
+    let policy = tenant.spec.invitations.as_ref();
+    let default_accept = format!("{}/accept", ctx.settings.public_url.trim_end_matches('/'));
+    let mail = Invitation {
+        tenant: &tenant.spec.display_name,
+        from: policy
+            .and_then(|p| p.from.as_deref())
+            .unwrap_or(&ctx.settings.mail_from),
+        to: &user.spec.email,
+        first_name: user.spec.first_name.as_deref(),
+        last_name: user.spec.last_name.as_deref(),
+        accept_url: policy
+            .and_then(|p| p.accept_url.as_deref())
+            .unwrap_or(&default_accept),
+        token: token.expose(),
+        expires_at,
+    };
+    let result = async { ctx.mailer.send(mail.message()?).await }.await;
+    match result {
+        Ok(()) => {
+            ctx.metrics.invitations_sent.inc();
+            Ok(())
+        }
+        Err(e) => {
+            ctx.metrics.mail_errors.inc();
+            Err(e.into())
+        }
+    }
+}
+
+async fn write_secret(
+    ctx: &Context,
+    user: &SystemUser,
+    token: &Token,
+    expires_at: Timestamp,
+) -> Result<(), Error> {
+    let ns = user.namespace().ok_or(Error::Malformed("no namespace"))?;
+    let name = secret_name(&user.name_any());
+    let owner: OwnerReference = user
+        .controller_owner_ref(&())
+        .ok_or(Error::Malformed("no uid"))?;
+    let labels: BTreeMap<&str, &str> = [
+        ("app.kubernetes.io/managed-by", MANAGER),
+        (
+            "usher.dev/user",
+            user.meta().name.as_deref().unwrap_or_default(),
+        ),
+    ]
+    .into();
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": [owner]},
+        "type": "Opaque",
+        "stringData": {
+            "token": token.expose(),
+            "expiresAt": expires_at.to_string(),
+        },
+    });
+    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    ctx.metrics.api_writes.inc();
+    Ok(())
+}
+
+async fn delete_secret(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+    match Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {
+            ctx.metrics.api_writes.inc();
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

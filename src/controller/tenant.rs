@@ -1,0 +1,43 @@
+//! Tenant: write it to the store and count its users by phase.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+
+use super::{Context, Error, apply_status, observe};
+use crate::crd::Tenant;
+use crate::plan::records::TenantRecord;
+use crate::plan::tenant;
+
+#[tracing::instrument(skip_all, fields(kind = "Tenant", namespace = tenant.namespace().unwrap_or_default(), name = tenant.name_any()))]
+pub(super) async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    if !ctx.caches_ready() {
+        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+    }
+    let result = apply(&tenant, &ctx).await;
+    observe(&ctx, "Tenant", &*tenant, started, result).await
+}
+
+async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    let ns = tenant.namespace().ok_or(Error::Malformed("no namespace"))?;
+    let name = tenant.name_any();
+    let desired = TenantRecord::desired(tenant, &ns, &name);
+    let stored = ctx.store.tenant(&desired.key).await?;
+    if stored.as_ref() != Some(&desired) {
+        ctx.store.put_tenant(&desired).await?;
+        ctx.metrics.store_writes.inc();
+    }
+    let phases = ctx
+        .users
+        .state()
+        .into_iter()
+        .filter(|u| u.namespace().as_deref() == Some(&ns) && u.spec.tenant_ref.name == name)
+        .map(|u| u.status.as_ref().and_then(|s| s.phase));
+    let status = tenant::status(tenant, tenant::count(phases), Timestamp::now());
+    apply_status(ctx, tenant, tenant.status.as_ref(), &status).await?;
+    Ok(Action::requeue(ctx.settings.resync))
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics, served at `/metrics`. Labels are low-cardinality: kinds, results and
+//! error categories, never names or emails.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a reconcile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// Tenant, SystemUser, …
+    pub kind: &'static str,
+    /// "ok" or an error category.
+    pub result: &'static str,
+}
+
+/// Labels naming a kind only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Tenant, SystemUser, …
+    pub kind: &'static str,
+}
+
+/// Every metric usher exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by kind and result.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Reconcile duration by kind.
+    pub reconcile_seconds: Family<KindLabels, Histogram>,
+    /// Invitations recorded in the store (a new token).
+    pub invitations_issued: Counter,
+    /// Invitation mails handed to the mail transport.
+    pub invitations_sent: Counter,
+    /// Tokens redeemed.
+    pub invitations_redeemed: Counter,
+    /// Invitations seen expired.
+    pub invitations_expired: Counter,
+    /// Writes to the user store.
+    pub store_writes: Counter,
+    /// Writes to the Kubernetes API (status patches, Secrets, Events excluded).
+    pub api_writes: Counter,
+    /// Failed mail deliveries.
+    pub mail_errors: Counter,
+    /// Failed store calls.
+    pub store_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("usher");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        let reconcile_seconds = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        let m = Self {
+            reconciles,
+            reconcile_seconds,
+            invitations_issued: Counter::default(),
+            invitations_sent: Counter::default(),
+            invitations_redeemed: Counter::default(),
+            invitations_expired: Counter::default(),
+            store_writes: Counter::default(),
+            api_writes: Counter::default(),
+            mail_errors: Counter::default(),
+            store_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconciles",
+            "Reconciles by kind and result",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration by kind",
+            m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "invitations_issued",
+            "Invitation tokens recorded",
+            m.invitations_issued.clone(),
+        );
+        registry.register(
+            "invitations_sent",
+            "Invitation mails sent",
+            m.invitations_sent.clone(),
+        );
+        registry.register(
+            "invitations_redeemed",
+            "Invitation tokens redeemed",
+            m.invitations_redeemed.clone(),
+        );
+        registry.register(
+            "invitations_expired",
+            "Invitations that expired unused",
+            m.invitations_expired.clone(),
+        );
+        registry.register(
+            "store_writes",
+            "Writes to the user store",
+            m.store_writes.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Writes to the Kubernetes API",
+            m.api_writes.clone(),
+        );
+        registry.register(
+            "mail_errors",
+            "Failed mail deliveries",
+            m.mail_errors.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Failed user store calls",
+            m.store_errors.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,8 @@
+//! The decisions, as pure functions: given a resource, what the store holds and the clock,
+//! decide the store writes, whether to issue or revoke a token, and which status to show.
+//! Nothing here touches the network; most tests live here.
+
+pub mod condition;
+pub mod records;
+pub mod system_user;
+pub mod tenant;

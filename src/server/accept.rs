@@ -1,0 +1,248 @@
+//! Accepting an invitation: the page people open from the mail, its form post, and the JSON
+//! API an application calls. All three go through [`redeem`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, Form, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::plan::records::{RedeemRefusal, Redeemed};
+use crate::token::{self, TokenHash};
+
+/// Why a redemption did not happen, with its HTTP status.
+#[derive(Debug)]
+enum Refusal {
+    Malformed(&'static str),
+    TooMany,
+    Store(RedeemRefusal),
+    Unavailable,
+    CrossSite,
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::TooMany => StatusCode::TOO_MANY_REQUESTS,
+            Self::Store(RedeemRefusal::Unknown) => StatusCode::NOT_FOUND,
+            Self::Store(RedeemRefusal::AlreadyUsed) => StatusCode::CONFLICT,
+            Self::Store(RedeemRefusal::Expired) => StatusCode::GONE,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CrossSite => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::Malformed(why) => format!("the invitation code is malformed: {why}"),
+            Self::TooMany => "too many tries; wait a minute and try again".into(),
+            Self::Store(r) => r.to_string(),
+            Self::Unavailable => "the service is unavailable right now; try again shortly".into(),
+            Self::CrossSite => "this form can only be sent from its own page".into(),
+        }
+    }
+}
+
+async fn redeem(state: &AppState, client: SocketAddr, text: &str) -> Result<Redeemed, Refusal> {
+    let text = text.trim();
+    if !state.per_client.try_take(&client.ip().to_string()) {
+        return Err(Refusal::TooMany);
+    }
+    if text.is_empty() {
+        return Err(Refusal::Malformed("it is empty"));
+    }
+    if text.len() > token::MAX_TOKEN_LEN || !token::well_formed(text) {
+        return Err(Refusal::Malformed(
+            "it is not a code usher issued; check for typos",
+        ));
+    }
+    let hash = TokenHash::of(text);
+    if !state.per_token.try_take(hash.as_str()) {
+        return Err(Refusal::TooMany);
+    }
+    match state.store.redeem(&hash, Timestamp::now()).await {
+        Ok(Ok(redeemed)) => {
+            state.metrics.invitations_redeemed.inc();
+            tracing::info!(fingerprint = %hash.fingerprint(), "invitation redeemed");
+            // The controller may be gone during shutdown; the resync catches up then.
+            let _ = state.redeemed.unbounded_send(redeemed.clone());
+            Ok(redeemed)
+        }
+        Ok(Err(refusal)) => Err(Refusal::Store(refusal)),
+        Err(e) => {
+            state.metrics.store_errors.inc();
+            tracing::warn!(error = %e, "redemption failed in the store");
+            Err(Refusal::Unavailable)
+        }
+    }
+}
+
+/// The object name of a `<namespace>/<name>` key.
+fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("", key))
+}
+
+static PAGES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(|| {
+    let mut env = minijinja::Environment::new();
+    env.add_template("page.html", include_str!("templates/page.html"))
+        .expect("valid template");
+    env
+});
+
+fn render(status: StatusCode, ctx: minijinja::Value) -> Response {
+    match PAGES.get_template("page.html").and_then(|t| t.render(ctx)) {
+        Ok(body) => (status, Html(body)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering the acceptance page");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }
+    }
+}
+
+/// `?token=` of the acceptance link.
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    #[serde(default)]
+    token: String,
+}
+
+/// `GET /accept?token=T`: the form, with the token filled in.
+pub async fn show(
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let token = query.map(|q| q.0.token).unwrap_or_default();
+    let prefilled: String = token.chars().take(token::MAX_TOKEN_LEN).collect();
+    render(
+        StatusCode::OK,
+        minijinja::context! {
+            title => "Accept your invitation",
+            form => true,
+            token => prefilled,
+            message => "Check the code from your invitation mail and accept it to activate your account.",
+            kind => "",
+        },
+    )
+}
+
+/// Browsers say where a form post comes from; refuse posts from other sites.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if matches!(fetch_site, Some("cross-site") | Some("same-site")) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    match (
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        host,
+    ) {
+        (Some("null"), _) => true,
+        (Some(origin), Some(host)) => {
+            let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
+            origin_host != host
+        }
+        _ => false,
+    }
+}
+
+/// `POST /accept`: the form's post; a success or error page.
+pub async fn form(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    form: Result<Form<TokenQuery>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let result = if cross_site(&headers) {
+        Err(Refusal::CrossSite)
+    } else {
+        match &form {
+            Ok(Form(q)) => redeem(&state, client, &q.token).await,
+            Err(_) => Err(Refusal::Malformed("the form was not sent as expected")),
+        }
+    };
+    match result {
+        Ok(r) => render(
+            StatusCode::OK,
+            minijinja::context! {
+                title => "Invitation accepted",
+                message => format!("Welcome! The account {} is now active. You can close this page and sign in.", r.email),
+                kind => "ok",
+                form => false,
+            },
+        ),
+        Err(refusal) => {
+            let token = form.map(|f| f.0.token).unwrap_or_default();
+            let retry = matches!(
+                refusal,
+                Refusal::Malformed(_)
+                    | Refusal::TooMany
+                    | Refusal::Unavailable
+                    | Refusal::Store(RedeemRefusal::Unknown)
+            );
+            render(
+                refusal.status(),
+                minijinja::context! {
+                    title => "The invitation could not be accepted",
+                    message => refusal.message(),
+                    kind => "error",
+                    form => retry,
+                    token => token.chars().take(token::MAX_TOKEN_LEN).collect::<String>(),
+                },
+            )
+        }
+    }
+}
+
+/// The JSON body of the redemption API.
+#[derive(Deserialize)]
+pub struct RedeemBody {
+    token: String,
+}
+
+/// `POST /api/v1/invitations/redeem`: `{"token"}` → `{"tenant","namespace","email","userId"}`.
+pub async fn api(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    body: Result<Json<RedeemBody>, JsonRejection>,
+) -> Response {
+    let body = match body {
+        Ok(Json(b)) => b,
+        Err(rejection) => {
+            let status = match rejection {
+                JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                JsonRejection::BytesRejection(ref b) => b.status(),
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return (
+                status,
+                Json(json!({"error": format!("expected a JSON body {{\"token\": \"…\"}}: {}", rejection.body_text())})),
+            )
+                .into_response();
+        }
+    };
+    match redeem(&state, client, &body.token).await {
+        Ok(r) => {
+            let (namespace, tenant) = split_key(&r.tenant);
+            (
+                StatusCode::OK,
+                Json(json!({
+                    "tenant": tenant,
+                    "namespace": namespace,
+                    "email": r.email,
+                    "userId": r.user_id,
+                })),
+            )
+                .into_response()
+        }
+        Err(refusal) => {
+            (refusal.status(), Json(json!({"error": refusal.message()}))).into_response()
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The user store port: tenants, accounts and invitations (keyed by token hash). Each backend
+//! is one file; the records are plain types of [`crate::plan::records`].
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+
+use crate::plan::records::{
+    InvitationRecord, RedeemRefusal, Redeemed, TenantRecord, UserFields, UserRecord,
+};
+use crate::token::TokenHash;
+
+pub use sqlite::SqliteStore;
+
+/// What a store can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names no backend we have, or is malformed.
+    #[error("invalid store URL {url:?}: {reason}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The backend could not be reached or answered with an error.
+    #[error("user store: {0}")]
+    Backend(String),
+    /// A record the operation needs is gone (deleted behind usher's back).
+    #[error("user store: {0} not found")]
+    NotFound(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Backend(e.to_string())
+    }
+}
+
+/// The user store, as the controllers and the HTTP server use it.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Whether the store answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// A tenant by key.
+    async fn tenant(&self, key: &str) -> Result<Option<TenantRecord>, StoreError>;
+    /// Create or update a tenant.
+    async fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError>;
+
+    /// An account by its SystemUser key.
+    async fn user_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// Create an inactive account.
+    async fn create_user(&self, fields: &UserFields) -> Result<UserRecord, StoreError>;
+    /// Change an account's details.
+    async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError>;
+    /// Activate or deactivate an account.
+    async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError>;
+
+    /// The invitation with the highest attempt of an account.
+    async fn latest_invitation(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<InvitationRecord>, StoreError>;
+    /// Record a new invitation, revoking the account's other open invitations, atomically.
+    async fn record_invitation(&self, invitation: &InvitationRecord) -> Result<(), StoreError>;
+    /// Replace the token of an invitation whose mail was never sent. False when it was sent,
+    /// used or revoked meanwhile.
+    async fn rotate_unsent(
+        &self,
+        user_id: &str,
+        attempt: i32,
+        new_hash: &TokenHash,
+        expires_at: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Mark an invitation's mail as sent.
+    async fn mark_sent(&self, hash: &TokenHash, at: Timestamp) -> Result<(), StoreError>;
+    /// Revoke every open invitation of an account; returns how many.
+    async fn revoke_open(&self, user_id: &str, at: Timestamp) -> Result<u64, StoreError>;
+    /// Redeem a token: single use, atomic; the account becomes active.
+    async fn redeem(
+        &self,
+        hash: &TokenHash,
+        now: Timestamp,
+    ) -> Result<Result<Redeemed, RedeemRefusal>, StoreError>;
+}
+
+/// Open the store a URL names: `sqlite://PATH` (created if missing) or `sqlite::memory:`.
+pub async fn open(url: &str) -> Result<Arc<dyn UserStore>, StoreError> {
+    let bad = |reason: &str| StoreError::Url {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    if url == "sqlite::memory:" {
+        return Ok(Arc::new(SqliteStore::memory().await?));
+    }
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(bad("sqlite:// needs a file path, e.g. sqlite://usher.db"));
+        }
+        return Ok(Arc::new(SqliteStore::open(path).await?));
+    }
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
+    Err(bad(&format!(
+        "unsupported scheme {scheme:?}; this version supports sqlite://PATH (PostgreSQL and SCIM backends are planned)"
+    )))
+}
+
+/// A random account id: 128 bits, hex.
+pub(crate) fn new_id() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Backend(format!("no randomness: {e}")))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Microseconds since the epoch, the stored form of a time.
+pub(crate) fn micros(ts: Timestamp) -> i64 {
+    ts.as_microsecond()
+}
+
+/// A stored time back as a timestamp.
+pub(crate) fn from_micros(us: i64) -> Result<Timestamp, StoreError> {
+    Timestamp::from_microsecond(us)
+        .map_err(|e| StoreError::Backend(format!("bad stored time: {e}")))
+}

@@ -1,0 +1,342 @@
+//! The embedded store: one SQLite file in WAL mode, migrated at open.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use super::{StoreError, UserStore, from_micros, micros, new_id};
+use crate::plan::records::{
+    InvitationRecord, Profile, RedeemRefusal, Redeemed, TenantRecord, UserFields, UserRecord,
+};
+use crate::token::TokenHash;
+
+/// The SQLite backend.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) and migrate the database file at `path`.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        Self::with_options(options, 4).await
+    }
+
+    /// A private in-memory database (one connection, so every query sees the same data).
+    pub async fn memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        Self::with_options(options, 1).await
+    }
+
+    async fn with_options(
+        options: SqliteConnectOptions,
+        connections: u32,
+    ) -> Result<Self, StoreError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(connections)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migrating the schema: {e}")))?;
+        Ok(Self { pool })
+    }
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
+    let profile: String = row.try_get("profile")?;
+    Ok(UserRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        external_id: row.try_get("external_id")?,
+        email: row.try_get("email")?,
+        profile: serde_json::from_str::<Profile>(&profile)
+            .map_err(|e| StoreError::Backend(format!("bad stored profile: {e}")))?,
+        active: row.try_get::<i64, _>("active")? != 0,
+        activated_at: row
+            .try_get::<Option<i64>, _>("activated_us")?
+            .map(from_micros)
+            .transpose()?,
+    })
+}
+
+fn invitation_from_row(row: &SqliteRow) -> Result<InvitationRecord, StoreError> {
+    let time = |col: &str| -> Result<Option<Timestamp>, StoreError> {
+        row.try_get::<Option<i64>, _>(col)?
+            .map(from_micros)
+            .transpose()
+    };
+    Ok(InvitationRecord {
+        token_hash: TokenHash::from_stored(row.try_get("token_hash")?),
+        user_id: row.try_get("user_id")?,
+        attempt: row.try_get::<i64, _>("attempt")? as i32,
+        trigger: row.try_get("trigger")?,
+        created_at: from_micros(row.try_get("created_us")?)?,
+        expires_at: from_micros(row.try_get("expires_us")?)?,
+        sent_at: time("sent_us")?,
+        used_at: time("used_us")?,
+        revoked_at: time("revoked_us")?,
+    })
+}
+
+fn profile_json(fields: &UserFields) -> Result<String, StoreError> {
+    serde_json::to_string(&fields.profile)
+        .map_err(|e| StoreError::Backend(format!("encoding a profile: {e}")))
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn tenant(&self, key: &str) -> Result<Option<TenantRecord>, StoreError> {
+        let row = sqlx::query("SELECT key, display_name FROM tenants WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(TenantRecord {
+                key: r.try_get("key")?,
+                display_name: r.try_get("display_name")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenants (key, display_name, updated_us) VALUES (?, ?, ?)
+             ON CONFLICT (key) DO UPDATE SET display_name = excluded.display_name,
+             updated_us = excluded.updated_us",
+        )
+        .bind(&tenant.key)
+        .bind(&tenant.display_name)
+        .bind(micros(Timestamp::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn user_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE external_id = ?")
+            .bind(external_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+
+    async fn create_user(&self, fields: &UserFields) -> Result<UserRecord, StoreError> {
+        let id = new_id()?;
+        let now = micros(Timestamp::now());
+        sqlx::query(
+            "INSERT INTO users (id, tenant, external_id, email, email_lower, profile, active,
+             created_us, updated_us) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&fields.tenant)
+        .bind(&fields.external_id)
+        .bind(&fields.email)
+        .bind(fields.email.to_lowercase())
+        .bind(profile_json(fields)?)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(UserRecord {
+            id,
+            tenant: fields.tenant.clone(),
+            external_id: fields.external_id.clone(),
+            email: fields.email.clone(),
+            profile: fields.profile.clone(),
+            active: false,
+            activated_at: None,
+        })
+    }
+
+    async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError> {
+        let row = sqlx::query(
+            "UPDATE users SET tenant = ?, external_id = ?, email = ?, email_lower = ?,
+             profile = ?, updated_us = ? WHERE id = ? RETURNING *",
+        )
+        .bind(&fields.tenant)
+        .bind(&fields.external_id)
+        .bind(&fields.email)
+        .bind(fields.email.to_lowercase())
+        .bind(profile_json(fields)?)
+        .bind(micros(Timestamp::now()))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
+        user_from_row(&row)
+    }
+
+    async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET active = ?, updated_us = ? WHERE id = ?")
+            .bind(i64::from(active))
+            .bind(micros(now))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn latest_invitation(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<InvitationRecord>, StoreError> {
+        sqlx::query("SELECT * FROM invitations WHERE user_id = ? ORDER BY attempt DESC LIMIT 1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(invitation_from_row)
+            .transpose()
+    }
+
+    async fn record_invitation(&self, inv: &InvitationRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE invitations SET revoked_us = ? WHERE user_id = ? AND used_us IS NULL
+             AND revoked_us IS NULL",
+        )
+        .bind(micros(inv.created_at))
+        .bind(&inv.user_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO invitations (token_hash, user_id, attempt, trigger, created_us,
+             expires_us, sent_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(inv.token_hash.as_str())
+        .bind(&inv.user_id)
+        .bind(i64::from(inv.attempt))
+        .bind(&inv.trigger)
+        .bind(micros(inv.created_at))
+        .bind(micros(inv.expires_at))
+        .bind(inv.sent_at.map(micros))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rotate_unsent(
+        &self,
+        user_id: &str,
+        attempt: i32,
+        new_hash: &TokenHash,
+        expires_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE invitations SET token_hash = ?, expires_us = ? WHERE user_id = ?
+             AND attempt = ? AND sent_us IS NULL AND used_us IS NULL AND revoked_us IS NULL",
+        )
+        .bind(new_hash.as_str())
+        .bind(micros(expires_at))
+        .bind(user_id)
+        .bind(i64::from(attempt))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn mark_sent(&self, hash: &TokenHash, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE invitations SET sent_us = ? WHERE token_hash = ? AND sent_us IS NULL")
+            .bind(micros(at))
+            .bind(hash.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_open(&self, user_id: &str, at: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE invitations SET revoked_us = ? WHERE user_id = ? AND used_us IS NULL
+             AND revoked_us IS NULL",
+        )
+        .bind(micros(at))
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn redeem(
+        &self,
+        hash: &TokenHash,
+        now: Timestamp,
+    ) -> Result<Result<Redeemed, RedeemRefusal>, StoreError> {
+        let now_us = micros(now);
+        let mut tx = self.pool.begin().await?;
+        // The conditional UPDATE is the single-use guarantee: of two concurrent redemptions
+        // only one changes the row.
+        let won = sqlx::query(
+            "UPDATE invitations SET used_us = ? WHERE token_hash = ? AND used_us IS NULL
+             AND revoked_us IS NULL AND expires_us > ? RETURNING token_hash, user_id",
+        )
+        .bind(now_us)
+        .bind(hash.as_str())
+        .bind(now_us)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = won else {
+            let found = sqlx::query("SELECT * FROM invitations WHERE token_hash = ?")
+                .bind(hash.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Ok(Err(
+                match found.as_ref().map(invitation_from_row).transpose()? {
+                    None => RedeemRefusal::Unknown,
+                    Some(inv) if inv.used_at.is_some() => RedeemRefusal::AlreadyUsed,
+                    Some(_) => RedeemRefusal::Expired,
+                },
+            ));
+        };
+        let stored = TokenHash::from_stored(row.try_get("token_hash")?);
+        if !stored.matches(hash) {
+            return Ok(Err(RedeemRefusal::Unknown));
+        }
+        let user_id: String = row.try_get("user_id")?;
+        let user = sqlx::query(
+            "UPDATE users SET active = 1, activated_us = COALESCE(activated_us, ?), updated_us = ?
+             WHERE id = ? RETURNING *",
+        )
+        .bind(now_us)
+        .bind(now_us)
+        .bind(&user_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("account {user_id}")))?;
+        let user = user_from_row(&user)?;
+        tx.commit().await?;
+        Ok(Ok(Redeemed {
+            user_id,
+            external_id: user.external_id,
+            tenant: user.tenant,
+            email: user.email,
+        }))
+    }
+}

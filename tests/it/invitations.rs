@@ -1,0 +1,480 @@
+//! Invitations end to end against the real control plane, a real SMTP server and the embedded
+//! store: SystemUser → account → token → mail → Pending → redeem → Active.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use usher::crd::{SystemUser, Tenant, UserPhase};
+use usher_testenv::Smtp;
+
+use crate::support::{
+    Usher, apply_yaml, client, eventually, invitation_in, namespace, recipient, wait_for,
+};
+
+fn tenant(extra: &str) -> String {
+    format!(
+        "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\nspec:\n  displayName: Acme Charging\n  invitations:\n    from: \"Acme Portal <no-reply@acme.example>\"\n{extra}"
+    )
+}
+
+fn user(name: &str, email: &str, first: &str) -> String {
+    format!(
+        "---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {{name: {name}}}\nspec:\n  tenantRef: {{name: acme}}\n  email: {email}\n  firstName: {first}\n  lastName: Ng\n"
+    )
+}
+
+fn phase(u: &SystemUser) -> Option<UserPhase> {
+    u.status.as_ref().and_then(|s| s.phase)
+}
+
+async fn mails(smtp: &Smtp, count: usize) -> Vec<Vec<u8>> {
+    eventually(Duration::from_secs(30), || async {
+        let m = smtp.messages();
+        (m.len() >= count).then_some(m)
+    })
+    .await
+    .unwrap_or_else(|| panic!("expected {count} mails, got {}", smtp.messages().len()))
+}
+
+#[tokio::test]
+async fn invited_person_redeems_and_becomes_active() {
+    let client = client().await;
+    let ns = namespace(&client, "invite-flow").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("") + &user("alice", "alice@acme.example", "Alice")),
+    )
+    .await;
+    let usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+
+    let pending = wait_for(&users, "alice", "Pending", |u| {
+        phase(u) == Some(UserPhase::Pending)
+    })
+    .await;
+    let status = pending.status.clone().unwrap();
+    let invitation = status.invitation.clone().expect("invitation status");
+    assert_eq!(invitation.attempts, 1);
+    assert!(invitation.sent_at.is_some() && invitation.expires_at.is_some());
+    assert!(status.user_id.is_some());
+    let ready = &status.conditions[0];
+    assert_eq!(
+        (ready.type_.as_str(), ready.status.as_str()),
+        ("Ready", "True"),
+        "{ready:?}"
+    );
+
+    let mail = mails(&smtp, 1).await;
+    assert_eq!(mail.len(), 1, "one invitation, one mail");
+    assert_eq!(recipient(&mail[0]), "alice@acme.example");
+    let (link, token) = invitation_in(&mail[0]);
+    assert!(
+        link.starts_with(&format!("{}/accept?token=", usher.url)),
+        "{link}"
+    );
+    let fingerprint = invitation.fingerprint.clone().expect("fingerprint");
+    assert_eq!(
+        fingerprint,
+        usher::token::TokenHash::of(&token).fingerprint()
+    );
+
+    // The token is a secret: not in status, not in the logs.
+    let shown = serde_json::to_string(&pending).unwrap();
+    assert!(!shown.contains(&token), "token leaked into the object");
+    assert!(!usher.log().contains(&token), "token leaked into the log");
+
+    let (code, body) = usher.redeem(&token).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["email"], "alice@acme.example");
+    assert_eq!(body["tenant"], "acme");
+    assert_eq!(body["userId"], json!(status.user_id.clone().unwrap()));
+
+    let active = wait_for(&users, "alice", "Active", |u| {
+        phase(u) == Some(UserPhase::Active)
+    })
+    .await;
+    assert!(active.status.as_ref().unwrap().activated_at.is_some());
+
+    assert_eq!(usher.redeem(&token).await.0, 409, "a token is single use");
+    assert_eq!(usher.redeem(&"A".repeat(43)).await.0, 404, "unknown token");
+    assert_eq!(usher.redeem("not a token").await.0, 400, "malformed token");
+
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &ns);
+    let t = wait_for(&tenants, "acme", "counting one active user", |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.users.as_ref())
+            .is_some_and(|c| c.active == 1)
+    })
+    .await;
+    assert_eq!(t.status.unwrap().users.unwrap().total, 1);
+}
+
+/// Set the newest invitation of a user to expire `secs` from now, behind usher's back (the
+/// admission floor of 5m is too long to wait for in a test).
+fn expire_soon(db: &std::path::Path, secs: i64) {
+    let at = (jiff::Timestamp::now().as_microsecond()) + secs * 1_000_000;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; c = sqlite3.connect('{}'); c.execute('UPDATE invitations SET expires_us = {at} WHERE revoked_us IS NULL AND used_us IS NULL'); c.commit()",
+            db.display()
+        ))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn expired_invitation_turns_expired_on_time_and_resend_issues_a_new_token() {
+    let client = client().await;
+    let ns = namespace(&client, "invite-expiry").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("    exposeToken: true\n    ttl: 5m\n") + &user("bob", "bob@acme.example", "Bob")),
+    )
+    .await;
+    let mut usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    wait_for(&users, "bob", "Pending", |u| {
+        phase(u) == Some(UserPhase::Pending)
+    })
+    .await;
+    let first = mails(&smtp, 1).await;
+    let (_, old_token) = invitation_in(&first[0]);
+
+    // The exposed Secret holds the same token and belongs to the SystemUser.
+    let secret = secrets
+        .get("bob-invitation")
+        .await
+        .expect("invitation Secret");
+    let data = secret.data.clone().unwrap();
+    assert_eq!(
+        String::from_utf8(data["token"].0.clone()).unwrap(),
+        old_token
+    );
+    let owner = &secret.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("SystemUser", "bob")
+    );
+
+    // Make it expire in 3 s and restart, so usher's own requeue-at-expiry must notice.
+    usher.kill();
+    expire_soon(&usher.db, 3);
+    usher.restart().await;
+    let expired = wait_for(&users, "bob", "Expired", |u| {
+        phase(u) == Some(UserPhase::Expired)
+    })
+    .await;
+    let ready = &expired.status.as_ref().unwrap().conditions[0];
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvitationExpired")
+    );
+    eventually(Duration::from_secs(30), || async {
+        secrets
+            .get_opt("bob-invitation")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .expect("the Secret goes when the invitation expires");
+    assert_eq!(usher.redeem(&old_token).await.0, 410, "an expired token");
+
+    // Resend: a new mail with a new token; the old one stays refused.
+    users
+        .patch(
+            "bob",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"usher.dev/resend-invitation": "1"}}}),
+            ),
+        )
+        .await
+        .expect("annotate");
+    let pending = wait_for(&users, "bob", "Pending again", |u| {
+        phase(u) == Some(UserPhase::Pending)
+            && u.status
+                .as_ref()
+                .and_then(|s| s.invitation.as_ref())
+                .is_some_and(|i| i.attempts == 2)
+    })
+    .await;
+    let second = mails(&smtp, 2).await;
+    assert_eq!(second.len(), 2);
+    let (_, new_token) = invitation_in(&second[1]);
+    assert_ne!(new_token, old_token);
+    assert_eq!(
+        pending
+            .status
+            .unwrap()
+            .invitation
+            .unwrap()
+            .fingerprint
+            .unwrap(),
+        usher::token::TokenHash::of(&new_token).fingerprint()
+    );
+    let secret = wait_for(&secrets, "bob-invitation", "holding the new token", |s| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get("token"))
+            .is_some_and(|t| t.0 == new_token.as_bytes())
+    })
+    .await;
+    assert!(secret.metadata.owner_references.is_some());
+    assert_eq!(usher.redeem(&old_token).await.0, 410, "the revoked token");
+    assert_eq!(usher.redeem(&new_token).await.0, 200);
+    wait_for(&users, "bob", "Active", |u| {
+        phase(u) == Some(UserPhase::Active)
+    })
+    .await;
+    eventually(Duration::from_secs(30), || async {
+        secrets
+            .get_opt("bob-invitation")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .expect("the Secret goes once redeemed");
+    // The same annotation value again changes nothing.
+    assert_eq!(smtp.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn a_crash_between_recording_and_sending_loses_nothing_and_sends_once() {
+    let client = client().await;
+    let ns = namespace(&client, "invite-crash").await;
+    let mut smtp = Smtp::start().expect("SMTP sink");
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    // The mail server is down: usher records the invitation, fails to send, says so.
+    smtp.stop();
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("") + &user("carol", "carol@acme.example", "Carol")),
+    )
+    .await;
+    let mut usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let unsent = wait_for(&users, "carol", "InvitationNotSent", |u| {
+        u.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .first()
+                .is_some_and(|c| c.reason == "InvitationNotSent")
+        })
+    })
+    .await;
+    let message = &unsent.status.as_ref().unwrap().conditions[0].message;
+    assert!(message.contains("sending mail"), "{message}");
+    // Crash now, between "recorded" and "sent"; the mail server comes back; usher restarts.
+    usher.kill();
+    smtp.resume().expect("SMTP back");
+    usher.restart().await;
+    let pending = wait_for(&users, "carol", "Pending", |u| {
+        phase(u) == Some(UserPhase::Pending)
+            && u.status
+                .as_ref()
+                .and_then(|s| s.invitation.as_ref())
+                .is_some_and(|i| i.sent_at.is_some())
+    })
+    .await;
+    let sent = mails(&smtp, 1).await;
+    assert_eq!(sent.len(), 1, "exactly one mail for the attempt");
+    let invitation = pending.status.unwrap().invitation.unwrap();
+    assert_eq!(invitation.attempts, 1, "the same attempt, completed");
+    let (_, token) = invitation_in(&sent[0]);
+    assert_eq!(
+        invitation.fingerprint.unwrap(),
+        usher::token::TokenHash::of(&token).fingerprint()
+    );
+
+    // A restart after the mail went out sends nothing more.
+    usher.kill();
+    usher.restart().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(smtp.messages().len(), 1, "no second mail after a restart");
+    assert_eq!(usher.redeem(&token).await.0, 200, "the mailed token works");
+}
+
+#[tokio::test]
+async fn resyncs_with_nothing_to_do_write_nothing_and_send_nothing() {
+    let client = client().await;
+    let ns = namespace(&client, "invite-quiet").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("    exposeToken: true\n")
+            + &user("dan", "dan@acme.example", "Dan")
+            + &user("erin", "erin@acme.example", "Erin")),
+    )
+    .await;
+    let usher = Usher::start(&ns, &smtp.url(), &["--resync", "1s"]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &ns);
+    for name in ["dan", "erin"] {
+        wait_for(&users, name, "Pending", |u| {
+            phase(u) == Some(UserPhase::Pending)
+        })
+        .await;
+    }
+    wait_for(&tenants, "acme", "counting two pending", |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.users.as_ref())
+            .is_some_and(|c| c.pending == 2)
+    })
+    .await;
+    mails(&smtp, 2).await;
+    // Let the last Events and cache updates settle, then take the baseline.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let versions = || async {
+        let mut v = Vec::new();
+        for u in users.list(&Default::default()).await.unwrap() {
+            v.push(u.metadata.resource_version.unwrap());
+        }
+        v.push(
+            tenants
+                .get("acme")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version
+                .unwrap(),
+        );
+        v
+    };
+    let before = (
+        usher.metric("usher_store_writes_total").await,
+        usher.metric("usher_api_writes_total").await,
+        usher.metric("usher_reconciles_total").await,
+        versions().await,
+        smtp.messages().len(),
+    );
+    // Three resync periods and then some.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = (
+        usher.metric("usher_store_writes_total").await,
+        usher.metric("usher_api_writes_total").await,
+        usher.metric("usher_reconciles_total").await,
+        versions().await,
+        smtp.messages().len(),
+    );
+    assert!(
+        after.2 >= before.2 + 9.0,
+        "resyncs did happen: {} → {} reconciles",
+        before.2,
+        after.2
+    );
+    assert_eq!(after.0, before.0, "store writes during resyncs");
+    assert_eq!(after.1, before.1, "API writes during resyncs");
+    assert_eq!(after.3, before.3, "resourceVersions changed during resyncs");
+    assert_eq!(after.4, before.4, "mails during resyncs");
+}
+
+#[tokio::test]
+async fn duplicate_emails_and_foreign_domains_fail_without_a_mail() {
+    let client = client().await;
+    let ns = namespace(&client, "invite-reject").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("    allowedDomains: [acme.example]\n")
+            + &user("first", "Same@Acme.example", "First")),
+    )
+    .await;
+    let usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    wait_for(&users, "first", "Pending", |u| {
+        phase(u) == Some(UserPhase::Pending)
+    })
+    .await;
+    apply_yaml(
+        &client,
+        &ns,
+        &(user("second", "same@acme.EXAMPLE", "Second")
+            + &user("outsider", "eve@evil.example", "Eve")),
+    )
+    .await;
+    let reason = |u: &SystemUser| {
+        u.status
+            .as_ref()
+            .and_then(|s| s.conditions.first())
+            .map(|c| c.reason.clone())
+    };
+    let dup = wait_for(&users, "second", "Failed", |u| {
+        phase(u) == Some(UserPhase::Failed)
+    })
+    .await;
+    assert_eq!(reason(&dup).as_deref(), Some("DuplicateEmail"));
+    assert!(
+        dup.status.as_ref().unwrap().conditions[0]
+            .message
+            .contains("\"first\"")
+    );
+    let out = wait_for(&users, "outsider", "Failed", |u| {
+        phase(u) == Some(UserPhase::Failed)
+    })
+    .await;
+    assert_eq!(reason(&out).as_deref(), Some("EmailDomainNotAllowed"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent: Vec<String> = smtp.messages().iter().map(|m| recipient(m)).collect();
+    assert_eq!(
+        sent,
+        ["Same@Acme.example"],
+        "only the first user is invited"
+    );
+    drop(usher);
+}
+
+#[tokio::test]
+async fn hostile_names_inject_no_header_and_no_markup() {
+    let client = client().await;
+    let ns = namespace(&client, "invite-hostile").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    let yaml = "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  displayName: \"<b>Acme</b> \\\"Charging\\\"\\r\\nBcc: all@evil.example\"\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: mallory}\nspec:\n  tenantRef: {name: acme}\n  email: mallory@acme.example\n  firstName: \"<script>alert('x')</script>\\r\\nBcc: victim@evil.example\"\n  lastName: \"\\\"Quote\\\" & <img src=x>\"\n";
+    apply_yaml(&client, &ns, yaml).await;
+    let _usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let raw = mails(&smtp, 1).await.remove(0);
+    let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+    assert!(msg.bcc().is_none(), "a Bcc header was injected");
+    let to: Vec<_> = msg
+        .to()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.address())
+        .collect();
+    assert_eq!(
+        to,
+        ["mallory@acme.example"],
+        "only the person is a recipient"
+    );
+    assert!(!msg.subject().unwrap_or_default().contains('\n'));
+    let html = msg.body_html(0).unwrap();
+    for raw_markup in ["<script>", "<img", "<b>Acme"] {
+        assert!(
+            !html.contains(raw_markup),
+            "{raw_markup} reached the HTML part:\n{html}"
+        );
+    }
+    assert!(
+        html.contains("&lt;script&gt;") && html.contains("&lt;b&gt;Acme"),
+        "{html}"
+    );
+}
