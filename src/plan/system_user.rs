@@ -477,3 +477,425 @@ pub fn events(old: Option<&SystemUserStatus>, new: &SystemUserStatus) -> Vec<Not
     }
     notes
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use jiff::ToSpan;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::crd::{InvitationPolicy, ObjectRef, SystemUserSpec, TenantSpec};
+    use crate::plan::records::Profile;
+    use crate::token::TokenHash;
+
+    fn now() -> Timestamp {
+        "2026-11-22T10:00:00Z".parse().unwrap()
+    }
+
+    fn user(name: &str, email: &str) -> SystemUser {
+        SystemUser {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("acme".into()),
+                generation: Some(1),
+                creation_timestamp: Some(Time(now())),
+                ..Default::default()
+            },
+            spec: SystemUserSpec {
+                tenant_ref: ObjectRef::new("acme"),
+                email: email.into(),
+                first_name: Some("Alice".into()),
+                last_name: None,
+                phone: None,
+                company: None,
+                address: None,
+                accounting_id: None,
+                locations: vec![],
+                suspended: false,
+                comments: None,
+            },
+            status: None,
+        }
+    }
+
+    fn tenant(policy: Option<InvitationPolicy>) -> Tenant {
+        Tenant::new(
+            "acme",
+            TenantSpec {
+                display_name: "Acme".into(),
+                contact: None,
+                invitations: policy,
+                roles: None,
+                offboarding: None,
+            },
+        )
+    }
+
+    fn account(active: bool, accepted: bool) -> UserRecord {
+        UserRecord {
+            id: "u1".into(),
+            tenant: "acme/acme".into(),
+            external_id: "acme/alice".into(),
+            email: "alice@acme.example".into(),
+            profile: Profile {
+                first_name: Some("Alice".into()),
+                ..Default::default()
+            },
+            active,
+            activated_at: accepted.then(now),
+        }
+    }
+
+    fn invitation(attempt: i32) -> InvitationRecord {
+        InvitationRecord {
+            token_hash: TokenHash::of("t"),
+            user_id: "u1".into(),
+            attempt,
+            trigger: None,
+            created_at: now(),
+            expires_at: now() + 48.hours(),
+            sent_at: Some(now()),
+            used_at: None,
+            revoked_at: None,
+        }
+    }
+
+    fn peer(name: &str, email: &str, created: Timestamp) -> Peer {
+        Peer {
+            name: name.into(),
+            tenant: "acme".into(),
+            email: email.into(),
+            created: Some(created),
+        }
+    }
+
+    #[test]
+    fn a_new_person_gets_an_account_and_a_first_invitation() {
+        let p = plan(
+            &user("alice", "alice@acme.example"),
+            "acme/acme",
+            None,
+            None,
+        );
+        assert!(
+            matches!(p.account, AccountAction::Create(ref f) if f.external_id == "acme/alice" && f.tenant == "acme/acme")
+        );
+        assert_eq!(
+            p.invitation,
+            InvitationAction::Issue {
+                attempt: 1,
+                trigger: None
+            }
+        );
+        assert_eq!(p.access, AccessAction::Keep);
+    }
+
+    #[test]
+    fn nothing_to_do_when_the_invitation_is_out_and_the_account_current() {
+        let p = plan(
+            &user("alice", "alice@acme.example"),
+            "acme/acme",
+            Some(&account(false, false)),
+            Some(&invitation(1)),
+        );
+        assert_eq!(p, UserPlan::NOTHING);
+    }
+
+    #[test]
+    fn an_edited_spec_updates_the_account_only() {
+        let mut u = user("alice", "alice@acme.example");
+        u.spec.last_name = Some("Ng".into());
+        let p = plan(
+            &u,
+            "acme/acme",
+            Some(&account(false, false)),
+            Some(&invitation(1)),
+        );
+        assert!(
+            matches!(p.account, AccountAction::Update(ref f) if f.profile.last_name.as_deref() == Some("Ng"))
+        );
+        assert_eq!(p.invitation, InvitationAction::Keep);
+    }
+
+    #[test]
+    fn an_unsent_invitation_is_completed_not_duplicated() {
+        let mut inv = invitation(3);
+        inv.sent_at = None;
+        let p = plan(
+            &user("alice", "a@acme.example"),
+            "acme/acme",
+            Some(&account(false, false)),
+            Some(&inv),
+        );
+        assert_eq!(p.invitation, InvitationAction::Resend { attempt: 3 });
+    }
+
+    #[test]
+    fn the_resend_annotation_issues_the_next_attempt_once() {
+        let mut u = user("alice", "alice@acme.example");
+        u.metadata.annotations = Some(BTreeMap::from([(
+            RESEND_ANNOTATION.to_string(),
+            "x".to_string(),
+        )]));
+        let p = plan(
+            &u,
+            "acme/acme",
+            Some(&account(false, false)),
+            Some(&invitation(1)),
+        );
+        assert_eq!(
+            p.invitation,
+            InvitationAction::Issue {
+                attempt: 2,
+                trigger: Some("x".into())
+            }
+        );
+        let mut answered = invitation(2);
+        answered.trigger = Some("x".into());
+        let again = plan(
+            &u,
+            "acme/acme",
+            Some(&account(false, false)),
+            Some(&answered),
+        );
+        assert_eq!(
+            again.invitation,
+            InvitationAction::Keep,
+            "the same value is not a new request"
+        );
+    }
+
+    #[test]
+    fn an_annotation_present_at_creation_does_not_resend() {
+        let mut u = user("alice", "alice@acme.example");
+        u.metadata.annotations = Some(BTreeMap::from([(
+            RESEND_ANNOTATION.to_string(),
+            "x".to_string(),
+        )]));
+        let p = plan(&u, "acme/acme", None, None);
+        assert_eq!(
+            p.invitation,
+            InvitationAction::Issue {
+                attempt: 1,
+                trigger: Some("x".into())
+            }
+        );
+    }
+
+    #[test]
+    fn resend_is_ignored_once_accepted() {
+        let mut u = user("alice", "alice@acme.example");
+        u.metadata.annotations = Some(BTreeMap::from([(
+            RESEND_ANNOTATION.to_string(),
+            "y".to_string(),
+        )]));
+        let mut used = invitation(1);
+        used.used_at = Some(now());
+        let p = plan(&u, "acme/acme", Some(&account(true, true)), Some(&used));
+        assert_eq!(p, UserPlan::NOTHING);
+    }
+
+    #[test]
+    fn suspension_deactivates_and_unsuspension_restores_or_reinvites() {
+        let mut u = user("alice", "alice@acme.example");
+        u.spec.suspended = true;
+        let p = plan(&u, "acme/acme", Some(&account(true, true)), None);
+        assert_eq!(p.access, AccessAction::Suspend);
+        let p = plan(
+            &u,
+            "acme/acme",
+            Some(&account(false, false)),
+            Some(&invitation(1)),
+        );
+        assert_eq!(
+            p.access,
+            AccessAction::Suspend,
+            "an open token is revoked too"
+        );
+        u.spec.suspended = false;
+        let p = plan(&u, "acme/acme", Some(&account(false, true)), None);
+        assert_eq!(
+            p.access,
+            AccessAction::Restore,
+            "accepted before: access comes back"
+        );
+        let mut revoked = invitation(1);
+        revoked.revoked_at = Some(now());
+        let p = plan(
+            &u,
+            "acme/acme",
+            Some(&account(false, false)),
+            Some(&revoked),
+        );
+        assert_eq!(
+            p.invitation,
+            InvitationAction::Issue {
+                attempt: 2,
+                trigger: None
+            },
+            "never accepted: a new invitation"
+        );
+    }
+
+    #[test]
+    fn the_oldest_holder_of_an_email_keeps_it_case_insensitively() {
+        let me = user("second", "ALICE@acme.example");
+        let older = peer("first", "alice@ACME.example", now() - 1.hour());
+        let t = tenant(None);
+        assert_eq!(
+            blocked(&me, Some(&t), std::slice::from_ref(&older)),
+            Some(Blocked::DuplicateEmail {
+                holder: "first".into()
+            })
+        );
+        let younger = peer("zed", "alice@acme.example", now() + 1.hour());
+        assert_eq!(blocked(&me, Some(&t), &[younger]), None);
+        // Same creation second: the name decides, so exactly one of the two wins.
+        let twin = peer("aaa", "alice@acme.example", now());
+        assert!(blocked(&me, Some(&t), &[twin]).is_some());
+        let other_tenant = Peer {
+            tenant: "globex".into(),
+            ..older
+        };
+        assert_eq!(blocked(&me, Some(&t), &[other_tenant]), None);
+    }
+
+    #[test]
+    fn allowed_domains_and_missing_tenants_block() {
+        let t = tenant(Some(InvitationPolicy {
+            allowed_domains: Some(vec!["Acme.example".into()]),
+            ..Default::default()
+        }));
+        assert_eq!(blocked(&user("a", "a@acme.EXAMPLE"), Some(&t), &[]), None);
+        assert!(matches!(
+            blocked(&user("a", "a@evil.example"), Some(&t), &[]),
+            Some(Blocked::EmailDomainNotAllowed { .. })
+        ));
+        assert_eq!(
+            blocked(&user("a", "a@acme.example"), None, &[]),
+            Some(Blocked::TenantNotFound("acme".into()))
+        );
+    }
+
+    #[test]
+    fn durations_parse_as_admission_allows() {
+        assert_eq!(parse_duration("48h"), Some(SignedDuration::from_hours(48)));
+        assert_eq!(parse_duration("1h30m"), Some(SignedDuration::from_mins(90)));
+        assert_eq!(parse_duration("300s"), Some(SignedDuration::from_secs(300)));
+        for bad in ["", "h", "10", "5d", "1.5h", "-5m", "99999999999999999999h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        let t = tenant(Some(InvitationPolicy {
+            ttl: Some("90m".into()),
+            expose_token: Some(true),
+            ..Default::default()
+        }));
+        assert_eq!(
+            InvitationSettings::of(&t),
+            InvitationSettings {
+                ttl: SignedDuration::from_mins(90),
+                expose_token: true
+            }
+        );
+        assert_eq!(InvitationSettings::of(&tenant(None)).ttl, DEFAULT_TTL);
+    }
+
+    fn status_of(
+        u: &SystemUser,
+        account: Option<&UserRecord>,
+        latest: Option<&InvitationRecord>,
+        at: Timestamp,
+    ) -> SystemUserStatus {
+        status(&StatusInput {
+            user: u,
+            blocked: None,
+            account,
+            latest,
+            secret_name: None,
+            now: at,
+        })
+    }
+
+    #[test]
+    fn phases_follow_the_store() {
+        let u = user("alice", "alice@acme.example");
+        let inv = invitation(1);
+        let pending = status_of(&u, Some(&account(false, false)), Some(&inv), now());
+        assert_eq!(pending.phase, Some(UserPhase::Pending));
+        assert_eq!(pending.conditions[0].status, "True");
+        assert_eq!(
+            pending.invitation.as_ref().unwrap().fingerprint.as_deref(),
+            Some(&inv.token_hash.fingerprint()[..])
+        );
+        let expired = status_of(&u, Some(&account(false, false)), Some(&inv), inv.expires_at);
+        assert_eq!(expired.phase, Some(UserPhase::Expired));
+        assert_eq!(
+            (
+                expired.conditions[0].status.as_str(),
+                expired.conditions[0].reason.as_str()
+            ),
+            ("False", "InvitationExpired")
+        );
+        let active = status_of(&u, Some(&account(true, true)), Some(&inv), now());
+        assert_eq!(active.phase, Some(UserPhase::Active));
+        assert!(active.activated_at.is_some());
+        let mut unsent = inv.clone();
+        unsent.sent_at = None;
+        let not_sent = status_of(&u, Some(&account(false, false)), Some(&unsent), now());
+        assert_eq!(not_sent.conditions[0].reason, "InvitationNotSent");
+    }
+
+    #[test]
+    fn the_same_state_gives_the_same_status_so_nothing_is_patched() {
+        let mut u = user("alice", "alice@acme.example");
+        let inv = invitation(1);
+        let first = status_of(&u, Some(&account(false, false)), Some(&inv), now());
+        u.status = Some(first.clone());
+        let later = status_of(
+            &u,
+            Some(&account(false, false)),
+            Some(&inv),
+            now() + 5.minutes(),
+        );
+        assert_eq!(first, later);
+        assert!(events(Some(&first), &later).is_empty());
+    }
+
+    #[test]
+    fn each_transition_has_one_event() {
+        let u = user("alice", "alice@acme.example");
+        let inv = invitation(1);
+        let pending = status_of(&u, Some(&account(false, false)), Some(&inv), now());
+        let reasons = |old: Option<&SystemUserStatus>, new: &SystemUserStatus| {
+            events(old, new)
+                .into_iter()
+                .map(|n| n.reason)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(reasons(None, &pending), ["InvitationSent"]);
+        let active = status_of(&u, Some(&account(true, true)), Some(&inv), now());
+        assert_eq!(reasons(Some(&pending), &active), ["InvitationRedeemed"]);
+        let expired = status_of(&u, Some(&account(false, false)), Some(&inv), inv.expires_at);
+        assert_eq!(reasons(Some(&pending), &expired), ["InvitationExpired"]);
+        let resent = status_of(
+            &u,
+            Some(&account(false, false)),
+            Some(&invitation(2)),
+            now(),
+        );
+        assert_eq!(reasons(Some(&pending), &resent), ["InvitationSent"]);
+    }
+
+    #[test]
+    fn requeue_lands_on_the_expiry_of_an_open_invitation_only() {
+        let inv = invitation(1);
+        assert_eq!(requeue_at(Some(&inv), now()), Some(inv.expires_at));
+        assert_eq!(requeue_at(Some(&inv), inv.expires_at), None);
+        let mut used = inv.clone();
+        used.used_at = Some(now());
+        assert_eq!(requeue_at(Some(&used), now()), None);
+    }
+}

@@ -1,6 +1,8 @@
 //! The user store port: tenants, accounts and invitations (keyed by token hash). Each backend
 //! is one file; the records are plain types of [`crate::plan::records`].
 
+#[cfg(test)]
+mod contract;
 mod sqlite;
 
 use std::sync::Arc;

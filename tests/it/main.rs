@@ -4,6 +4,7 @@
 mod support;
 
 mod admission;
+mod browser;
 mod control_plane;
 mod crds;
 mod examples;

@@ -1,0 +1,247 @@
+//! The contract every `UserStore` backend passes, run here against the real SQLite backend
+//! (a file in WAL mode, several connections). Each check is a plain async function taking the
+//! store, so another backend runs the same suite unchanged.
+
+use std::sync::Arc;
+
+use jiff::{Timestamp, ToSpan};
+
+use super::UserStore;
+use crate::plan::records::{InvitationRecord, Profile, RedeemRefusal, TenantRecord, UserFields};
+use crate::token::{Token, TokenHash};
+
+fn fields(name: &str) -> UserFields {
+    UserFields {
+        tenant: "acme/acme".into(),
+        external_id: format!("acme/{name}"),
+        email: format!("{name}@acme.example"),
+        profile: Profile {
+            first_name: Some(name.into()),
+            locations: vec!["fresno-01".into()],
+            ..Default::default()
+        },
+    }
+}
+
+fn invitation(
+    user_id: &str,
+    attempt: i32,
+    token: &Token,
+    expires_in_secs: i64,
+) -> InvitationRecord {
+    let now = Timestamp::now();
+    InvitationRecord {
+        token_hash: token.hash(),
+        user_id: user_id.into(),
+        attempt,
+        trigger: None,
+        created_at: now,
+        expires_at: now + expires_in_secs.seconds(),
+        sent_at: Some(now),
+        used_at: None,
+        revoked_at: None,
+    }
+}
+
+async fn accounts_round_trip(store: Arc<dyn UserStore>) {
+    let t = TenantRecord {
+        key: "acme/acme".into(),
+        display_name: "Acme".into(),
+    };
+    store.put_tenant(&t).await.unwrap();
+    assert_eq!(store.tenant("acme/acme").await.unwrap(), Some(t));
+    let created = store.create_user(&fields("alice")).await.unwrap();
+    assert!(!created.active && created.activated_at.is_none());
+    let read = store
+        .user_by_external_id("acme/alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, created);
+    assert!(read.matches(&fields("alice")));
+    let mut changed = fields("alice");
+    changed.profile.last_name = Some("Ng".into());
+    let updated = store.update_user(&created.id, &changed).await.unwrap();
+    assert_eq!(updated.profile.last_name.as_deref(), Some("Ng"));
+    store
+        .set_active(&created.id, true, Timestamp::now())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .user_by_external_id("acme/alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
+    assert!(
+        store
+            .user_by_external_id("acme/nobody")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_new_invitation_revokes_the_open_one(store: Arc<dyn UserStore>) {
+    let user = store.create_user(&fields("bob")).await.unwrap();
+    let (t1, t2) = (Token::generate().unwrap(), Token::generate().unwrap());
+    store
+        .record_invitation(&invitation(&user.id, 1, &t1, 3600))
+        .await
+        .unwrap();
+    store
+        .record_invitation(&invitation(&user.id, 2, &t2, 3600))
+        .await
+        .unwrap();
+    let latest = store.latest_invitation(&user.id).await.unwrap().unwrap();
+    assert_eq!((latest.attempt, &latest.token_hash), (2, &t2.hash()));
+    let now = Timestamp::now();
+    assert_eq!(
+        store.redeem(&t1.hash(), now).await.unwrap(),
+        Err(RedeemRefusal::Expired),
+        "revoked"
+    );
+    assert!(store.redeem(&t2.hash(), now).await.unwrap().is_ok());
+}
+
+async fn redemption_is_single_use_and_refuses_clearly(store: Arc<dyn UserStore>) {
+    let user = store.create_user(&fields("carol")).await.unwrap();
+    let token = Token::generate().unwrap();
+    store
+        .record_invitation(&invitation(&user.id, 1, &token, 3600))
+        .await
+        .unwrap();
+    let now = Timestamp::now();
+    let redeemed = store.redeem(&token.hash(), now).await.unwrap().unwrap();
+    assert_eq!(
+        (redeemed.user_id.as_str(), redeemed.external_id.as_str()),
+        (user.id.as_str(), "acme/carol")
+    );
+    let account = store
+        .user_by_external_id("acme/carol")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(account.active && account.activated_at.is_some());
+    assert_eq!(
+        store.redeem(&token.hash(), now).await.unwrap(),
+        Err(RedeemRefusal::AlreadyUsed)
+    );
+    assert_eq!(
+        store.redeem(&TokenHash::of("nope"), now).await.unwrap(),
+        Err(RedeemRefusal::Unknown)
+    );
+
+    let late = store.create_user(&fields("dave")).await.unwrap();
+    let stale = Token::generate().unwrap();
+    store
+        .record_invitation(&invitation(&late.id, 1, &stale, 60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .redeem(&stale.hash(), now + 61.seconds())
+            .await
+            .unwrap(),
+        Err(RedeemRefusal::Expired)
+    );
+    assert_eq!(store.revoke_open(&late.id, now).await.unwrap(), 1);
+}
+
+async fn only_an_unsent_invitation_is_rotated(store: Arc<dyn UserStore>) {
+    let user = store.create_user(&fields("erin")).await.unwrap();
+    let first = Token::generate().unwrap();
+    let mut inv = invitation(&user.id, 1, &first, 3600);
+    inv.sent_at = None;
+    store.record_invitation(&inv).await.unwrap();
+    let second = Token::generate().unwrap();
+    let later = Timestamp::now() + 2.hours();
+    assert!(
+        store
+            .rotate_unsent(&user.id, 1, &second.hash(), later)
+            .await
+            .unwrap()
+    );
+    let now = Timestamp::now();
+    assert_eq!(
+        store.redeem(&first.hash(), now).await.unwrap(),
+        Err(RedeemRefusal::Unknown),
+        "the unsent token is gone"
+    );
+    store.mark_sent(&second.hash(), now).await.unwrap();
+    let third = Token::generate().unwrap();
+    assert!(
+        !store
+            .rotate_unsent(&user.id, 1, &third.hash(), later)
+            .await
+            .unwrap(),
+        "a sent one stays"
+    );
+    let latest = store.latest_invitation(&user.id).await.unwrap().unwrap();
+    assert_eq!((latest.token_hash, latest.attempt), (second.hash(), 1));
+    assert!(latest.sent_at.is_some());
+}
+
+async fn concurrent_redemptions_of_one_token_succeed_once(store: Arc<dyn UserStore>) {
+    let user = store.create_user(&fields("frank")).await.unwrap();
+    let token = Token::generate().unwrap();
+    store
+        .record_invitation(&invitation(&user.id, 1, &token, 3600))
+        .await
+        .unwrap();
+    let tries: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            let hash = token.hash();
+            tokio::spawn(async move { store.redeem(&hash, Timestamp::now()).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tries {
+        match t.await.unwrap().unwrap() {
+            Ok(_) => wins += 1,
+            Err(refusal) => assert_eq!(refusal, RedeemRefusal::AlreadyUsed),
+        }
+    }
+    assert_eq!(wins, 1);
+}
+
+/// Every check, in order, on one store.
+pub async fn run(store: Arc<dyn UserStore>) {
+    store.ping().await.unwrap();
+    accounts_round_trip(store.clone()).await;
+    a_new_invitation_revokes_the_open_one(store.clone()).await;
+    redemption_is_single_use_and_refuses_clearly(store.clone()).await;
+    only_an_unsent_invitation_is_rotated(store.clone()).await;
+    concurrent_redemptions_of_one_token_succeed_once(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_passes_the_contract() {
+    let dir = std::env::temp_dir().join(format!("usher-contract-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = super::open(&format!("sqlite://{}", dir.join("usher.db").display()))
+        .await
+        .unwrap();
+    run(store).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn bad_store_urls_say_what_is_wrong() {
+    for (url, needle) in [
+        ("mysql://x", "unsupported scheme \"mysql\""),
+        ("sqlite://", "needs a file path"),
+        ("usher.db", "unsupported scheme"),
+    ] {
+        let err = super::open(url)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{url} accepted"))
+            .to_string();
+        assert!(err.contains(needle), "{url}: {err}");
+    }
+}
