@@ -1,9 +1,10 @@
 //! SMTP through lettre: `smtp://host:port` (STARTTLS when the server offers it, or required with
-//! `?tls=required`) and `smtps://host:port` (implicit TLS). Connections are pooled.
+//! `?tls=required`) and `smtps://host:port` (implicit TLS). Connections are pooled. The system's
+//! roots are trusted, plus the PEM file `USHER_MAIL_CA_FILE` names, if any.
 
 use async_trait::async_trait;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{MailError, Mailer};
@@ -26,8 +27,28 @@ impl SmtpMailer {
             .filter(|h| !h.is_empty())
             .ok_or_else(|| bad("no host".into()))?
             .to_string();
-        let tls_params =
-            || TlsParameters::new(host.clone()).map_err(|e| bad(format!("TLS setup: {e}")));
+        // A private relay's CA can be trusted in addition to the system's roots.
+        let extra_ca = match std::env::var_os("USHER_MAIL_CA_FILE") {
+            Some(path) => {
+                let shown = path.to_string_lossy().into_owned();
+                let pem = std::fs::read(&path)
+                    .map_err(|e| bad(format!("reading USHER_MAIL_CA_FILE {shown}: {e}")))?;
+                Some(
+                    Certificate::from_pem(&pem)
+                        .map_err(|e| bad(format!("USHER_MAIL_CA_FILE {shown}: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        let tls_params = || {
+            let mut builder = TlsParameters::builder(host.clone());
+            if let Some(ca) = extra_ca.clone() {
+                builder = builder.add_root_certificate(ca);
+            }
+            builder
+                .build_rustls()
+                .map_err(|e| bad(format!("TLS setup: {e}")))
+        };
         let (tls, default_port) = match url.scheme() {
             "smtp" => {
                 let required = url

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use peers::{ChromeDriver, Smtp, scratch_dir, venv_python};
+pub use peers::{ChromeDriver, Smtp, SmtpTls, scratch_dir, venv_python};
 pub use process::Supervised;
 
 /// Everything that can go wrong bringing a control plane up.

@@ -36,17 +36,35 @@ fn wait_for_port(child: &Supervised, port: u16, timeout: Duration) -> Result<(),
     }
 }
 
+/// How an SMTP peer speaks TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain SMTP, no STARTTLS offered.
+    None,
+    /// STARTTLS offered (and required before anything else).
+    StartTls,
+    /// TLS from the first byte (smtps).
+    Implicit,
+}
+
 /// An SMTP server on loopback that keeps every message it receives in a maildir.
 pub struct Smtp {
     /// Its port on 127.0.0.1.
     pub port: u16,
+    tls: SmtpTls,
+    files: Option<crate::pki::TlsFiles>,
     maildir: PathBuf,
     process: Option<Supervised>,
 }
 
 impl Smtp {
-    /// Start aiosmtpd with its Mailbox handler.
+    /// Start aiosmtpd with its Mailbox handler, plain SMTP.
     pub fn start() -> Result<Self, Error> {
+        Self::start_with(SmtpTls::None)
+    }
+
+    /// Start aiosmtpd speaking `tls`, with a certificate for localhost from a fresh CA.
+    pub fn start_with(tls: SmtpTls) -> Result<Self, Error> {
         let python = venv_python();
         if !python.exists() {
             return Err(Error::Build(format!(
@@ -57,8 +75,14 @@ impl Smtp {
         let dir = scratch_dir("smtp")?;
         let maildir = dir.join("maildir");
         let port = free_port()?;
+        let files = match tls {
+            SmtpTls::None => None,
+            _ => Some(crate::pki::tls_files(&dir)?),
+        };
         let mut smtp = Self {
             port,
+            tls,
+            files,
             maildir,
             process: None,
         };
@@ -67,28 +91,42 @@ impl Smtp {
     }
 
     fn spawn(&mut self, dir: &Path) -> Result<(), Error> {
-        let process = Supervised::spawn(
+        let mut cmd = Command::new(venv_python());
+        cmd.args([
+            "-m",
             "aiosmtpd",
-            Command::new(venv_python()).args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{}", self.port),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-                &self.maildir.display().to_string(),
-            ]),
-            dir,
-        )?;
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{}", self.port),
+        ]);
+        if let Some(f) = &self.files {
+            let (cert_flag, key_flag) = match self.tls {
+                SmtpTls::Implicit => ("--smtpscert", "--smtpskey"),
+                _ => ("--tlscert", "--tlskey"),
+            };
+            cmd.arg(cert_flag).arg(&f.cert).arg(key_flag).arg(&f.key);
+        }
+        cmd.args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&self.maildir);
+        let process = Supervised::spawn("aiosmtpd", &mut cmd, dir)?;
         wait_for_port(&process, self.port, Duration::from_secs(20))?;
         self.process = Some(process);
         Ok(())
     }
 
-    /// `smtp://127.0.0.1:<port>`.
+    /// The CA a client must trust, when the server speaks TLS.
+    pub fn ca(&self) -> Option<&Path> {
+        self.files.as_ref().map(|f| f.ca.as_path())
+    }
+
+    /// The URL usher should send to: `smtp://127.0.0.1:<port>`, or for TLS
+    /// `smtp://localhost:<port>?tls=required` / `smtps://localhost:<port>` (the certificate's name).
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        match self.tls {
+            SmtpTls::None => format!("smtp://127.0.0.1:{}", self.port),
+            SmtpTls::StartTls => format!("smtp://localhost:{}?tls=required", self.port),
+            SmtpTls::Implicit => format!("smtps://localhost:{}", self.port),
+        }
     }
 
     /// Stop the server (an outage); `resume` starts it again on the same port and maildir.

@@ -1,5 +1,5 @@
-//! Certificates for one run: a CA, the API server's serving certificate, an admin client
-//! certificate (group system:masters), its kubeconfig and the service-account signing key.
+//! Certificates for one run: a CA, serving certificates for loopback, an admin client
+//! certificate (group system:masters) with its kubeconfig, and a service-account signing key.
 
 use std::path::{Path, PathBuf};
 
@@ -10,45 +10,86 @@ use rcgen::{
 
 use crate::{Error, io};
 
+/// A certificate authority that signs the other certificates of a run.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Result<Self, Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let pem = params.self_signed(&key)?.pem();
+        Ok(Self {
+            pem,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// A serving certificate for localhost and 127.0.0.1 (plus `extra` names): (cert, key) PEM.
+    fn serving(&self, cn: &str, extra: &[&str]) -> Result<(String, String), Error> {
+        let key = KeyPair::generate()?;
+        let mut names = vec!["localhost".to_string()];
+        names.extend(extra.iter().map(|s| s.to_string()));
+        let mut params = CertificateParams::new(names)?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, Error> {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).map_err(io(format!("writing {}", path.display())))?;
+    Ok(path)
+}
+
+/// The files of a TLS server on loopback and the CA that clients must trust.
+pub struct TlsFiles {
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+    /// The server certificate (PEM).
+    pub cert: PathBuf,
+    /// The server key (PEM).
+    pub key: PathBuf,
+}
+
+/// A fresh CA and a serving certificate for localhost / 127.0.0.1, written into `dir`.
+pub fn tls_files(dir: &Path) -> Result<TlsFiles, Error> {
+    let ca = Ca::new("usher-testenv-peer-ca")?;
+    let (cert, key) = ca.serving("localhost", &[])?;
+    Ok(TlsFiles {
+        ca: write(dir, "ca.crt", &ca.pem)?,
+        cert: write(dir, "server.crt", &cert)?,
+        key: write(dir, "server.key", &key)?,
+    })
+}
+
 pub struct Pki {
     dir: PathBuf,
 }
 
 impl Pki {
-    /// Generate everything and write `ca.crt`, `apiserver.{crt,key}`, `sa.{key,pub}` into `dir`.
+    /// Generate everything and write `ca.crt`, `apiserver.{crt,key}`, `admin.{crt,key}` and
+    /// `sa.{key,pub}` into `dir`.
     pub fn generate(dir: &Path) -> Result<Self, Error> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "usher-testenv-ca");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let server_key = KeyPair::generate()?;
-        let mut server = CertificateParams::new(vec![
-            "localhost".to_string(),
-            "kubernetes".to_string(),
-            "kubernetes.default".to_string(),
-            "kubernetes.default.svc".to_string(),
-        ])?;
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress([10, 0, 0, 1].into()));
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_cert = server.signed_by(&server_key, &issuer)?;
+        let ca = Ca::new("usher-testenv-ca")?;
+        let (server_cert, server_key) = ca.serving(
+            "kube-apiserver",
+            &["kubernetes", "kubernetes.default", "kubernetes.default.svc"],
+        )?;
 
         let admin_key = KeyPair::generate()?;
         let mut admin = CertificateParams::new(Vec::<String>::new())?;
@@ -59,21 +100,16 @@ impl Pki {
             .distinguished_name
             .push(DnType::OrganizationName, "system:masters");
         admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin.signed_by(&admin_key, &issuer)?;
+        let admin_cert = admin.signed_by(&admin_key, &ca.issuer)?;
 
         let sa_key = KeyPair::generate()?;
-
-        let write = |name: &str, contents: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, contents).map_err(io(format!("writing {}", path.display())))
-        };
-        write("ca.crt", &ca_cert.pem())?;
-        write("apiserver.crt", &server_cert.pem())?;
-        write("apiserver.key", &server_key.serialize_pem())?;
-        write("sa.key", &sa_key.serialize_pem())?;
-        write("sa.pub", &sa_key.public_key_pem())?;
-        write("admin.crt", &admin_cert.pem())?;
-        write("admin.key", &admin_key.serialize_pem())?;
+        write(dir, "ca.crt", &ca.pem)?;
+        write(dir, "apiserver.crt", &server_cert)?;
+        write(dir, "apiserver.key", &server_key)?;
+        write(dir, "admin.crt", &admin_cert.pem())?;
+        write(dir, "admin.key", &admin_key.serialize_pem())?;
+        write(dir, "sa.key", &sa_key.serialize_pem())?;
+        write(dir, "sa.pub", &sa_key.public_key_pem())?;
         Ok(Self {
             dir: dir.to_path_buf(),
         })

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use usher::crd::{SystemUser, Tenant, UserPhase};
-use usher_testenv::Smtp;
+use usher_testenv::{Smtp, SmtpTls};
 
 use crate::support::{
     Usher, apply_yaml, client, eventually, invitation_in, namespace, recipient, wait_for,
@@ -476,5 +476,65 @@ async fn hostile_names_inject_no_header_and_no_markup() {
     assert!(
         html.contains("&lt;script&gt;") && html.contains("&lt;b&gt;Acme"),
         "{html}"
+    );
+}
+
+/// Mail goes out over STARTTLS (required) and implicit TLS, verified against the relay's CA; a
+/// relay whose certificate is not trusted gets nothing, and the condition says why.
+#[tokio::test]
+async fn mail_goes_over_verified_tls() {
+    let client = client().await;
+    for (i, tls) in [SmtpTls::StartTls, SmtpTls::Implicit]
+        .into_iter()
+        .enumerate()
+    {
+        let ns = namespace(&client, "invite-tls").await;
+        let smtp = Smtp::start_with(tls).expect("TLS SMTP sink");
+        let ca = smtp.ca().unwrap().display().to_string();
+        let name = format!("tls{i}");
+        apply_yaml(
+            &client,
+            &ns,
+            &(tenant("") + &user(&name, &format!("{name}@acme.example"), "Tess")),
+        )
+        .await;
+        let _usher =
+            Usher::start_with_env(&ns, &smtp.url(), &[], &[("USHER_MAIL_CA_FILE", &ca)]).await;
+        let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+        wait_for(&users, &name, "Pending", |u| {
+            phase(u) == Some(UserPhase::Pending)
+        })
+        .await;
+        let got = mails(&smtp, 1).await;
+        assert_eq!(
+            recipient(&got[0]),
+            format!("{name}@acme.example"),
+            "{tls:?}"
+        );
+    }
+
+    let ns = namespace(&client, "invite-untrusted").await;
+    let smtp = Smtp::start_with(SmtpTls::Implicit).expect("TLS SMTP sink");
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("") + &user("uma", "uma@acme.example", "Uma")),
+    )
+    .await;
+    let _usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    let unsent = wait_for(&users, "uma", "InvitationNotSent", |u| {
+        u.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .first()
+                .is_some_and(|c| c.reason == "InvitationNotSent")
+        })
+    })
+    .await;
+    let message = &unsent.status.unwrap().conditions[0].message;
+    assert!(message.contains("sending mail"), "{message}");
+    assert!(
+        smtp.messages().is_empty(),
+        "nothing may go to an unverified relay"
     );
 }

@@ -236,6 +236,7 @@ pub struct Usher {
     mail: String,
     port: u16,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     dir: PathBuf,
     process: Option<usher_testenv::Supervised>,
 }
@@ -243,6 +244,16 @@ pub struct Usher {
 impl Usher {
     /// Start usher for `namespace`, mailing through `mail`.
     pub async fn start(namespace: &str, mail: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(namespace, mail, extra, &[]).await
+    }
+
+    /// Start usher with extra environment variables.
+    pub async fn start_with_env(
+        namespace: &str,
+        mail: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = usher_testenv::scratch_dir("usher").expect("scratch dir");
         let port = usher_testenv::free_port().expect("free port");
         let mut usher = Self {
@@ -252,6 +263,10 @@ impl Usher {
             mail: mail.to_string(),
             port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir,
             process: None,
         };
@@ -270,7 +285,8 @@ impl Usher {
             .args(["--mail", &self.mail])
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--public-url", &self.url])
-            .args(&self.extra);
+            .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let process =
             usher_testenv::Supervised::spawn("usher", &mut cmd, &self.dir).expect("usher starts");
         let url = format!("{}/readyz", self.url);
