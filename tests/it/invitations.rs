@@ -87,6 +87,7 @@ async fn invited_person_redeems_and_becomes_active() {
     assert!(!shown.contains(&token), "token leaked into the object");
     assert!(!usher.log().contains(&token), "token leaked into the log");
 
+    let clicked = std::time::Instant::now();
     let (code, body) = usher.redeem(&token).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["email"], "alice@acme.example");
@@ -97,11 +98,47 @@ async fn invited_person_redeems_and_becomes_active() {
         phase(u) == Some(UserPhase::Active)
     })
     .await;
+    // Reported, not asserted: speed is measured in `make bench`.
+    println!("redeem → Active observed after {:?}", clicked.elapsed());
     assert!(active.status.as_ref().unwrap().activated_at.is_some());
 
     assert_eq!(usher.redeem(&token).await.0, 409, "a token is single use");
     assert_eq!(usher.redeem(&"A".repeat(43)).await.0, 404, "unknown token");
     assert_eq!(usher.redeem("not a token").await.0, 400, "malformed token");
+
+    // Every transition left an Event on the SystemUser.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let reasons = eventually(Duration::from_secs(10), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let reasons: Vec<String> = list
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("alice"))
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        reasons
+            .contains(&"InvitationRedeemed".to_string())
+            .then_some(reasons)
+    })
+    .await
+    .expect("an InvitationRedeemed Event");
+    assert!(
+        reasons.contains(&"InvitationSent".to_string()),
+        "{reasons:?}"
+    );
+
+    // Guessing tokens is throttled within a few tries per client.
+    let mut throttled_after = None;
+    for i in 1..=12 {
+        if usher.redeem(&format!("{i:0>43}")).await.0 == 429 {
+            throttled_after = Some(i);
+            break;
+        }
+    }
+    assert!(
+        throttled_after.is_some_and(|n| n <= 10),
+        "no 429 within 10 guesses: {throttled_after:?}"
+    );
 
     let tenants: Api<Tenant> = Api::namespaced(client.clone(), &ns);
     let t = wait_for(&tenants, "acme", "counting one active user", |t| {
