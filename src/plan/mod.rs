@@ -2,7 +2,9 @@
 //! decide the store writes, whether to issue or revoke a token, and which status to show.
 //! Nothing here touches the network; most tests live here.
 
+pub mod bindings;
 pub mod condition;
+pub mod groups;
 pub mod records;
 pub mod system_user;
 pub mod tenant;

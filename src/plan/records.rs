@@ -179,3 +179,65 @@ pub enum RedeemRefusal {
     #[error("this invitation has expired; ask your administrator for a new one")]
     Expired,
 }
+
+/// A location group as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// `<namespace>/<name>` of the LocationGroup.
+    pub key: String,
+    /// The tenant's key.
+    pub tenant: String,
+    /// The parent's key; None at the top level.
+    pub parent: Option<String>,
+    /// The name people see.
+    pub display_name: String,
+    /// Names from the top level down, joined by "/".
+    pub path: String,
+    /// Its locations.
+    pub locations: Vec<crate::crd::Location>,
+}
+
+/// A role of a tenant's catalogue as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleRecord {
+    /// The role's name.
+    pub name: String,
+    /// What it is for.
+    pub description: Option<String>,
+    /// Whether it excludes every other role.
+    pub exclusive: bool,
+    /// The modules it opens.
+    pub permissions: Vec<String>,
+}
+
+impl From<&crate::crd::Role> for RoleRecord {
+    fn from(r: &crate::crd::Role) -> Self {
+        Self {
+            name: r.name.clone(),
+            description: r.description.clone(),
+            exclusive: r.exclusive,
+            permissions: r.permissions.clone(),
+        }
+    }
+}
+
+/// One Bound RoleBinding in the store.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Assignment {
+    /// The RoleBinding's key, `<namespace>/<name>`.
+    pub binding: String,
+    /// The role.
+    pub role: String,
+    /// The group's key; None for tenant-wide.
+    pub group: Option<String>,
+}
+
+/// A (role, group) pair a person holds, inherited ones included; what an application asks at
+/// sign-in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Grant {
+    /// The role.
+    pub role: String,
+    /// The group's key; None for tenant-wide.
+    pub group: Option<String>,
+}

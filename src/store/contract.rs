@@ -7,7 +7,10 @@ use std::sync::Arc;
 use jiff::{Timestamp, ToSpan};
 
 use super::UserStore;
-use crate::plan::records::{InvitationRecord, Profile, RedeemRefusal, TenantRecord, UserFields};
+use crate::plan::records::{
+    Assignment, Grant, GroupRecord, InvitationRecord, Profile, RedeemRefusal, RoleRecord,
+    TenantRecord, UserFields,
+};
 use crate::token::{Token, TokenHash};
 
 fn fields(name: &str) -> UserFields {
@@ -208,6 +211,74 @@ async fn concurrent_redemptions_of_one_token_succeed_once(store: Arc<dyn UserSto
     assert_eq!(wins, 1);
 }
 
+async fn grants_reach_down_a_three_level_tree(store: Arc<dyn UserStore>) {
+    let group = |name: &str, parent: Option<&str>, path: &str| GroupRecord {
+        key: format!("acme/{name}"),
+        tenant: "acme/acme".into(),
+        parent: parent.map(|p| format!("acme/{p}")),
+        display_name: name.into(),
+        path: path.into(),
+        locations: vec![],
+    };
+    for g in [
+        group("main", None, "main"),
+        group("west", Some("main"), "main/west"),
+        group("fresno", Some("west"), "main/west/fresno"),
+        group("east", Some("main"), "main/east"),
+    ] {
+        store.put_group(&g).await.unwrap();
+    }
+    assert_eq!(
+        store.group("acme/west").await.unwrap().unwrap().path,
+        "main/west"
+    );
+    let user = store.create_user(&fields("grace")).await.unwrap();
+    let assignments = vec![
+        Assignment {
+            binding: "acme/g-admin".into(),
+            role: "Administrator".into(),
+            group: None,
+        },
+        Assignment {
+            binding: "acme/g-tech".into(),
+            role: "Technician".into(),
+            group: Some("acme/west".into()),
+        },
+    ];
+    store.set_assignments(&user.id, &assignments).await.unwrap();
+    assert_eq!(store.assignments(&user.id).await.unwrap(), assignments);
+    let grant = |role: &str, group: Option<&str>| Grant {
+        role: role.into(),
+        group: group.map(Into::into),
+    };
+    assert_eq!(
+        store.grants(&user.id).await.unwrap(),
+        [
+            grant("Administrator", None),
+            grant("Technician", Some("acme/fresno")),
+            grant("Technician", Some("acme/west")),
+        ],
+        "west and below, not main or east"
+    );
+    store.delete_group("acme/fresno").await.unwrap();
+    assert_eq!(
+        store.grants(&user.id).await.unwrap().len(),
+        2,
+        "a removed group grants nothing"
+    );
+    store.set_assignments(&user.id, &[]).await.unwrap();
+    assert!(store.grants(&user.id).await.unwrap().is_empty());
+
+    let roles = vec![RoleRecord {
+        name: "Technician".into(),
+        description: None,
+        exclusive: true,
+        permissions: vec!["work-orders".into()],
+    }];
+    store.put_roles("acme/acme", &roles).await.unwrap();
+    assert_eq!(store.roles("acme/acme").await.unwrap(), roles);
+}
+
 /// Every check, in order, on one store.
 pub async fn run(store: Arc<dyn UserStore>) {
     store.ping().await.unwrap();
@@ -215,7 +286,8 @@ pub async fn run(store: Arc<dyn UserStore>) {
     a_new_invitation_revokes_the_open_one(store.clone()).await;
     redemption_is_single_use_and_refuses_clearly(store.clone()).await;
     only_an_unsent_invitation_is_rotated(store.clone()).await;
-    concurrent_redemptions_of_one_token_succeed_once(store).await;
+    concurrent_redemptions_of_one_token_succeed_once(store.clone()).await;
+    grants_reach_down_a_three_level_tree(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 
 use crate::plan::records::{
-    InvitationRecord, RedeemRefusal, Redeemed, TenantRecord, UserFields, UserRecord,
+    Assignment, Grant, GroupRecord, InvitationRecord, RedeemRefusal, Redeemed, RoleRecord,
+    TenantRecord, UserFields, UserRecord,
 };
 use crate::token::TokenHash;
 
@@ -85,6 +86,30 @@ pub trait UserStore: Send + Sync + 'static {
     async fn mark_sent(&self, hash: &TokenHash, at: Timestamp) -> Result<(), StoreError>;
     /// Revoke every open invitation of an account; returns how many.
     async fn revoke_open(&self, user_id: &str, at: Timestamp) -> Result<u64, StoreError>;
+    /// A location group by key.
+    async fn group(&self, key: &str) -> Result<Option<GroupRecord>, StoreError>;
+    /// Create or update a location group.
+    async fn put_group(&self, group: &GroupRecord) -> Result<(), StoreError>;
+
+    /// Remove a location group (grants no longer reach through it).
+    async fn delete_group(&self, key: &str) -> Result<(), StoreError>;
+
+    /// A tenant's role catalogue, sorted by name.
+    async fn roles(&self, tenant: &str) -> Result<Vec<RoleRecord>, StoreError>;
+    /// Replace a tenant's role catalogue.
+    async fn put_roles(&self, tenant: &str, roles: &[RoleRecord]) -> Result<(), StoreError>;
+
+    /// An account's role assignments, sorted.
+    async fn assignments(&self, user_id: &str) -> Result<Vec<Assignment>, StoreError>;
+    /// Replace an account's role assignments, atomically.
+    async fn set_assignments(
+        &self,
+        user_id: &str,
+        assignments: &[Assignment],
+    ) -> Result<(), StoreError>;
+    /// Every (role, group) an account holds, a group's descendants included; sorted.
+    async fn grants(&self, user_id: &str) -> Result<Vec<Grant>, StoreError>;
+
     /// Redeem a token: single use, atomic; the account becomes active.
     async fn redeem(
         &self,

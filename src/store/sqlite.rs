@@ -14,7 +14,8 @@ use sqlx::sqlite::{
 
 use super::{StoreError, UserStore, from_micros, micros, new_id};
 use crate::plan::records::{
-    InvitationRecord, Profile, RedeemRefusal, Redeemed, TenantRecord, UserFields, UserRecord,
+    Assignment, Grant, GroupRecord, InvitationRecord, Profile, RedeemRefusal, Redeemed, RoleRecord,
+    TenantRecord, UserFields, UserRecord,
 };
 use crate::token::TokenHash;
 
@@ -282,6 +283,168 @@ impl UserStore for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn group(&self, key: &str) -> Result<Option<GroupRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM location_groups WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let locations: String = r.try_get("locations")?;
+            Ok(GroupRecord {
+                key: r.try_get("key")?,
+                tenant: r.try_get("tenant")?,
+                parent: r.try_get("parent")?,
+                display_name: r.try_get("display_name")?,
+                path: r.try_get("path")?,
+                locations: serde_json::from_str(&locations)
+                    .map_err(|e| StoreError::Backend(format!("bad stored locations: {e}")))?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_group(&self, g: &GroupRecord) -> Result<(), StoreError> {
+        let locations = serde_json::to_string(&g.locations)
+            .map_err(|e| StoreError::Backend(format!("encoding locations: {e}")))?;
+        sqlx::query(
+            "INSERT INTO location_groups (key, tenant, parent, display_name, path, locations,
+             updated_us) VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (key) DO UPDATE SET tenant = excluded.tenant, parent = excluded.parent,
+             display_name = excluded.display_name, path = excluded.path,
+             locations = excluded.locations, updated_us = excluded.updated_us",
+        )
+        .bind(&g.key)
+        .bind(&g.tenant)
+        .bind(&g.parent)
+        .bind(&g.display_name)
+        .bind(&g.path)
+        .bind(locations)
+        .bind(micros(Timestamp::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_group(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM location_groups WHERE key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn roles(&self, tenant: &str) -> Result<Vec<RoleRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM roles WHERE tenant = ? ORDER BY name")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let permissions: String = r.try_get("permissions")?;
+                Ok(RoleRecord {
+                    name: r.try_get("name")?,
+                    description: r.try_get("description")?,
+                    exclusive: r.try_get::<i64, _>("exclusive")? != 0,
+                    permissions: serde_json::from_str(&permissions)
+                        .map_err(|e| StoreError::Backend(format!("bad stored permissions: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_roles(&self, tenant: &str, roles: &[RoleRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM roles WHERE tenant = ?")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?;
+        for r in roles {
+            let permissions = serde_json::to_string(&r.permissions)
+                .map_err(|e| StoreError::Backend(format!("encoding permissions: {e}")))?;
+            sqlx::query(
+                "INSERT INTO roles (tenant, name, description, exclusive, permissions)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(tenant)
+            .bind(&r.name)
+            .bind(&r.description)
+            .bind(i64::from(r.exclusive))
+            .bind(permissions)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn assignments(&self, user_id: &str) -> Result<Vec<Assignment>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT binding, role, group_key FROM role_assignments WHERE user_id = ?
+             ORDER BY binding",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Assignment {
+                    binding: r.try_get("binding")?,
+                    role: r.try_get("role")?,
+                    group: r.try_get("group_key")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_assignments(
+        &self,
+        user_id: &str,
+        assignments: &[Assignment],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM role_assignments WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        for a in assignments {
+            sqlx::query(
+                "INSERT INTO role_assignments (user_id, role, group_key, binding) VALUES (?, ?, ?, ?)",
+            )
+            .bind(user_id)
+            .bind(&a.role)
+            .bind(&a.group)
+            .bind(&a.binding)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn grants(&self, user_id: &str) -> Result<Vec<Grant>, StoreError> {
+        // A grant on a group reaches every group below it.
+        let rows = sqlx::query(
+            "WITH RECURSIVE reach (role, group_key) AS (
+                 SELECT role, group_key FROM role_assignments WHERE user_id = ?
+                 UNION
+                 SELECT reach.role, g.key FROM reach
+                 JOIN location_groups g ON g.parent = reach.group_key
+             )
+             SELECT DISTINCT role, group_key FROM reach ORDER BY role, group_key",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Grant {
+                    role: r.try_get("role")?,
+                    group: r.try_get("group_key")?,
+                })
+            })
+            .collect()
     }
 
     async fn redeem(

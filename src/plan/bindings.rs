@@ -1,0 +1,440 @@
+//! RoleBindings: which are in effect. Decided for all bindings of a namespace at once, by one
+//! function the controllers and `usher validate` share, so git CI rejects what the cluster would.
+//!
+//! The rule: a user's bindings are taken oldest first (creationTimestamp, then name); a binding
+//! is Bound when it is compatible with every binding of the user already Bound, and Conflict
+//! (naming those it clashes with) otherwise. Two bindings are compatible unless one holds an
+//! exclusive role and the other a different role.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+
+use super::groups::GroupState;
+use crate::crd::{BindingPhase, Role};
+
+/// One binding as the decisions need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// Its name.
+    pub name: String,
+    /// The SystemUser it names.
+    pub user: String,
+    /// The role it grants.
+    pub role: String,
+    /// The LocationGroup it is scoped to; None is tenant-wide.
+    pub group: Option<String>,
+    /// Its creation time.
+    pub created: Option<Timestamp>,
+}
+
+/// What the decisions need to know of a SystemUser.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRef {
+    /// Its tenant's name.
+    pub tenant: String,
+}
+
+/// The verdict on one binding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Bound, Conflict, Invalid or Waiting.
+    pub phase: BindingPhase,
+    /// The bindings that keep it from being Bound.
+    pub conflicts_with: Vec<String>,
+    /// The Ready condition's reason.
+    pub reason: &'static str,
+    /// For people.
+    pub message: String,
+    /// The tenant of its user, when known.
+    pub tenant: Option<String>,
+}
+
+/// Everything the evaluation reads, for one namespace.
+pub struct World<'a> {
+    /// Every binding.
+    pub bindings: &'a [Binding],
+    /// Users by name.
+    pub users: &'a BTreeMap<String, UserRef>,
+    /// Role catalogues by tenant name (a tenant absent here does not exist).
+    pub catalogues: &'a BTreeMap<String, Vec<Role>>,
+    /// Group states by name, with each group's tenant.
+    pub groups: &'a BTreeMap<String, (String, GroupState)>,
+}
+
+fn verdict(
+    phase: BindingPhase,
+    reason: &'static str,
+    message: String,
+    tenant: Option<String>,
+) -> Verdict {
+    Verdict {
+        phase,
+        conflicts_with: Vec::new(),
+        reason,
+        message,
+        tenant,
+    }
+}
+
+/// Decide every binding of the namespace.
+pub fn evaluate(world: &World<'_>) -> BTreeMap<String, Verdict> {
+    let mut out = BTreeMap::new();
+    // First what each binding is on its own; the survivors compete per user below.
+    let mut eligible: BTreeMap<&str, Vec<(&Binding, bool)>> = BTreeMap::new();
+    for b in world.bindings {
+        let Some(user) = world.users.get(&b.user) else {
+            out.insert(
+                b.name.clone(),
+                verdict(
+                    BindingPhase::Waiting,
+                    "UserNotFound",
+                    format!(
+                        "SystemUser {:?} does not exist in this namespace; waiting for it",
+                        b.user
+                    ),
+                    None,
+                ),
+            );
+            continue;
+        };
+        let tenant = Some(user.tenant.clone());
+        let Some(catalogue) = world.catalogues.get(&user.tenant) else {
+            out.insert(
+                b.name.clone(),
+                verdict(
+                    BindingPhase::Waiting,
+                    "TenantNotFound",
+                    format!(
+                        "Tenant {:?} of SystemUser {:?} does not exist; waiting for it",
+                        user.tenant, b.user
+                    ),
+                    tenant,
+                ),
+            );
+            continue;
+        };
+        let Some(role) = catalogue.iter().find(|r| r.name == b.role) else {
+            let known: Vec<&str> = catalogue.iter().map(|r| r.name.as_str()).collect();
+            out.insert(
+                b.name.clone(),
+                verdict(
+                    BindingPhase::Invalid,
+                    "UnknownRole",
+                    format!(
+                        "role {:?} is not in the catalogue of tenant {:?} ({})",
+                        b.role,
+                        user.tenant,
+                        known.join(", ")
+                    ),
+                    tenant,
+                ),
+            );
+            continue;
+        };
+        if let Some(group) = &b.group {
+            match world.groups.get(group) {
+                None => {
+                    out.insert(
+                        b.name.clone(),
+                        verdict(BindingPhase::Waiting, "GroupNotFound", format!("LocationGroup {group:?} does not exist in this namespace; waiting for it"), tenant),
+                    );
+                    continue;
+                }
+                Some((group_tenant, _)) if *group_tenant != user.tenant => {
+                    out.insert(
+                        b.name.clone(),
+                        verdict(BindingPhase::Invalid, "GroupInOtherTenant", format!("LocationGroup {group:?} belongs to tenant {group_tenant:?}, but SystemUser {:?} to {:?}", b.user, user.tenant), tenant),
+                    );
+                    continue;
+                }
+                Some((_, state)) if !state.ready() => {
+                    out.insert(
+                        b.name.clone(),
+                        verdict(BindingPhase::Waiting, "GroupNotReady", format!("LocationGroup {group:?} is not Ready; nothing is granted through it until it is"), tenant),
+                    );
+                    continue;
+                }
+                Some(_) => {}
+            }
+        }
+        eligible
+            .entry(b.user.as_str())
+            .or_default()
+            .push((b, role.exclusive));
+    }
+
+    for (_, mut list) in eligible {
+        list.sort_by(|(a, _), (b, _)| (a.created, &a.name).cmp(&(b.created, &b.name)));
+        let mut bound: Vec<(&Binding, bool)> = Vec::new();
+        for (b, exclusive) in list {
+            let tenant = world.users.get(&b.user).map(|u| u.tenant.clone());
+            let clashes: Vec<&(&Binding, bool)> = bound
+                .iter()
+                .filter(|(other, other_exclusive)| {
+                    other.role != b.role && (exclusive || *other_exclusive)
+                })
+                .collect();
+            if clashes.is_empty() {
+                out.insert(
+                    b.name.clone(),
+                    verdict(
+                        BindingPhase::Bound,
+                        "Bound",
+                        format!("{} is granted {}", b.user, scope_text(b)),
+                        tenant,
+                    ),
+                );
+                bound.push((b, exclusive));
+            } else {
+                let names: Vec<String> = clashes.iter().map(|(o, _)| o.name.clone()).collect();
+                let exclusive_role = clashes
+                    .iter()
+                    .find(|(_, e)| *e)
+                    .map(|(o, _)| o.role.clone())
+                    .unwrap_or_else(|| b.role.clone());
+                let message = format!(
+                    "{} is exclusive and {} already holds {}; this binding stays inactive until {} go",
+                    exclusive_role,
+                    b.user,
+                    names.join(", "),
+                    if names.len() == 1 { "it" } else { "they" }
+                );
+                let mut v = verdict(
+                    BindingPhase::Conflict,
+                    "ExclusiveRoleConflict",
+                    message,
+                    tenant,
+                );
+                v.conflicts_with = names;
+                out.insert(b.name.clone(), v);
+            }
+        }
+    }
+    out
+}
+
+fn scope_text(b: &Binding) -> String {
+    match &b.group {
+        Some(g) => format!("{} on LocationGroup {g:?} and every group below it", b.role),
+        None => format!("{} tenant-wide", b.role),
+    }
+}
+
+/// The bound roles of one user as `role@scope` (scope "tenant" when tenant-wide), sorted.
+pub fn bound_roles(
+    user: &str,
+    bindings: &[Binding],
+    verdicts: &BTreeMap<String, Verdict>,
+) -> Vec<String> {
+    let mut roles: Vec<String> = bindings
+        .iter()
+        .filter(|b| b.user == user)
+        .filter(|b| {
+            verdicts
+                .get(&b.name)
+                .is_some_and(|v| v.phase == BindingPhase::Bound)
+        })
+        .map(|b| format!("{}@{}", b.role, b.group.as_deref().unwrap_or("tenant")))
+        .collect();
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::default_roles;
+
+    fn at(secs: i64) -> Option<Timestamp> {
+        Some(Timestamp::from_second(1_700_000_000 + secs).unwrap())
+    }
+
+    fn b(name: &str, user: &str, role: &str, group: Option<&str>, t: i64) -> Binding {
+        Binding {
+            name: name.into(),
+            user: user.into(),
+            role: role.into(),
+            group: group.map(Into::into),
+            created: at(t),
+        }
+    }
+
+    fn run(bindings: &[Binding]) -> BTreeMap<String, Verdict> {
+        let users = BTreeMap::from([
+            (
+                "alice".to_string(),
+                UserRef {
+                    tenant: "acme".into(),
+                },
+            ),
+            (
+                "bob".to_string(),
+                UserRef {
+                    tenant: "acme".into(),
+                },
+            ),
+        ]);
+        let catalogues = BTreeMap::from([("acme".to_string(), default_roles())]);
+        let groups = BTreeMap::from([
+            (
+                "west".to_string(),
+                (
+                    "acme".to_string(),
+                    GroupState::Ready {
+                        path: vec!["main".into(), "west".into()],
+                    },
+                ),
+            ),
+            (
+                "loop".to_string(),
+                (
+                    "acme".to_string(),
+                    GroupState::NotReady {
+                        reason: "Cycle",
+                        message: String::new(),
+                    },
+                ),
+            ),
+            (
+                "foreign".to_string(),
+                (
+                    "globex".to_string(),
+                    GroupState::Ready {
+                        path: vec!["foreign".into()],
+                    },
+                ),
+            ),
+        ]);
+        evaluate(&World {
+            bindings,
+            users: &users,
+            catalogues: &catalogues,
+            groups: &groups,
+        })
+    }
+
+    fn phase(v: &BTreeMap<String, Verdict>, name: &str) -> BindingPhase {
+        v[name].phase
+    }
+
+    #[test]
+    fn the_older_exclusive_binding_wins_and_the_newer_names_it() {
+        let v = run(&[
+            b("tech", "alice", "Technician", Some("west"), 0),
+            b("mgr", "alice", "Manager", None, 10),
+        ]);
+        assert_eq!(phase(&v, "tech"), BindingPhase::Bound);
+        assert_eq!(phase(&v, "mgr"), BindingPhase::Conflict);
+        assert_eq!(v["mgr"].conflicts_with, ["tech"]);
+        assert!(
+            v["mgr"].message.contains("Technician is exclusive"),
+            "{}",
+            v["mgr"].message
+        );
+    }
+
+    #[test]
+    fn deleting_the_winner_promotes_the_next() {
+        let v = run(&[b("mgr", "alice", "Manager", None, 10)]);
+        assert_eq!(phase(&v, "mgr"), BindingPhase::Bound);
+    }
+
+    #[test]
+    fn an_older_ordinary_role_blocks_a_newer_exclusive_one() {
+        let v = run(&[
+            b("mgr", "alice", "Manager", None, 0),
+            b("cs", "alice", "CustomerService", None, 5),
+            b("tech", "alice", "Technician", None, 10),
+        ]);
+        assert_eq!(phase(&v, "mgr"), BindingPhase::Bound);
+        assert_eq!(
+            phase(&v, "cs"),
+            BindingPhase::Bound,
+            "ordinary roles combine"
+        );
+        assert_eq!(v["tech"].conflicts_with, ["mgr", "cs"]);
+    }
+
+    #[test]
+    fn the_same_exclusive_role_on_two_scopes_is_one_role() {
+        let v = run(&[
+            b("t1", "alice", "Technician", Some("west"), 0),
+            b("t2", "alice", "Technician", None, 5),
+        ]);
+        assert_eq!(
+            (phase(&v, "t1"), phase(&v, "t2")),
+            (BindingPhase::Bound, BindingPhase::Bound)
+        );
+    }
+
+    #[test]
+    fn ties_on_time_are_broken_by_name() {
+        let v = run(&[
+            b("zz", "alice", "Manager", None, 0),
+            b("aa", "alice", "Technician", None, 0),
+        ]);
+        assert_eq!(phase(&v, "aa"), BindingPhase::Bound);
+        assert_eq!(phase(&v, "zz"), BindingPhase::Conflict);
+    }
+
+    #[test]
+    fn users_do_not_compete_with_each_other() {
+        let v = run(&[
+            b("a", "alice", "Technician", None, 0),
+            b("b", "bob", "Manager", None, 5),
+        ]);
+        assert_eq!(
+            (phase(&v, "a"), phase(&v, "b")),
+            (BindingPhase::Bound, BindingPhase::Bound)
+        );
+    }
+
+    #[test]
+    fn missing_or_wrong_references_wait_or_are_invalid() {
+        let v = run(&[
+            b("ghost", "nobody", "Manager", None, 0),
+            b("typo", "alice", "Tecnician", None, 0),
+            b("nogroup", "alice", "Manager", Some("east"), 0),
+            b("cycle", "alice", "Manager", Some("loop"), 0),
+            b("other", "bob", "Manager", Some("foreign"), 0),
+        ]);
+        assert_eq!(
+            (phase(&v, "ghost"), v["ghost"].reason),
+            (BindingPhase::Waiting, "UserNotFound")
+        );
+        assert_eq!(
+            (phase(&v, "typo"), v["typo"].reason),
+            (BindingPhase::Invalid, "UnknownRole")
+        );
+        assert!(
+            v["typo"].message.contains("Technician"),
+            "lists the catalogue"
+        );
+        assert_eq!(
+            (phase(&v, "nogroup"), v["nogroup"].reason),
+            (BindingPhase::Waiting, "GroupNotFound")
+        );
+        assert_eq!(
+            (phase(&v, "cycle"), v["cycle"].reason),
+            (BindingPhase::Waiting, "GroupNotReady")
+        );
+        assert_eq!(
+            (phase(&v, "other"), v["other"].reason),
+            (BindingPhase::Invalid, "GroupInOtherTenant")
+        );
+    }
+
+    #[test]
+    fn roles_are_listed_as_role_at_scope() {
+        let bindings = [
+            b("t", "alice", "Technician", Some("west"), 0),
+            b("m", "alice", "Manager", None, 5),
+            b("x", "bob", "Administrator", None, 0),
+        ];
+        let v = run(&bindings);
+        assert_eq!(bound_roles("alice", &bindings, &v), ["Technician@west"]);
+        assert_eq!(bound_roles("bob", &bindings, &v), ["Administrator@tenant"]);
+    }
+}
