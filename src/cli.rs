@@ -21,6 +21,14 @@ pub struct Cli {
 enum Command {
     /// Run the operator: watch the kinds, reconcile the store, send mail, serve HTTP.
     Run(RunArgs),
+    /// Check manifest files or folders offline, as admission and the controllers would: schema,
+    /// references, cycles, duplicate emails, exclusivity. Exit 0 when clean, 1 with one
+    /// `file: Kind/name: problem` line per problem.
+    Validate {
+        /// Files or folders of YAML manifests (folders are searched for *.yaml and *.yml).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
     /// Print the CustomResourceDefinitions as multi-document YAML (or write one file per kind).
     Crds {
         /// Write `<group>_<plural>.yaml` files into this folder instead of printing.
@@ -35,6 +43,18 @@ impl Cli {
         let result = match self.command {
             Command::Crds { dir } => crds(dir.as_deref()),
             Command::Run(args) => run(args),
+            Command::Validate { paths } => {
+                let problems = crate::validate::validate(&paths);
+                let mut out = std::io::stdout().lock();
+                for p in &problems {
+                    let _ = writeln!(out, "{p}");
+                }
+                return if problems.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

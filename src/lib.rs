@@ -20,3 +20,4 @@ pub mod run;
 pub mod server;
 pub mod store;
 pub mod token;
+pub mod validate;

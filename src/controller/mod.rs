@@ -1,29 +1,28 @@
 //! The controllers, one file per kind: read → decide (in [`crate::plan`]) → write the store →
 //! send mail → patch status (server-side apply, skipped when unchanged) → Events.
 
+mod location_group;
+mod role_binding;
+mod snapshot;
 mod system_user;
 mod tenant;
+mod wiring;
+
+pub use wiring::run;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::hash::{Hash, Hasher};
-
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::utils::{PredicateConfig, predicates};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource};
 use serde::Serialize;
 
-use crate::crd::{SystemUser, Tenant};
+use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
 use crate::mail::{MailError, Mailer};
 use crate::metrics::{KindLabels, Metrics, ReconcileLabels};
-use crate::plan;
 use crate::store::{StoreError, UserStore};
 
 /// The field manager of every write usher makes.
@@ -56,6 +55,10 @@ pub struct Context {
     pub users: Store<SystemUser>,
     /// Every Tenant, from the controller's cache.
     pub tenants: Store<Tenant>,
+    /// Every LocationGroup, from the controller's cache.
+    pub groups: Store<LocationGroup>,
+    /// Every RoleBinding, from the controller's cache.
+    pub bindings: Store<RoleBinding>,
     /// Publishes Events.
     pub recorder: Recorder,
     /// Metrics.
@@ -67,11 +70,13 @@ impl Context {
     /// would show wrong states (and publish wrong Events) at start. Checked without waiting:
     /// a waiter parked on the other controller's cache is not reliably woken, so a reconcile
     /// that comes too early is simply requeued.
-    fn caches_ready(&self) -> bool {
+    pub(crate) fn caches_ready(&self) -> bool {
         use futures::FutureExt;
         let ready = |f: Option<Result<(), _>>| matches!(f, Some(Ok(())));
         ready(self.users.wait_until_ready().now_or_never())
             && ready(self.tenants.wait_until_ready().now_or_never())
+            && ready(self.groups.wait_until_ready().now_or_never())
+            && ready(self.bindings.wait_until_ready().now_or_never())
     }
 }
 
@@ -108,132 +113,7 @@ impl Error {
     }
 }
 
-/// Run the Tenant and SystemUser controllers until shutdown. `wake` carries the SystemUsers
-/// whose invitation was just redeemed, so they turn Active at once.
-pub async fn run(
-    client: Client,
-    store: Arc<dyn UserStore>,
-    mailer: Arc<dyn Mailer>,
-    settings: Settings,
-    metrics: Arc<Metrics>,
-    namespace: Option<&str>,
-    wake: impl futures::Stream<Item = ObjectRef<SystemUser>> + Send + 'static,
-) {
-    let api = |client: &Client| -> (Api<Tenant>, Api<SystemUser>, Api<Secret>) {
-        match namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        }
-    };
-    let (tenants_api, users_api, secrets_api) = api(&client);
-    let cfg = watcher::Config::default().any_semantic();
-
-    // Each controller's own objects are cached once (the readers are shared); the triggers are
-    // filtered so that a status patch, ours or another's, is not by itself a reason to reconcile.
-    let (users, users_writer) = reflector::store::<SystemUser>();
-    let (tenants, tenants_writer) = reflector::store::<Tenant>();
-    let users_trigger = watcher(users_api.clone(), cfg.clone())
-        .default_backoff()
-        .reflect(users_writer)
-        .touched_objects()
-        .predicate_filter(
-            |u: &SystemUser| {
-                Some(hash((
-                    u.metadata.generation,
-                    u.annotations().get(plan::system_user::RESEND_ANNOTATION),
-                    u.metadata.deletion_timestamp.is_some(),
-                )))
-            },
-            PredicateConfig::default(),
-        );
-    let tenants_trigger = watcher(tenants_api.clone(), cfg.clone())
-        .default_backoff()
-        .reflect(tenants_writer)
-        .touched_objects()
-        .predicate_filter(predicates::generation, PredicateConfig::default());
-    // A tenant's settings (domains, ttl, catalogue) decide its users' state.
-    let tenant_changes = watcher(tenants_api, cfg.clone())
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(predicates::generation, PredicateConfig::default());
-    // A user's phase (or existence) changes its tenant's counts.
-    let phase_changes = watcher(users_api, cfg)
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(
-            |u: &SystemUser| {
-                Some(hash((
-                    u.status.as_ref().and_then(|s| s.phase),
-                    &u.spec.tenant_ref.name,
-                    u.metadata.deletion_timestamp.is_some(),
-                )))
-            },
-            PredicateConfig::default(),
-        );
-
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        },
-    );
-    let ctx = Arc::new(Context {
-        client,
-        store,
-        mailer,
-        settings,
-        users: users.clone(),
-        tenants: tenants.clone(),
-        recorder,
-        metrics,
-    });
-
-    let users_of_tenant = users.clone();
-    let users_ctl = Controller::for_stream(users_trigger, users.clone())
-        .owns(secrets_api, watcher::Config::default().labels(MANAGED_BY))
-        .watches_stream(tenant_changes, move |tenant: Tenant| {
-            let ns = tenant.namespace();
-            let name = tenant.name_any();
-            users_of_tenant
-                .state()
-                .into_iter()
-                .filter(|u| u.namespace() == ns && u.spec.tenant_ref.name == name)
-                .map(|u| ObjectRef::from_obj(&*u))
-                .collect::<Vec<_>>()
-        })
-        .reconcile_on(wake)
-        .shutdown_on_signal()
-        .run(system_user::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-
-    let tenants_ctl = Controller::for_stream(tenants_trigger, tenants)
-        .watches_stream(phase_changes, |user: SystemUser| {
-            user.namespace()
-                .map(|ns| ObjectRef::new(&user.spec.tenant_ref.name).within(&ns))
-        })
-        .shutdown_on_signal()
-        .run(tenant::reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()));
-
-    futures::join!(users_ctl, tenants_ctl);
-}
-
-fn hash(value: impl Hash) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    value.hash(&mut h);
-    h.finish()
-}
-
-fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
     // Store and mail outages heal by themselves; back off rather than hammer them.
     let wait = match err {
         Error::Malformed(_) => Duration::from_secs(300),

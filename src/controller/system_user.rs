@@ -18,10 +18,12 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::snapshot::snapshot;
 use super::{Context, Error, MANAGER, apply_status, observe, publish};
-use crate::crd::{SystemUser, Tenant};
+use crate::crd::{BindingPhase, SystemUser, Tenant};
 use crate::mail::Invitation;
-use crate::plan::records::{InvitationRecord, UserRecord, object_key};
+use crate::plan::bindings::bound_roles;
+use crate::plan::records::{Assignment, InvitationRecord, UserRecord, object_key};
 use crate::plan::system_user::{
     self as plan, AccessAction, AccountAction, Blocked, InvitationAction, InvitationSettings, Peer,
     StatusInput,
@@ -104,6 +106,32 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    // Roles: the Bound bindings of this person, decided for the namespace as a whole.
+    let snap = snapshot(ctx, &ns);
+    let me = user.name_any();
+    if let Some(acc) = account.as_ref().filter(|_| blocked.is_none()) {
+        let mut desired: Vec<Assignment> = snap
+            .bindings
+            .iter()
+            .filter(|b| b.user == me)
+            .filter(|b| {
+                snap.verdicts
+                    .get(&b.name)
+                    .is_some_and(|v| v.phase == BindingPhase::Bound)
+            })
+            .map(|b| Assignment {
+                binding: object_key(&ns, &b.name),
+                role: b.role.clone(),
+                group: b.group.as_ref().map(|g| object_key(&ns, g)),
+            })
+            .collect();
+        desired.sort();
+        if ctx.store.assignments(&acc.id).await? != desired {
+            ctx.store.set_assignments(&acc.id, &desired).await?;
+            ctx.metrics.store_writes.inc();
+        }
+    }
+
     let mut status = plan::status(&StatusInput {
         user,
         blocked: blocked.as_ref(),
@@ -112,6 +140,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         secret_name: secret.clone(),
         now,
     });
+    status.roles = bound_roles(&me, &snap.bindings, &snap.verdicts);
     if let Some(err) = &failure
         && let Some(c) = status.conditions.first_mut()
     {

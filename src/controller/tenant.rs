@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 
 use super::{Context, Error, apply_status, observe};
 use crate::crd::Tenant;
-use crate::plan::records::TenantRecord;
+use crate::plan::records::{RoleRecord, TenantRecord};
 use crate::plan::tenant;
 
 #[tracing::instrument(skip_all, fields(kind = "Tenant", namespace = tenant.namespace().unwrap_or_default(), name = tenant.name_any()))]
@@ -29,6 +29,12 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let stored = ctx.store.tenant(&desired.key).await?;
     if stored.as_ref() != Some(&desired) {
         ctx.store.put_tenant(&desired).await?;
+        ctx.metrics.store_writes.inc();
+    }
+    let mut roles: Vec<RoleRecord> = tenant.catalogue().iter().map(RoleRecord::from).collect();
+    roles.sort_by(|a, b| a.name.cmp(&b.name));
+    if ctx.store.roles(&desired.key).await? != roles {
+        ctx.store.put_roles(&desired.key, &roles).await?;
         ctx.metrics.store_writes.inc();
     }
     let phases = ctx

@@ -149,6 +149,13 @@ pub struct Role {
     pub permissions: Vec<String>,
 }
 
+impl Tenant {
+    /// The tenant's role catalogue: its own, or the default when it names none.
+    pub fn catalogue(&self) -> Vec<Role> {
+        self.spec.roles.clone().unwrap_or_else(default_roles)
+    }
+}
+
 /// The default role catalogue, used when a tenant names none.
 pub fn default_roles() -> Vec<Role> {
     let role = |name: &str, description: &str, exclusive: bool| Role {

@@ -28,6 +28,18 @@ pub struct Binding {
     pub created: Option<Timestamp>,
 }
 
+impl From<&crate::crd::RoleBinding> for Binding {
+    fn from(b: &crate::crd::RoleBinding) -> Self {
+        Self {
+            name: b.metadata.name.clone().unwrap_or_default(),
+            user: b.spec.user_ref.name.clone(),
+            role: b.spec.role.clone(),
+            group: b.spec.scope.as_ref().map(|s| s.location_group.clone()),
+            created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        }
+    }
+}
+
 /// What the decisions need to know of a SystemUser.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserRef {
@@ -194,11 +206,15 @@ pub fn evaluate(world: &World<'_>) -> BTreeMap<String, Verdict> {
                     .map(|(o, _)| o.role.clone())
                     .unwrap_or_else(|| b.role.clone());
                 let message = format!(
-                    "{} is exclusive and {} already holds {}; this binding stays inactive until {} go",
+                    "{} is exclusive and {} already holds {}; this binding stays inactive until {}",
                     exclusive_role,
                     b.user,
                     names.join(", "),
-                    if names.len() == 1 { "it" } else { "they" }
+                    if names.len() == 1 {
+                        "it goes"
+                    } else {
+                        "they go"
+                    }
                 );
                 let mut v = verdict(
                     BindingPhase::Conflict,

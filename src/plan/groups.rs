@@ -20,6 +20,18 @@ pub struct Group {
     pub created: Option<Timestamp>,
 }
 
+impl From<&crate::crd::LocationGroup> for Group {
+    fn from(g: &crate::crd::LocationGroup) -> Self {
+        Self {
+            name: g.metadata.name.clone().unwrap_or_default(),
+            tenant: g.spec.tenant_ref.name.clone(),
+            parent: g.spec.parent_ref.as_ref().map(|p| p.name.clone()),
+            locations: g.spec.locations.iter().map(|l| l.id.clone()).collect(),
+            created: g.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        }
+    }
+}
+
 /// Where a group stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GroupState {

@@ -1,0 +1,68 @@
+//! RoleBinding: Bound, Conflict, Invalid or Waiting, decided for all bindings of the namespace
+//! at once. The store's assignments are written by the SystemUser reconcile, which owns the
+//! person's account; this controller only shows the verdict.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+use super::snapshot::snapshot;
+use super::{Context, Error, apply_status, observe, publish};
+use crate::crd::{BindingPhase, RoleBinding, RoleBindingStatus};
+use crate::plan::condition::ready;
+
+#[tracing::instrument(skip_all, fields(kind = "RoleBinding", namespace = binding.namespace().unwrap_or_default(), name = binding.name_any()))]
+pub(super) async fn reconcile(
+    binding: Arc<RoleBinding>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    if !ctx.caches_ready() {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    let result = apply(&binding, &ctx).await;
+    observe(&ctx, "RoleBinding", &*binding, started, result).await
+}
+
+async fn apply(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> {
+    let ns = binding
+        .namespace()
+        .ok_or(Error::Malformed("no namespace"))?;
+    let snap = snapshot(ctx, &ns);
+    let Some(verdict) = snap.verdicts.get(&binding.name_any()) else {
+        return Ok(Action::await_change());
+    };
+    let generation = binding.metadata.generation;
+    let previous = binding
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let status = RoleBindingStatus {
+        observed_generation: generation,
+        phase: Some(verdict.phase),
+        conflicts_with: verdict.conflicts_with.clone(),
+        conditions: vec![ready(
+            verdict.phase == BindingPhase::Bound,
+            verdict.reason,
+            &verdict.message,
+            generation,
+            previous,
+            Timestamp::now(),
+        )],
+    };
+    let old_phase = binding.status.as_ref().and_then(|s| s.phase);
+    apply_status(ctx, binding, binding.status.as_ref(), &status).await?;
+    if old_phase != Some(verdict.phase) {
+        let type_ = match verdict.phase {
+            BindingPhase::Bound | BindingPhase::Waiting => EventType::Normal,
+            BindingPhase::Conflict | BindingPhase::Invalid => EventType::Warning,
+        };
+        publish(ctx, binding, type_, verdict.reason, verdict.message.clone()).await;
+    }
+    Ok(Action::requeue(ctx.settings.resync))
+}

@@ -1,0 +1,298 @@
+//! How the four controllers are fed: one watch per kind, fanned out to every controller that
+//! cares, each trigger filtered so that only a relevant change (or a deletion) wakes it.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use futures::channel::mpsc;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::{
+    Context, MANAGED_BY, MANAGER, Settings, error_policy, location_group, role_binding,
+    system_user, tenant,
+};
+use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
+use crate::mail::Mailer;
+use crate::metrics::Metrics;
+use crate::plan::system_user::RESEND_ANNOTATION;
+use crate::store::UserStore;
+
+fn hash(value: impl Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// One watch of a kind, cached in a reflector and copied to `n` subscribers.
+fn feed<K>(
+    api: Api<K>,
+    n: usize,
+) -> (
+    Store<K>,
+    impl std::future::Future<Output = ()> + Send,
+    Vec<mpsc::UnboundedReceiver<watcher::Event<K>>>,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded()).unzip();
+    let driver = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(move |event| {
+            match event {
+                Ok(event) => {
+                    for tx in &senders {
+                        let _ = tx.unbounded_send(event.clone());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch error; retrying"),
+            }
+            futures::future::ready(())
+        });
+    (reader, driver, receivers)
+}
+
+/// Objects whose `key` changed since last seen, and every deleted object.
+fn changes<K>(
+    events: mpsc::UnboundedReceiver<watcher::Event<K>>,
+    key: impl Fn(&K) -> u64 + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Send + 'static,
+{
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    events.flat_map(move |event| {
+        let uid = |o: &K| o.meta().uid.clone().unwrap_or_default();
+        let out = match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                let k = key(&o);
+                (seen.insert(uid(&o), k) != Some(k)).then_some(o)
+            }
+            watcher::Event::Delete(o) => {
+                seen.remove(&uid(&o));
+                Some(o)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        };
+        futures::stream::iter(out.map(Ok))
+    })
+}
+
+fn take<T>(subs: &mut Vec<T>) -> T {
+    subs.pop().expect("feed() was asked for enough subscribers")
+}
+
+fn generation<K: Resource>(o: &K) -> u64 {
+    hash(o.meta().generation)
+}
+
+fn in_namespace<'a, K>(
+    store: &'a Store<K>,
+    ns: Option<String>,
+    keep: impl Fn(&K) -> bool + 'a,
+) -> impl Iterator<Item = ObjectRef<K>> + 'a
+where
+    K: Resource + Clone + 'a,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    store
+        .state()
+        .into_iter()
+        .filter(move |o| o.namespace() == ns && keep(o))
+        .map(|o| ObjectRef::from_obj(&*o))
+}
+
+/// Run the four controllers until shutdown. `wake` carries the SystemUsers whose invitation was
+/// just redeemed, so they turn Active at once.
+pub async fn run(
+    client: Client,
+    store: Arc<dyn UserStore>,
+    mailer: Arc<dyn Mailer>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    namespace: Option<&str>,
+    wake: impl Stream<Item = ObjectRef<SystemUser>> + Send + 'static,
+) {
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let (users, users_driver, mut users_subs) = feed(api::<SystemUser>(&client, namespace), 3);
+    let (tenants, tenants_driver, mut tenants_subs) = feed(api::<Tenant>(&client, namespace), 4);
+    let (groups, groups_driver, mut groups_subs) =
+        feed(api::<LocationGroup>(&client, namespace), 3);
+    let (bindings, bindings_driver, mut bindings_subs) =
+        feed(api::<RoleBinding>(&client, namespace), 3);
+
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("HOSTNAME").ok(),
+            },
+        ),
+        client: client.clone(),
+        store,
+        mailer,
+        settings,
+        users: users.clone(),
+        tenants: tenants.clone(),
+        groups: groups.clone(),
+        bindings: bindings.clone(),
+        metrics,
+    });
+
+    // SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings.
+    let (u1, u2) = (users.clone(), users.clone());
+    let users_ctl = Controller::for_stream(
+        changes(take(&mut users_subs), |u: &SystemUser| {
+            hash((
+                u.metadata.generation,
+                u.annotations().get(RESEND_ANNOTATION),
+                u.metadata.deletion_timestamp.is_some(),
+            ))
+        }),
+        users.clone(),
+    )
+    .owns(
+        api::<Secret>(&client, namespace),
+        watcher::Config::default().labels(MANAGED_BY),
+    )
+    .watches_stream(
+        changes(take(&mut tenants_subs), generation),
+        move |t: Tenant| {
+            let name = t.name_any();
+            in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
+                .collect::<Vec<_>>()
+        },
+    )
+    .watches_stream(
+        changes(take(&mut bindings_subs), |b: &RoleBinding| {
+            hash((
+                b.metadata.generation,
+                b.status
+                    .as_ref()
+                    .map(|s| (s.phase, s.conflicts_with.clone())),
+            ))
+        }),
+        move |b: RoleBinding| {
+            let user = b.spec.user_ref.name.clone();
+            in_namespace(&u2, b.namespace(), move |u| u.name_any() == user).collect::<Vec<_>>()
+        },
+    )
+    .reconcile_on(wake)
+    .shutdown_on_signal()
+    .run(system_user::reconcile, error_policy, ctx.clone())
+    .for_each(|_| futures::future::ready(()));
+
+    // Tenant: its spec; the phases (and existence) of its users.
+    let tenants_ctl = Controller::for_stream(
+        changes(take(&mut tenants_subs), generation),
+        tenants.clone(),
+    )
+    .watches_stream(
+        changes(take(&mut users_subs), |u: &SystemUser| {
+            hash((
+                u.status.as_ref().and_then(|s| s.phase),
+                &u.spec.tenant_ref.name,
+            ))
+        }),
+        |u: SystemUser| {
+            u.namespace()
+                .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
+        },
+    )
+    .shutdown_on_signal()
+    .run(tenant::reconcile, error_policy, ctx.clone())
+    .for_each(|_| futures::future::ready(()));
+
+    // LocationGroup: any group's spec in the namespace (parents decide children); tenants.
+    let (g1, g2) = (groups.clone(), groups.clone());
+    let groups_ctl =
+        Controller::for_stream(changes(take(&mut groups_subs), generation), groups.clone())
+            .watches_stream(
+                changes(take(&mut groups_subs), generation),
+                move |g: LocationGroup| {
+                    in_namespace(&g1, g.namespace(), |_| true).collect::<Vec<_>>()
+                },
+            )
+            .watches_stream(
+                changes(take(&mut tenants_subs), generation),
+                move |t: Tenant| in_namespace(&g2, t.namespace(), |_| true).collect::<Vec<_>>(),
+            )
+            .shutdown_on_signal()
+            .run(location_group::reconcile, error_policy, ctx.clone())
+            .for_each(|_| futures::future::ready(()));
+
+    // RoleBinding: its spec; its siblings (same user); its user; groups; the catalogue.
+    let (b1, b2, b3, b4) = (
+        bindings.clone(),
+        bindings.clone(),
+        bindings.clone(),
+        bindings.clone(),
+    );
+    let bindings_ctl = Controller::for_stream(
+        changes(take(&mut bindings_subs), generation),
+        bindings.clone(),
+    )
+    .watches_stream(
+        changes(take(&mut bindings_subs), generation),
+        move |b: RoleBinding| {
+            let user = b.spec.user_ref.name.clone();
+            in_namespace(&b1, b.namespace(), move |o| o.spec.user_ref.name == user)
+                .collect::<Vec<_>>()
+        },
+    )
+    .watches_stream(
+        changes(take(&mut users_subs), |u: &SystemUser| {
+            hash((u.metadata.generation, &u.spec.tenant_ref.name))
+        }),
+        move |u: SystemUser| {
+            let name = u.name_any();
+            in_namespace(&b2, u.namespace(), move |o| o.spec.user_ref.name == name)
+                .collect::<Vec<_>>()
+        },
+    )
+    .watches_stream(
+        changes(take(&mut groups_subs), generation),
+        move |g: LocationGroup| {
+            in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some()).collect::<Vec<_>>()
+        },
+    )
+    .watches_stream(
+        changes(take(&mut tenants_subs), generation),
+        move |t: Tenant| in_namespace(&b4, t.namespace(), |_| true).collect::<Vec<_>>(),
+    )
+    .shutdown_on_signal()
+    .run(role_binding::reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()));
+
+    // The watches end with the controllers: once all four have shut down, stop feeding.
+    let drivers =
+        futures::future::join4(users_driver, tenants_driver, groups_driver, bindings_driver);
+    let controllers = futures::future::join4(users_ctl, tenants_ctl, groups_ctl, bindings_ctl);
+    futures::future::select(Box::pin(controllers), Box::pin(drivers)).await;
+}

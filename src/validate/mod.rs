@@ -1,0 +1,360 @@
+//! `usher validate PATH...`: the checks of admission and of the controllers, offline, for git CI.
+//!
+//! Per object: the CRD's OpenAPI schema and CEL rules (what the API server rejects). Across
+//! objects: references, cycles, duplicate emails and exclusivity, decided by the very functions
+//! the controllers use ([`crate::plan`]). Objects without a namespace are taken to share one
+//! (kustomize or Flux usually sets it); document order stands in for creation order, so the
+//! first of two conflicting bindings in the files is the one that would stay Bound.
+
+mod schema;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::core::cel::{CompiledSchema, Validator, compile_schema};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::crd::{self, BindingPhase, LocationGroup, RoleBinding, SystemUser, Tenant};
+use crate::plan::bindings::{self, UserRef, World};
+use crate::plan::groups::{self, GroupState};
+use crate::plan::system_user::{self, Peer};
+
+/// One problem, printed as `file: Kind/name: message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file it is in.
+    pub file: String,
+    /// `Kind/name`, or what stands for it when the document cannot be read.
+    pub object: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.object, self.message)
+    }
+}
+
+struct Doc {
+    file: String,
+    order: usize,
+    value: Value,
+}
+
+/// The YAML files named by `paths` (folders are walked), sorted; unreadable paths are problems.
+fn files(paths: &[PathBuf], problems: &mut Vec<Problem>) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>, problems: &mut Vec<Problem>) {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p, out, problems);
+                    } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                        out.push(p);
+                    }
+                }
+            }
+            Err(e) => problems.push(Problem {
+                file: dir.display().to_string(),
+                object: "-".into(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found, problems);
+            found.sort();
+            out.extend(found);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            problems.push(Problem {
+                file: p.display().to_string(),
+                object: "-".into(),
+                message: "no such file or folder".into(),
+            });
+        }
+    }
+    out
+}
+
+fn object_name(v: &Value) -> String {
+    format!(
+        "{}/{}",
+        v["kind"].as_str().unwrap_or("?"),
+        v["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+/// Validate the manifests under `paths`; every problem found, in file order.
+pub fn validate(paths: &[PathBuf]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut docs = Vec::new();
+    for file in files(paths, &mut problems) {
+        let shown = file.display().to_string();
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(Problem {
+                    file: shown,
+                    object: "-".into(),
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            match Value::deserialize(doc) {
+                Ok(Value::Null) => {}
+                Ok(value) => docs.push(Doc {
+                    file: shown.clone(),
+                    order: docs.len(),
+                    value,
+                }),
+                Err(e) => {
+                    problems.push(Problem {
+                        file: shown.clone(),
+                        object: "-".into(),
+                        message: format!("not valid YAML: {e}"),
+                    });
+                    break;
+                }
+            }
+        }
+    }
+
+    // Per object: what admission would reject.
+    let schemas: HashMap<String, (Value, CompiledSchema)> = crd::all()
+        .into_iter()
+        .filter_map(|c| {
+            let schema = serde_json::to_value(
+                c.spec.versions[0]
+                    .schema
+                    .as_ref()?
+                    .open_api_v3_schema
+                    .as_ref()?,
+            )
+            .ok()?;
+            let compiled = compile_schema(&schema);
+            Some((c.spec.names.kind.clone(), (schema, compiled)))
+        })
+        .collect();
+    let cel = Validator::new();
+    let mut admitted: Vec<&Doc> = Vec::new();
+    for doc in &docs {
+        let v = &doc.value;
+        if v["apiVersion"]
+            .as_str()
+            .is_none_or(|a| !a.starts_with(crd::GROUP))
+        {
+            continue; // not ours: Namespaces, kustomizations, …
+        }
+        let report = |message: String| Problem {
+            file: doc.file.clone(),
+            object: object_name(v),
+            message,
+        };
+        let kind = v["kind"].as_str().unwrap_or_default();
+        if v["apiVersion"] != format!("{}/{}", crd::GROUP, crd::VERSION) {
+            problems.push(report(format!(
+                "apiVersion {} is not served; use {}/{}",
+                v["apiVersion"],
+                crd::GROUP,
+                crd::VERSION
+            )));
+            continue;
+        }
+        let Some((schema, compiled)) = schemas.get(kind) else {
+            problems.push(report(format!("unknown kind {kind:?}; usher.dev has Tenant, LocationGroup, SystemUser and RoleBinding")));
+            continue;
+        };
+        if v["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+            problems.push(report("metadata.name: Required value".into()));
+            continue;
+        }
+        let mut found = Vec::new();
+        schema::check(schema, v, "", &mut found);
+        let before = problems.len();
+        problems.extend(
+            found
+                .into_iter()
+                .map(|p| report(format!("{}: {}", p.path, p.message))),
+        );
+        if problems.len() == before
+            && let Err(errors) = cel.validate_compiled(compiled, v, None)
+        {
+            for e in errors.into_vec() {
+                let path = e.field_path.trim_start_matches('.').to_string();
+                problems.push(report(if path.is_empty() {
+                    e.message
+                } else {
+                    format!("{path}: {}", e.message)
+                }));
+            }
+        }
+        if problems.len() == before {
+            admitted.push(doc);
+        }
+    }
+
+    // Across objects, per namespace: what the controllers would show as not Ready.
+    let mut by_ns: BTreeMap<String, Vec<&Doc>> = BTreeMap::new();
+    for doc in admitted {
+        let ns = doc.value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        by_ns.entry(ns).or_default().push(doc);
+    }
+    for docs in by_ns.values() {
+        check_namespace(docs, &mut problems);
+    }
+    problems.sort_by(|a, b| a.file.cmp(&b.file));
+    problems
+}
+
+/// Creation order stands in for document order: one second apart from a fixed start.
+fn created(order: usize) -> Time {
+    Time(Timestamp::from_second(1_700_000_000 + order as i64).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+fn decode<K: serde::de::DeserializeOwned + kube::Resource>(doc: &Doc) -> Option<K> {
+    let mut obj: K = serde_json::from_value(doc.value.clone()).ok()?;
+    obj.meta_mut().creation_timestamp = Some(created(doc.order));
+    Some(obj)
+}
+
+fn check_namespace(docs: &[&Doc], problems: &mut Vec<Problem>) {
+    let mut seen: HashMap<(String, String), &Doc> = HashMap::new();
+    let mut file_of: HashMap<(String, String), String> = HashMap::new();
+    let mut tenants = Vec::new();
+    let mut groups_list = Vec::new();
+    let mut users = Vec::new();
+    let mut bindings_list = Vec::new();
+    for doc in docs {
+        let key = (
+            doc.value["kind"].as_str().unwrap_or_default().to_string(),
+            doc.value["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        if let Some(first) = seen.get(&key) {
+            problems.push(Problem {
+                file: doc.file.clone(),
+                object: object_name(&doc.value),
+                message: format!("defined twice in this namespace (first in {})", first.file),
+            });
+            continue;
+        }
+        seen.insert(key.clone(), doc);
+        file_of.insert(key, doc.file.clone());
+        match doc.value["kind"].as_str() {
+            Some("Tenant") => tenants.extend(decode::<Tenant>(doc)),
+            Some("LocationGroup") => groups_list.extend(decode::<LocationGroup>(doc)),
+            Some("SystemUser") => users.extend(decode::<SystemUser>(doc)),
+            Some("RoleBinding") => bindings_list.extend(decode::<RoleBinding>(doc)),
+            _ => {}
+        }
+    }
+    let mut report = |kind: &str, name: &str, message: String| {
+        problems.push(Problem {
+            file: file_of
+                .get(&(kind.to_string(), name.to_string()))
+                .cloned()
+                .unwrap_or_default(),
+            object: format!("{kind}/{name}"),
+            message,
+        });
+    };
+
+    let catalogues: BTreeMap<String, Vec<crd::Role>> = tenants
+        .iter()
+        .map(|t| (t.name_any(), t.catalogue()))
+        .collect();
+    let group_defs: Vec<groups::Group> = groups_list.iter().map(groups::Group::from).collect();
+    let states = groups::resolve(&group_defs, |t| catalogues.contains_key(t));
+    for (name, state) in &states {
+        if let GroupState::NotReady { reason, message } = state {
+            report("LocationGroup", name, format!("{reason}: {message}"));
+        }
+    }
+
+    // Duplicate emails: each user competes only with the users of its address.
+    let mut by_email: HashMap<String, Vec<Peer>> = HashMap::new();
+    for u in &users {
+        by_email
+            .entry(u.spec.email.to_lowercase())
+            .or_default()
+            .push(Peer {
+                name: u.name_any(),
+                tenant: u.spec.tenant_ref.name.clone(),
+                email: u.spec.email.clone(),
+                created: u.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            });
+    }
+    let tenant_by_name: HashMap<String, &Tenant> =
+        tenants.iter().map(|t| (t.name_any(), t)).collect();
+    for u in &users {
+        let peers: Vec<Peer> = by_email[&u.spec.email.to_lowercase()]
+            .iter()
+            .filter(|p| p.name != u.name_any())
+            .cloned()
+            .collect();
+        let tenant = tenant_by_name.get(&u.spec.tenant_ref.name).copied();
+        if let Some(blocked) = system_user::blocked(u, tenant, &peers) {
+            report(
+                "SystemUser",
+                &u.name_any(),
+                format!("{}: {}", blocked.reason(), blocked.message(&u.spec.email)),
+            );
+        }
+    }
+
+    let group_states: BTreeMap<String, (String, GroupState)> = group_defs
+        .iter()
+        .filter_map(|g| {
+            Some((
+                g.name.clone(),
+                (g.tenant.clone(), states.get(&g.name)?.clone()),
+            ))
+        })
+        .collect();
+    let user_refs: BTreeMap<String, UserRef> = users
+        .iter()
+        .map(|u| {
+            (
+                u.name_any(),
+                UserRef {
+                    tenant: u.spec.tenant_ref.name.clone(),
+                },
+            )
+        })
+        .collect();
+    let binding_defs: Vec<bindings::Binding> =
+        bindings_list.iter().map(bindings::Binding::from).collect();
+    let verdicts = bindings::evaluate(&World {
+        bindings: &binding_defs,
+        users: &user_refs,
+        catalogues: &catalogues,
+        groups: &group_states,
+    });
+    for (name, v) in &verdicts {
+        if v.phase != BindingPhase::Bound {
+            report(
+                "RoleBinding",
+                name,
+                format!("{:?} ({}): {}", v.phase, v.reason, v.message),
+            );
+        }
+    }
+}
