@@ -10,3 +10,4 @@ mod crds;
 mod examples;
 mod invitations;
 mod kubectl;
+mod roles;
