@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use super::snapshot::snapshot;
-use super::{Context, Error, apply_status, observe, publish};
+use super::{Context, Error, apply_status, finalized, observe, publish};
 use crate::crd::{LocationGroup, LocationGroupStatus};
 use crate::plan::condition::ready;
 use crate::plan::groups::GroupState;
@@ -24,8 +24,31 @@ pub(super) async fn reconcile(
     if !ctx.caches_ready() {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
-    let result = apply(&group, &ctx).await;
+    let result = finalized(
+        &ctx,
+        group.clone(),
+        |g| {
+            let ctx = &ctx;
+            async move { apply(&g, ctx).await }
+        },
+        |g| {
+            let ctx = &ctx;
+            async move { cleanup(&g, ctx).await }
+        },
+    )
+    .await;
     observe(&ctx, "LocationGroup", &*group, started, result).await
+}
+
+/// Gone from git: out of the store, so nothing is granted through it. Children and bindings
+/// that named it turn ParentNotFound and Waiting on their own.
+async fn cleanup(group: &LocationGroup, ctx: &Context) -> Result<Action, Error> {
+    let ns = group.namespace().ok_or(Error::Malformed("no namespace"))?;
+    ctx.store
+        .delete_group(&object_key(&ns, &group.name_any()))
+        .await?;
+    ctx.metrics.store_writes.inc();
+    Ok(Action::await_change())
 }
 
 async fn apply(group: &LocationGroup, ctx: &Context) -> Result<Action, Error> {

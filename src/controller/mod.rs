@@ -25,6 +25,9 @@ use crate::mail::{MailError, Mailer};
 use crate::metrics::{KindLabels, Metrics, ReconcileLabels};
 use crate::store::{StoreError, UserStore};
 
+/// The finalizer on every usher object: its store state is cleaned up before it goes.
+pub const FINALIZER: &str = "usher.dev/cleanup";
+
 /// The field manager of every write usher makes.
 pub const MANAGER: &str = "usher";
 /// Label on the objects usher creates (invitation Secrets), so it watches only those.
@@ -98,6 +101,9 @@ pub enum Error {
     /// No randomness for a token.
     #[error("no randomness available: {0}")]
     Random(String),
+    /// Adding or removing the finalizer, or the work around it, failed.
+    #[error(transparent)]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -109,6 +115,11 @@ impl Error {
             Self::Kube(_) => "KubernetesError",
             Self::Malformed(_) => "MalformedObject",
             Self::Random(_) => "RandomnessError",
+            Self::Finalizer(e) => match &**e {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.label(),
+                _ => "FinalizerError",
+            },
         }
     }
 }
@@ -120,6 +131,40 @@ pub(crate) fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> 
         _ => Duration::from_secs(15),
     };
     Action::requeue(wait)
+}
+
+/// Run `apply` or, for an object being deleted, `cleanup` (then release the finalizer).
+async fn finalized<K, A, C, FA, FC>(
+    ctx: &Context,
+    obj: Arc<K>,
+    apply: A,
+    cleanup: C,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    A: FnOnce(Arc<K>) -> FA,
+    C: FnOnce(Arc<K>) -> FC,
+    FA: std::future::Future<Output = Result<Action, Error>>,
+    FC: std::future::Future<Output = Result<Action, Error>>,
+{
+    let ns = obj
+        .meta()
+        .namespace
+        .clone()
+        .ok_or(Error::Malformed("no namespace"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    kube::runtime::finalizer(&api, FINALIZER, obj, |event| async move {
+        match event {
+            kube::runtime::finalizer::Event::Apply(o) => apply(o).await,
+            kube::runtime::finalizer::Event::Cleanup(o) => cleanup(o).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 /// Record a reconcile's outcome in metrics and, on error, as a Warning Event on the object.

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use super::snapshot::snapshot;
-use super::{Context, Error, apply_status, observe, publish};
+use super::{Context, Error, apply_status, finalized, observe, publish};
 use crate::crd::{BindingPhase, RoleBinding, RoleBindingStatus};
 use crate::plan::condition::ready;
 
@@ -24,8 +24,33 @@ pub(super) async fn reconcile(
     if !ctx.caches_ready() {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
-    let result = apply(&binding, &ctx).await;
+    let result = finalized(
+        &ctx,
+        binding.clone(),
+        |b| {
+            let ctx = &ctx;
+            async move { apply(&b, ctx).await }
+        },
+        |b| {
+            let ctx = &ctx;
+            async move { cleanup(&b, ctx).await }
+        },
+    )
+    .await;
     observe(&ctx, "RoleBinding", &*binding, started, result).await
+}
+
+/// Gone from git: its assignment leaves the store now; the user's other bindings are
+/// re-evaluated (the next one may be promoted) through the watches.
+async fn cleanup(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> {
+    let ns = binding
+        .namespace()
+        .ok_or(Error::Malformed("no namespace"))?;
+    ctx.store
+        .remove_assignment(&crate::plan::records::object_key(&ns, &binding.name_any()))
+        .await?;
+    ctx.metrics.store_writes.inc();
+    Ok(Action::await_change())
 }
 
 async fn apply(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> {

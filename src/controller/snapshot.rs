@@ -21,19 +21,21 @@ pub struct Snapshot {
 
 /// Decide groups and bindings for namespace `ns` from the caches.
 pub fn snapshot(ctx: &Context, ns: &str) -> Snapshot {
+    // Objects being deleted no longer count: their finalizers clean up, the rest moves on.
     let here = |o: &Option<String>| o.as_deref() == Some(ns);
+    let live = |m: &kube::api::ObjectMeta| m.deletion_timestamp.is_none();
     let tenants: BTreeMap<String, Vec<crate::crd::Role>> = ctx
         .tenants
         .state()
         .iter()
-        .filter(|t| here(&t.namespace()))
+        .filter(|t| here(&t.namespace()) && live(&t.metadata))
         .map(|t| (t.name_any(), t.catalogue()))
         .collect();
     let group_list: Vec<Group> = ctx
         .groups
         .state()
         .iter()
-        .filter(|g| here(&g.namespace()))
+        .filter(|g| here(&g.namespace()) && live(&g.metadata))
         .map(|g| Group::from(&**g))
         .collect();
     let states = groups::resolve(&group_list, |t| tenants.contains_key(t));
@@ -50,7 +52,7 @@ pub fn snapshot(ctx: &Context, ns: &str) -> Snapshot {
         .users
         .state()
         .iter()
-        .filter(|u| here(&u.namespace()))
+        .filter(|u| here(&u.namespace()) && live(&u.metadata))
         .map(|u| {
             (
                 u.name_any(),
@@ -64,7 +66,7 @@ pub fn snapshot(ctx: &Context, ns: &str) -> Snapshot {
         .bindings
         .state()
         .iter()
-        .filter(|b| here(&b.namespace()))
+        .filter(|b| here(&b.namespace()) && live(&b.metadata))
         .map(|b| Binding::from(&**b))
         .collect();
     let verdicts = bindings::evaluate(&World {

@@ -19,8 +19,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::snapshot::snapshot;
-use super::{Context, Error, MANAGER, apply_status, observe, publish};
-use crate::crd::{BindingPhase, SystemUser, Tenant};
+use super::{Context, Error, MANAGER, apply_status, finalized, observe, publish};
+use crate::crd::{BindingPhase, OffboardingPolicy, SystemUser, Tenant};
 use crate::mail::Invitation;
 use crate::plan::bindings::bound_roles;
 use crate::plan::records::{Assignment, InvitationRecord, UserRecord, object_key};
@@ -36,7 +36,19 @@ pub(super) async fn reconcile(user: Arc<SystemUser>, ctx: Arc<Context>) -> Resul
     if !ctx.caches_ready() {
         return Ok(Action::requeue(std::time::Duration::from_millis(200)));
     }
-    let result = apply(&user, &ctx).await;
+    let result = finalized(
+        &ctx,
+        user.clone(),
+        |u| {
+            let ctx = &ctx;
+            async move { apply(&u, ctx).await }
+        },
+        |u| {
+            let ctx = &ctx;
+            async move { offboard(&u, ctx).await }
+        },
+    )
+    .await;
     observe(&ctx, "SystemUser", &*user, started, result).await
 }
 
@@ -72,10 +84,14 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     if let (None, Some(tenant)) = (&blocked, tenant.as_deref()) {
         let settings = InvitationSettings::of(tenant);
         let tenant_key = object_key(&ns, &tenant.name_any());
-        account = ctx
+        account = match ctx
             .store
             .user_by_external_id(&object_key(&ns, &user.name_any()))
-            .await?;
+            .await?
+        {
+            Some(a) => Some(a),
+            None => archived(ctx, &ns, &tenant_key, &user.spec.email).await?,
+        };
         latest = match &account {
             Some(a) => ctx.store.latest_invitation(&a.id).await?,
             None => None,
@@ -182,6 +198,76 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         .map(|at| Duration::from_millis((at - now).get_milliseconds().max(0) as u64 + 500))
         .map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync));
     Ok(Action::requeue(wait))
+}
+
+/// The account of a person offboarded under the Deactivate policy, found by email, to restore
+/// it instead of creating a second one. Only an account no SystemUser holds qualifies.
+async fn archived(
+    ctx: &Context,
+    ns: &str,
+    tenant_key: &str,
+    email: &str,
+) -> Result<Option<UserRecord>, Error> {
+    let Some(found) = ctx.store.user_by_email(tenant_key, email).await? else {
+        return Ok(None);
+    };
+    let holder = found
+        .external_id
+        .split_once('/')
+        .filter(|(holder_ns, _)| *holder_ns == ns)
+        .and_then(|(_, name)| {
+            ctx.users
+                .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+        });
+    Ok(holder.is_none().then_some(found))
+}
+
+/// The person's file is gone from git: revoke open tokens, remove roles, and deactivate or
+/// delete the account per the tenant's policy.
+async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
+    let ns = user.namespace().ok_or(Error::Malformed("no namespace"))?;
+    let policy = ctx
+        .tenants
+        .get(&kube::runtime::reflector::ObjectRef::new(&user.spec.tenant_ref.name).within(&ns))
+        .and_then(|t| t.spec.offboarding.clone())
+        .unwrap_or_default()
+        .policy;
+    let key = object_key(&ns, &user.name_any());
+    if let Some(account) = ctx.store.user_by_external_id(&key).await? {
+        let what = offboard_account(ctx, &account, policy).await?;
+        publish(
+            ctx,
+            user,
+            EventType::Normal,
+            "Offboarded",
+            format!("{}: {what}", user.spec.email),
+        )
+        .await;
+        tracing::info!(policy = ?policy, "offboarded");
+    }
+    Ok(Action::await_change())
+}
+
+/// Offboard one account; says what was done.
+pub(super) async fn offboard_account(
+    ctx: &Context,
+    account: &UserRecord,
+    policy: OffboardingPolicy,
+) -> Result<&'static str, Error> {
+    let now = Timestamp::now();
+    ctx.store.revoke_open(&account.id, now).await?;
+    ctx.store.set_assignments(&account.id, &[]).await?;
+    ctx.metrics.store_writes.inc_by(3);
+    Ok(match policy {
+        OffboardingPolicy::Deactivate => {
+            ctx.store.set_active(&account.id, false, now).await?;
+            "account deactivated (kept for restore), open invitations revoked, roles removed"
+        }
+        OffboardingPolicy::Delete => {
+            ctx.store.delete_user(&account.id).await?;
+            "account deleted with its invitations and roles"
+        }
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

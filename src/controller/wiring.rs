@@ -99,8 +99,17 @@ fn take<T>(subs: &mut Vec<T>) -> T {
     subs.pop().expect("feed() was asked for enough subscribers")
 }
 
-fn generation<K: Resource>(o: &K) -> u64 {
-    hash(o.meta().generation)
+/// What wakes an object's own controller: its spec, its deletion, and our finalizer being added
+/// (the finalizer helper adds it and waits for that change before the first real reconcile).
+fn lifecycle<K: Resource>(o: &K) -> u64 {
+    let m = o.meta();
+    hash((
+        m.generation,
+        m.deletion_timestamp.is_some(),
+        m.finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|f| f == super::FINALIZER)),
+    ))
 }
 
 fn in_namespace<'a, K>(
@@ -169,11 +178,7 @@ pub async fn run(
     let (u1, u2) = (users.clone(), users.clone());
     let users_ctl = Controller::for_stream(
         changes(take(&mut users_subs), |u: &SystemUser| {
-            hash((
-                u.metadata.generation,
-                u.annotations().get(RESEND_ANNOTATION),
-                u.metadata.deletion_timestamp.is_some(),
-            ))
+            hash((lifecycle(u), u.annotations().get(RESEND_ANNOTATION)))
         }),
         users.clone(),
     )
@@ -182,7 +187,7 @@ pub async fn run(
         watcher::Config::default().labels(MANAGED_BY),
     )
     .watches_stream(
-        changes(take(&mut tenants_subs), generation),
+        changes(take(&mut tenants_subs), lifecycle),
         move |t: Tenant| {
             let name = t.name_any();
             in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
@@ -192,7 +197,7 @@ pub async fn run(
     .watches_stream(
         changes(take(&mut bindings_subs), |b: &RoleBinding| {
             hash((
-                b.metadata.generation,
+                lifecycle(b),
                 b.status
                     .as_ref()
                     .map(|s| (s.phase, s.conflicts_with.clone())),
@@ -209,38 +214,36 @@ pub async fn run(
     .for_each(|_| futures::future::ready(()));
 
     // Tenant: its spec; the phases (and existence) of its users.
-    let tenants_ctl = Controller::for_stream(
-        changes(take(&mut tenants_subs), generation),
-        tenants.clone(),
-    )
-    .watches_stream(
-        changes(take(&mut users_subs), |u: &SystemUser| {
-            hash((
-                u.status.as_ref().and_then(|s| s.phase),
-                &u.spec.tenant_ref.name,
-            ))
-        }),
-        |u: SystemUser| {
-            u.namespace()
-                .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
-        },
-    )
-    .shutdown_on_signal()
-    .run(tenant::reconcile, error_policy, ctx.clone())
-    .for_each(|_| futures::future::ready(()));
+    let tenants_ctl =
+        Controller::for_stream(changes(take(&mut tenants_subs), lifecycle), tenants.clone())
+            .watches_stream(
+                changes(take(&mut users_subs), |u: &SystemUser| {
+                    hash((
+                        u.status.as_ref().and_then(|s| s.phase),
+                        &u.spec.tenant_ref.name,
+                    ))
+                }),
+                |u: SystemUser| {
+                    u.namespace()
+                        .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
+                },
+            )
+            .shutdown_on_signal()
+            .run(tenant::reconcile, error_policy, ctx.clone())
+            .for_each(|_| futures::future::ready(()));
 
     // LocationGroup: any group's spec in the namespace (parents decide children); tenants.
     let (g1, g2) = (groups.clone(), groups.clone());
     let groups_ctl =
-        Controller::for_stream(changes(take(&mut groups_subs), generation), groups.clone())
+        Controller::for_stream(changes(take(&mut groups_subs), lifecycle), groups.clone())
             .watches_stream(
-                changes(take(&mut groups_subs), generation),
+                changes(take(&mut groups_subs), lifecycle),
                 move |g: LocationGroup| {
                     in_namespace(&g1, g.namespace(), |_| true).collect::<Vec<_>>()
                 },
             )
             .watches_stream(
-                changes(take(&mut tenants_subs), generation),
+                changes(take(&mut tenants_subs), lifecycle),
                 move |t: Tenant| in_namespace(&g2, t.namespace(), |_| true).collect::<Vec<_>>(),
             )
             .shutdown_on_signal()
@@ -255,11 +258,11 @@ pub async fn run(
         bindings.clone(),
     );
     let bindings_ctl = Controller::for_stream(
-        changes(take(&mut bindings_subs), generation),
+        changes(take(&mut bindings_subs), lifecycle),
         bindings.clone(),
     )
     .watches_stream(
-        changes(take(&mut bindings_subs), generation),
+        changes(take(&mut bindings_subs), lifecycle),
         move |b: RoleBinding| {
             let user = b.spec.user_ref.name.clone();
             in_namespace(&b1, b.namespace(), move |o| o.spec.user_ref.name == user)
@@ -268,7 +271,7 @@ pub async fn run(
     )
     .watches_stream(
         changes(take(&mut users_subs), |u: &SystemUser| {
-            hash((u.metadata.generation, &u.spec.tenant_ref.name))
+            hash((lifecycle(u), &u.spec.tenant_ref.name))
         }),
         move |u: SystemUser| {
             let name = u.name_any();
@@ -277,13 +280,13 @@ pub async fn run(
         },
     )
     .watches_stream(
-        changes(take(&mut groups_subs), generation),
+        changes(take(&mut groups_subs), lifecycle),
         move |g: LocationGroup| {
             in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some()).collect::<Vec<_>>()
         },
     )
     .watches_stream(
-        changes(take(&mut tenants_subs), generation),
+        changes(take(&mut tenants_subs), lifecycle),
         move |t: Tenant| in_namespace(&b4, t.namespace(), |_| true).collect::<Vec<_>>(),
     )
     .shutdown_on_signal()

@@ -63,6 +63,20 @@ pub trait UserStore: Send + Sync + 'static {
     async fn create_user(&self, fields: &UserFields) -> Result<UserRecord, StoreError>;
     /// Change an account's details.
     async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError>;
+    /// The accounts of a tenant.
+    async fn users_of_tenant(&self, tenant: &str) -> Result<Vec<UserRecord>, StoreError>;
+    /// An account of a tenant by email, case-insensitive (to restore an archived person).
+    async fn user_by_email(
+        &self,
+        tenant: &str,
+        email: &str,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// Delete an account with its invitations and assignments.
+    async fn delete_user(&self, id: &str) -> Result<(), StoreError>;
+    /// Delete a tenant with its groups and catalogue (its accounts are offboarded first).
+    async fn delete_tenant(&self, key: &str) -> Result<(), StoreError>;
+    /// Remove the assignment a RoleBinding made, wherever it is.
+    async fn remove_assignment(&self, binding: &str) -> Result<(), StoreError>;
     /// Activate or deactivate an account.
     async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError>;
 

@@ -194,6 +194,59 @@ impl UserStore for SqliteStore {
         user_from_row(&row)
     }
 
+    async fn users_of_tenant(&self, tenant: &str) -> Result<Vec<UserRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM users WHERE tenant = ? ORDER BY external_id")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn user_by_email(
+        &self,
+        tenant: &str,
+        email: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE tenant = ? AND email_lower = ? LIMIT 1")
+            .bind(tenant)
+            .bind(email.to_lowercase())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+
+    async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
+        // Invitations and assignments go with it (ON DELETE CASCADE).
+        sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_tenant(&self, key: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for statement in [
+            "DELETE FROM location_groups WHERE tenant = ?",
+            "DELETE FROM roles WHERE tenant = ?",
+            "DELETE FROM tenants WHERE key = ?",
+        ] {
+            sqlx::query(statement).bind(key).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_assignment(&self, binding: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM role_assignments WHERE binding = ?")
+            .bind(binding)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
         sqlx::query("UPDATE users SET active = ?, updated_us = ? WHERE id = ?")
             .bind(i64::from(active))
