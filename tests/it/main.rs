@@ -10,4 +10,5 @@ mod crds;
 mod examples;
 mod invitations;
 mod kubectl;
+mod offboarding;
 mod roles;

@@ -1,0 +1,179 @@
+//! Offboarding: a person whose file is deleted loses access, even when usher was down at that
+//! moment; re-adding them restores the same account; the Delete policy removes it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams};
+use usher::crd::{SystemUser, UserPhase};
+use usher_testenv::Smtp;
+
+use crate::support::{Usher, apply_yaml, client, eventually, invitation_in, namespace, wait_for};
+
+/// An account's (active, assignments, open invitations) straight from the SQLite file; None
+/// when it does not exist.
+fn account(db: &Path, email: &str) -> Option<(bool, u32, u32)> {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3\nc = sqlite3.connect('file:{}?mode=ro', uri=True)\nr = c.execute(\"SELECT id, active FROM users WHERE email_lower = '{email}'\").fetchone()\nif r:\n  a = c.execute('SELECT COUNT(*) FROM role_assignments WHERE user_id = ?', (r[0],)).fetchone()[0]\n  i = c.execute('SELECT COUNT(*) FROM invitations WHERE user_id = ? AND used_us IS NULL AND revoked_us IS NULL', (r[0],)).fetchone()[0]\n  print(r[1], a, i)",
+            db.display()
+        ))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let n: Vec<u32> = text
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    (n.len() == 3).then(|| (n[0] == 1, n[1], n[2]))
+}
+
+fn manifests(policy: &str) -> String {
+    format!(
+        "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\nspec:\n  displayName: Acme\n  offboarding: {{policy: {policy}}}\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {{name: alice}}\nspec: {{tenantRef: {{name: acme}}, email: alice@acme.example}}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {{name: alice-admin}}\nspec: {{userRef: {{name: alice}}, role: Administrator}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_person_deleted_while_usher_is_down_is_offboarded_at_restart_and_can_be_restored() {
+    let client = client().await;
+    let ns = namespace(&client, "offboard").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    apply_yaml(&client, &ns, &manifests("Deactivate")).await;
+    let mut usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    wait_for(&users, "alice", "Pending with a role", |u| {
+        u.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(UserPhase::Pending) && !s.roles.is_empty())
+    })
+    .await;
+    let raw = eventually(Duration::from_secs(30), || async {
+        smtp.messages().into_iter().next()
+    })
+    .await
+    .unwrap();
+    let (_, token) = invitation_in(&raw);
+    assert_eq!(usher.redeem(&token).await.0, 200);
+    let active = wait_for(&users, "alice", "Active", |u| {
+        u.status.as_ref().and_then(|s| s.phase) == Some(UserPhase::Active)
+    })
+    .await;
+    let user_id = active.status.unwrap().user_id.unwrap();
+    let mut settled = None;
+    for _ in 0..50 {
+        settled = account(&usher.db, "alice@acme.example");
+        if settled == Some((true, 1, 0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        settled,
+        Some((true, 1, 0)),
+        "active, one role, no open token"
+    );
+
+    // usher is down when the file is deleted; the finalizer keeps the object until it is back.
+    usher.kill();
+    users
+        .delete("alice", &DeleteParams::default())
+        .await
+        .expect("delete");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        users.get_opt("alice").await.unwrap().is_some(),
+        "held by the finalizer"
+    );
+    assert_eq!(
+        account(&usher.db, "alice@acme.example"),
+        Some((true, 1, 0)),
+        "nothing happened yet"
+    );
+    usher.restart().await;
+    eventually(Duration::from_secs(30), || async {
+        users.get_opt("alice").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("the object goes once offboarded");
+    assert_eq!(
+        account(&usher.db, "alice@acme.example"),
+        Some((false, 0, 0)),
+        "deactivated, roles removed, kept"
+    );
+
+    // Re-added (under another name, same email): the same account comes back, active, without
+    // a new invitation.
+    apply_yaml(&client, &ns, "apiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: alice-ng}\nspec: {tenantRef: {name: acme}, email: Alice@acme.example}\n").await;
+    let restored = wait_for(&users, "alice-ng", "Active", |u| {
+        u.status.as_ref().and_then(|s| s.phase) == Some(UserPhase::Active)
+    })
+    .await;
+    assert_eq!(
+        restored.status.unwrap().user_id.as_deref(),
+        Some(user_id.as_str()),
+        "the same store account"
+    );
+    assert_eq!(
+        smtp.messages().len(),
+        1,
+        "no second invitation for a restored person"
+    );
+}
+
+#[tokio::test]
+async fn the_delete_policy_removes_the_account_and_a_deleted_tenant_offboards_everyone() {
+    let client = client().await;
+    let ns = namespace(&client, "offboard-delete").await;
+    let dir = usher_testenv::scratch_dir("mail").unwrap();
+    apply_yaml(&client, &ns, &(manifests("Delete") + "---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: bob}\nspec: {tenantRef: {name: acme}, email: bob@acme.example}\n")).await;
+    let usher = Usher::start(&ns, &format!("file://{}", dir.display()), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    for name in ["alice", "bob"] {
+        wait_for(&users, name, "Pending", |u| {
+            u.status.as_ref().and_then(|s| s.phase) == Some(UserPhase::Pending)
+        })
+        .await;
+    }
+    assert!(account(&usher.db, "alice@acme.example").is_some());
+    users
+        .delete("alice", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(Duration::from_secs(30), || async {
+        users.get_opt("alice").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("offboarded");
+    assert_eq!(
+        account(&usher.db, "alice@acme.example"),
+        None,
+        "Delete policy: the account is gone"
+    );
+
+    // The tenant goes: bob's account goes with it (Delete policy), his SystemUser waits.
+    let tenants: Api<usher::crd::Tenant> = Api::namespaced(client.clone(), &ns);
+    tenants
+        .delete("acme", &DeleteParams::default())
+        .await
+        .expect("delete tenant");
+    eventually(Duration::from_secs(30), || async {
+        tenants.get_opt("acme").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("tenant offboarded");
+    assert_eq!(account(&usher.db, "bob@acme.example"), None);
+    wait_for(&users, "bob", "TenantNotFound", |u| {
+        u.status
+            .as_ref()
+            .and_then(|s| s.conditions.first())
+            .is_some_and(|c| c.reason == "TenantNotFound")
+    })
+    .await;
+}
