@@ -46,6 +46,8 @@ pub struct Metrics {
     pub mail_errors: Counter,
     /// Failed store calls.
     pub store_errors: Counter,
+    /// Store changes made behind usher's back and repaired.
+    pub drift_corrected: Counter,
 }
 
 impl Default for Metrics {
@@ -66,6 +68,7 @@ impl Default for Metrics {
             api_writes: Counter::default(),
             mail_errors: Counter::default(),
             store_errors: Counter::default(),
+            drift_corrected: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +120,11 @@ impl Default for Metrics {
             "store_errors",
             "Failed user store calls",
             m.store_errors.clone(),
+        );
+        registry.register(
+            "drift_corrected",
+            "Store changes made behind usher's back that a reconcile repaired",
+            m.drift_corrected.clone(),
         );
         Self { registry, ..m }
     }

@@ -79,6 +79,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
 
     let mut account = None;
     let mut latest = None;
+    let mut repaired: Vec<&'static str> = Vec::new();
     let mut secret = None;
     let mut failure = None;
     if let (None, Some(tenant)) = (&blocked, tenant.as_deref()) {
@@ -97,6 +98,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
             None => None,
         };
         let todo = plan::plan(user, &tenant_key, account.as_ref(), latest.as_ref());
+        repaired.extend(plan::drift(user, &todo));
         match execute(
             ctx,
             user,
@@ -145,6 +147,15 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         if ctx.store.assignments(&acc.id).await? != desired {
             ctx.store.set_assignments(&acc.id, &desired).await?;
             ctx.metrics.store_writes.inc();
+            // The bindings said the same last time: the store was changed, not the resources.
+            let shown = user
+                .status
+                .as_ref()
+                .map(|s| s.roles.clone())
+                .unwrap_or_default();
+            if user.status.is_some() && shown == bound_roles(&me, &snap.bindings, &snap.verdicts) {
+                repaired.push("role assignments");
+            }
         }
     }
 
@@ -186,6 +197,19 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
             EventType::Normal
         };
         publish(ctx, user, type_, note.reason, note.message).await;
+    }
+    if !repaired.is_empty() {
+        ctx.metrics.drift_corrected.inc();
+        let what = repaired.join(", ");
+        tracing::warn!(repaired = %what, "store changed behind usher's back; repaired");
+        publish(
+            ctx,
+            user,
+            EventType::Warning,
+            "DriftCorrected",
+            format!("the user store differed from git and was repaired: {what}"),
+        )
+        .await;
     }
     if let Some(err) = failure {
         return Err(err);
@@ -311,6 +335,11 @@ async fn execute(
             store.set_active(&acc.id, true, now).await?;
             written(1);
             acc.active = true;
+        }
+        AccessAction::Deactivate => {
+            store.set_active(&acc.id, false, now).await?;
+            written(1);
+            acc.active = false;
         }
     }
     let expires_at = now + settings.ttl;

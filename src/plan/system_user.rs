@@ -197,6 +197,8 @@ pub enum AccessAction {
     Suspend,
     /// Reactivate an account that had accepted before it was suspended.
     Restore,
+    /// Deactivate an account that was activated without a redemption.
+    Deactivate,
 }
 
 /// The writes one reconcile of a SystemUser should make, in this order.
@@ -294,7 +296,12 @@ pub fn plan(
     };
     UserPlan {
         account: account_action,
-        access: AccessAction::Keep,
+        // Only a redemption activates an account; one activated behind usher's back is not.
+        access: if active {
+            AccessAction::Deactivate
+        } else {
+            AccessAction::Keep
+        },
         invitation,
     }
 }
@@ -420,6 +427,29 @@ pub struct Note {
     pub reason: &'static str,
     /// What happened, for people.
     pub message: String,
+}
+
+/// What a reconcile repaired that someone changed in the store behind usher's back, given the
+/// plan it carried out and the status it had shown before. A change of the object itself is
+/// never drift.
+pub fn drift(user: &SystemUser, todo: &UserPlan) -> Vec<&'static str> {
+    let status = user.status.as_ref();
+    let same_generation = status.is_some_and(|s| s.observed_generation == user.metadata.generation);
+    let was = status.and_then(|s| s.phase);
+    let mut repaired = Vec::new();
+    if same_generation && matches!(todo.account, AccountAction::Update(_)) {
+        repaired.push("account details");
+    }
+    let access = match todo.access {
+        AccessAction::Keep => false,
+        AccessAction::Suspend => same_generation && was == Some(UserPhase::Suspended),
+        AccessAction::Restore => was == Some(UserPhase::Active),
+        AccessAction::Deactivate => true,
+    };
+    if access {
+        repaired.push("account access");
+    }
+    repaired
 }
 
 /// The Events a status change deserves: one per transition, none when nothing changed.
@@ -696,6 +726,33 @@ mod tests {
         used.used_at = Some(now());
         let p = plan(&u, "acme/acme", Some(&account(true, true)), Some(&used));
         assert_eq!(p, UserPlan::NOTHING);
+    }
+
+    #[test]
+    fn an_account_activated_behind_usher_s_back_is_deactivated_and_called_drift() {
+        let mut u = user("alice", "alice@acme.example");
+        let p = plan(
+            &u,
+            "acme/acme",
+            Some(&account(true, false)),
+            Some(&invitation(1)),
+        );
+        assert_eq!(p.access, AccessAction::Deactivate);
+        assert_eq!(drift(&u, &p), ["account access"]);
+        // A name edited in the store while the spec stayed the same is repaired too.
+        u.status = Some(SystemUserStatus {
+            observed_generation: Some(1),
+            phase: Some(UserPhase::Active),
+            ..Default::default()
+        });
+        let mut edited = account(false, true);
+        edited.profile.first_name = Some("Mallory".into());
+        let p = plan(&u, "acme/acme", Some(&edited), None);
+        assert_eq!(drift(&u, &p), ["account details", "account access"]);
+        // A spec change is not drift.
+        u.metadata.generation = Some(2);
+        let p = plan(&u, "acme/acme", Some(&edited), None);
+        assert_eq!(drift(&u, &p), ["account access"]);
     }
 
     #[test]
