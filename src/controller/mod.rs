@@ -66,6 +66,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Serialises the offboarding guard's count-then-record.
+    pub offboard_lock: tokio::sync::Mutex<()>,
 }
 
 impl Context {
@@ -101,6 +103,9 @@ pub enum Error {
     /// No randomness for a token.
     #[error("no randomness available: {0}")]
     Random(String),
+    /// The mass-offboarding guard holds this deletion back.
+    #[error("{0}")]
+    Throttled(String),
     /// Adding or removing the finalizer, or the work around it, failed.
     #[error(transparent)]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
@@ -115,6 +120,7 @@ impl Error {
             Self::Kube(_) => "KubernetesError",
             Self::Malformed(_) => "MalformedObject",
             Self::Random(_) => "RandomnessError",
+            Self::Throttled(_) => "OffboardingThrottled",
             Self::Finalizer(e) => match &**e {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.label(),
@@ -128,6 +134,14 @@ pub(crate) fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> 
     // Store and mail outages heal by themselves; back off rather than hammer them.
     let wait = match err {
         Error::Malformed(_) => Duration::from_secs(300),
+        Error::Finalizer(e)
+            if matches!(
+                &**e,
+                kube::runtime::finalizer::Error::CleanupFailed(Error::Throttled(_))
+            ) =>
+        {
+            Duration::from_secs(30)
+        }
         _ => Duration::from_secs(15),
     };
     Action::requeue(wait)

@@ -23,6 +23,7 @@ use super::{Context, Error, MANAGER, apply_status, finalized, observe, publish};
 use crate::crd::{BindingPhase, OffboardingPolicy, SystemUser, Tenant};
 use crate::mail::Invitation;
 use crate::plan::bindings::bound_roles;
+use crate::plan::offboarding;
 use crate::plan::records::{Assignment, InvitationRecord, UserRecord, object_key};
 use crate::plan::system_user::{
     self as plan, AccessAction, AccountAction, Blocked, InvitationAction, InvitationSettings, Peer,
@@ -257,7 +258,39 @@ async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         .unwrap_or_default()
         .policy;
     let key = object_key(&ns, &user.name_any());
+    let tenant = ctx
+        .tenants
+        .get(&kube::runtime::reflector::ObjectRef::new(&user.spec.tenant_ref.name).within(&ns));
+    let _guard = ctx.offboard_lock.lock().await;
     if let Some(account) = ctx.store.user_by_external_id(&key).await? {
+        if let Some(tenant) = &tenant {
+            let tenant_key = object_key(&ns, &tenant.name_any());
+            let now = Timestamp::now();
+            let max = tenant
+                .spec
+                .offboarding
+                .clone()
+                .unwrap_or_default()
+                .max_per_hour;
+            let done = ctx
+                .store
+                .offboardings_since(&tenant_key, now - offboarding::WINDOW)
+                .await?;
+            let released = match tenant.annotations().get(offboarding::ALLOW_ANNOTATION) {
+                Some(value) => Some(ctx.store.release(&tenant_key, value, now).await?),
+                None => None,
+            };
+            let requested = user.metadata.deletion_timestamp.as_ref().map(|t| t.0);
+            if !offboarding::may_offboard(done, max, requested, released) {
+                // An error, not Ok: the finalizer helper releases the object after any Ok.
+                return Err(Error::Throttled(format!(
+                    "{done} people of tenant {:?} were offboarded in the last hour (maxPerHour {max}); this deletion waits. Set the annotation {} on the Tenant to a new value to let it proceed",
+                    tenant.name_any(),
+                    offboarding::ALLOW_ANNOTATION
+                )));
+            }
+            ctx.store.record_offboarding(&tenant_key, now).await?;
+        }
         let what = offboard_account(ctx, &account, policy).await?;
         publish(
             ctx,

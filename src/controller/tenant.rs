@@ -9,8 +9,13 @@ use kube::runtime::controller::Action;
 
 use super::{Context, Error, apply_status, finalized, observe, publish};
 use crate::crd::Tenant;
+use crate::plan::condition::ready;
+use crate::plan::offboarding;
 use crate::plan::records::{RoleRecord, TenantRecord};
 use crate::plan::tenant;
+
+/// The Tenant condition shown while the mass-offboarding guard holds deletions back.
+const THROTTLED: &str = "OffboardingThrottled";
 use kube::runtime::events::EventType;
 
 #[tracing::instrument(skip_all, fields(kind = "Tenant", namespace = tenant.namespace().unwrap_or_default(), name = tenant.name_any()))]
@@ -82,7 +87,76 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         .into_iter()
         .filter(|u| u.namespace().as_deref() == Some(&ns) && u.spec.tenant_ref.name == name)
         .map(|u| u.status.as_ref().and_then(|s| s.phase));
-    let status = tenant::status(tenant, tenant::count(phases), Timestamp::now());
+    let now = Timestamp::now();
+    let mut status = tenant::status(tenant, tenant::count(phases), now);
+    if let Some(value) = tenant.annotations().get(offboarding::ALLOW_ANNOTATION) {
+        ctx.store.release(&desired.key, value, now).await?;
+    }
+    // Deletions held by the guard: people being deleted while the hour's budget is spent.
+    let held = ctx
+        .users
+        .state()
+        .into_iter()
+        .filter(|u| u.namespace().as_deref() == Some(&ns) && u.spec.tenant_ref.name == name)
+        .filter(|u| u.metadata.deletion_timestamp.is_some())
+        .count();
+    let max = tenant
+        .spec
+        .offboarding
+        .clone()
+        .unwrap_or_default()
+        .max_per_hour;
+    let done = if held > 0 {
+        ctx.store
+            .offboardings_since(&desired.key, now - offboarding::WINDOW)
+            .await?
+    } else {
+        0
+    };
+    let throttled = held > 0 && done >= u64::try_from(max).unwrap_or(0);
+    if throttled {
+        let previous = tenant
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        let mut c = ready(
+            true,
+            "MaxPerHourReached",
+            &format!(
+                "{held} deletions wait: {done} people were offboarded in the last hour (maxPerHour {max}); set the annotation {} to a new value to release them",
+                offboarding::ALLOW_ANNOTATION
+            ),
+            tenant.metadata.generation,
+            &[],
+            now,
+        );
+        c.type_ = THROTTLED.into();
+        if let Some(p) = previous
+            .iter()
+            .find(|p| p.type_ == THROTTLED && p.status == "True")
+        {
+            c.last_transition_time = p.last_transition_time.clone();
+        }
+        status.conditions.push(c);
+    }
+    let was_throttled = tenant.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == THROTTLED && c.status == "True")
+    });
     apply_status(ctx, tenant, tenant.status.as_ref(), &status).await?;
+    if throttled && !was_throttled {
+        let message = status
+            .conditions
+            .last()
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        publish(ctx, tenant, EventType::Warning, THROTTLED, message).await;
+    }
+    if throttled {
+        // Held deletions are retried by their own requeues; look again soon to clear this.
+        return Ok(Action::requeue(std::time::Duration::from_secs(30)));
+    }
     Ok(Action::requeue(ctx.settings.resync))
 }

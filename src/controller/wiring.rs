@@ -23,6 +23,7 @@ use super::{
 use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
+use crate::plan::offboarding::ALLOW_ANNOTATION;
 use crate::plan::system_user::RESEND_ANNOTATION;
 use crate::store::UserStore;
 
@@ -99,6 +100,11 @@ fn take<T>(subs: &mut Vec<T>) -> T {
     subs.pop().expect("feed() was asked for enough subscribers")
 }
 
+/// A Tenant's lifecycle plus the release annotation of the offboarding guard.
+fn tenant_key(t: &Tenant) -> u64 {
+    hash((lifecycle(t), t.annotations().get(ALLOW_ANNOTATION)))
+}
+
 /// What wakes an object's own controller: its spec, its deletion, and our finalizer being added
 /// (the finalizer helper adds it and waits for that change before the first real reconcile).
 fn lifecycle<K: Resource>(o: &K) -> u64 {
@@ -172,6 +178,7 @@ pub async fn run(
         groups: groups.clone(),
         bindings: bindings.clone(),
         metrics,
+        offboard_lock: tokio::sync::Mutex::new(()),
     });
 
     // SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings.
@@ -187,7 +194,7 @@ pub async fn run(
         watcher::Config::default().labels(MANAGED_BY),
     )
     .watches_stream(
-        changes(take(&mut tenants_subs), lifecycle),
+        changes(take(&mut tenants_subs), tenant_key),
         move |t: Tenant| {
             let name = t.name_any();
             in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
@@ -214,23 +221,26 @@ pub async fn run(
     .for_each(|_| futures::future::ready(()));
 
     // Tenant: its spec; the phases (and existence) of its users.
-    let tenants_ctl =
-        Controller::for_stream(changes(take(&mut tenants_subs), lifecycle), tenants.clone())
-            .watches_stream(
-                changes(take(&mut users_subs), |u: &SystemUser| {
-                    hash((
-                        u.status.as_ref().and_then(|s| s.phase),
-                        &u.spec.tenant_ref.name,
-                    ))
-                }),
-                |u: SystemUser| {
-                    u.namespace()
-                        .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
-                },
-            )
-            .shutdown_on_signal()
-            .run(tenant::reconcile, error_policy, ctx.clone())
-            .for_each(|_| futures::future::ready(()));
+    let tenants_ctl = Controller::for_stream(
+        changes(take(&mut tenants_subs), tenant_key),
+        tenants.clone(),
+    )
+    .watches_stream(
+        changes(take(&mut users_subs), |u: &SystemUser| {
+            hash((
+                u.status.as_ref().and_then(|s| s.phase),
+                &u.spec.tenant_ref.name,
+                u.metadata.deletion_timestamp.is_some(),
+            ))
+        }),
+        |u: SystemUser| {
+            u.namespace()
+                .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
+        },
+    )
+    .shutdown_on_signal()
+    .run(tenant::reconcile, error_policy, ctx.clone())
+    .for_each(|_| futures::future::ready(()));
 
     // LocationGroup: any group's spec in the namespace (parents decide children); tenants.
     let (g1, g2) = (groups.clone(), groups.clone());

@@ -5,6 +5,7 @@
 pub mod bindings;
 pub mod condition;
 pub mod groups;
+pub mod offboarding;
 pub mod records;
 pub mod system_user;
 pub mod tenant;

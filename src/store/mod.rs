@@ -77,6 +77,18 @@ pub trait UserStore: Send + Sync + 'static {
     async fn delete_tenant(&self, key: &str) -> Result<(), StoreError>;
     /// Remove the assignment a RoleBinding made, wherever it is.
     async fn remove_assignment(&self, binding: &str) -> Result<(), StoreError>;
+    /// Record that a person of the tenant was offboarded at `at`.
+    async fn record_offboarding(&self, tenant: &str, at: Timestamp) -> Result<(), StoreError>;
+    /// How many people of the tenant were offboarded since `since`.
+    async fn offboardings_since(&self, tenant: &str, since: Timestamp) -> Result<u64, StoreError>;
+    /// Record a release of the mass-offboarding guard unless `value` is the one recorded;
+    /// returns the release in effect.
+    async fn release(
+        &self,
+        tenant: &str,
+        value: &str,
+        at: Timestamp,
+    ) -> Result<Timestamp, StoreError>;
     /// Activate or deactivate an account.
     async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError>;
 

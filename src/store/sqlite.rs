@@ -247,6 +247,49 @@ impl UserStore for SqliteStore {
         Ok(())
     }
 
+    async fn record_offboarding(&self, tenant: &str, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO offboardings (tenant, at_us) VALUES (?, ?)")
+            .bind(tenant)
+            .bind(micros(at))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn offboardings_since(&self, tenant: &str, since: Timestamp) -> Result<u64, StoreError> {
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM offboardings WHERE tenant = ? AND at_us >= ?")
+                .bind(tenant)
+                .bind(micros(since))
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get::<i64, _>("n")? as u64)
+    }
+
+    async fn release(
+        &self,
+        tenant: &str,
+        value: &str,
+        at: Timestamp,
+    ) -> Result<Timestamp, StoreError> {
+        // A new value moves the release to now; the same value keeps the recorded moment.
+        sqlx::query(
+            "INSERT INTO offboarding_releases (tenant, value, at_us) VALUES (?, ?, ?)
+             ON CONFLICT (tenant) DO UPDATE SET value = excluded.value, at_us = excluded.at_us
+             WHERE offboarding_releases.value != excluded.value",
+        )
+        .bind(tenant)
+        .bind(value)
+        .bind(micros(at))
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT at_us FROM offboarding_releases WHERE tenant = ?")
+            .bind(tenant)
+            .fetch_one(&self.pool)
+            .await?;
+        from_micros(row.try_get("at_us")?)
+    }
+
     async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
         sqlx::query("UPDATE users SET active = ?, updated_us = ? WHERE id = ?")
             .bind(i64::from(active))

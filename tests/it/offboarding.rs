@@ -177,3 +177,116 @@ async fn the_delete_policy_removes_the_account_and_a_deleted_tenant_offboards_ev
     })
     .await;
 }
+
+#[tokio::test]
+async fn deleting_a_hundred_people_with_max_ten_per_hour_offboards_ten_until_released() {
+    let client = client().await;
+    let ns = namespace(&client, "guard").await;
+    let dir = usher_testenv::scratch_dir("mail").unwrap();
+    let mut yaml = String::from(
+        "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  displayName: Acme\n  offboarding: {policy: Deactivate, maxPerHour: 10}\n",
+    );
+    for i in 0..100 {
+        yaml.push_str(&format!("---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {{name: p{i:03}}}\nspec: {{tenantRef: {{name: acme}}, email: p{i:03}@acme.example}}\n"));
+    }
+    apply_yaml(&client, &ns, &yaml).await;
+    let usher = Usher::start(&ns, &format!("file://{}", dir.display()), &[]).await;
+    let tenants: Api<usher::crd::Tenant> = Api::namespaced(client.clone(), &ns);
+    wait_for(&tenants, "acme", "100 pending", |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.users.as_ref())
+            .is_some_and(|c| c.pending == 100)
+    })
+    .await;
+
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    users
+        .delete_collection(&DeleteParams::default(), &Default::default())
+        .await
+        .expect("delete all");
+    let count = || async {
+        users
+            .list(&Default::default())
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(usize::MAX)
+    };
+    let mut remaining = 0;
+    for _ in 0..600 {
+        remaining = count().await;
+        if remaining == 90 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        remaining,
+        90,
+        "expected 90 held; usher log:\n{}",
+        usher
+            .log()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The guard holds: no more go while the hour's budget is spent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count().await, 90, "the guard let more than 10 through");
+    let throttled = wait_for(&tenants, "acme", "OffboardingThrottled", |t| {
+        t.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "OffboardingThrottled" && c.status == "True")
+        })
+    })
+    .await;
+    let message = &throttled
+        .status
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "OffboardingThrottled")
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains("90 deletions wait"), "{message}");
+    let deactivated = |db: &Path| {
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(format!("import sqlite3; print(sqlite3.connect('file:{}?mode=ro', uri=True).execute('SELECT COUNT(*) FROM users WHERE active = 0 AND id NOT IN (SELECT user_id FROM invitations WHERE revoked_us IS NULL AND used_us IS NULL)').fetchone()[0])", db.display()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+    };
+    assert_eq!(deactivated(&usher.db), 10, "exactly ten offboarded");
+
+    // Released by the annotation: the held ninety go.
+    tenants
+        .patch(
+            "acme",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {"usher.dev/allow-mass-offboarding": "incident-42"}}})),
+        )
+        .await
+        .expect("annotate");
+    eventually(Duration::from_secs(60), || async {
+        (count().await == 0).then_some(())
+    })
+    .await
+    .expect("all released");
+    assert_eq!(deactivated(&usher.db), 100);
+    wait_for(&tenants, "acme", "no longer throttled", |t| {
+        t.status.as_ref().is_some_and(|s| {
+            !s.conditions
+                .iter()
+                .any(|c| c.type_ == "OffboardingThrottled")
+        })
+    })
+    .await;
+}
