@@ -105,6 +105,26 @@ async fn groups_wait_for_a_missing_parent_and_recover_from_a_cycle() {
         fresno.status.unwrap().path.as_deref(),
         Some("main/west/fresno")
     );
+
+    // A group deleted from git: gone from the store, its children wait for a parent again and
+    // a binding scoped below it waits too.
+    apply_yaml(&client, &ns, "apiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: ann}\nspec: {tenantRef: {name: acme}, email: ann@acme.example}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: ann-fresno}\nspec: {userRef: {name: ann}, role: Manager, scope: {locationGroup: fresno}}\n").await;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    wait_for(&bindings, "ann-fresno", "Bound", |b| {
+        phase(b) == Some(BindingPhase::Bound)
+    })
+    .await;
+    groups
+        .delete("main", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(&groups, "west", "ParentNotFound", reason("ParentNotFound")).await;
+    let waiting = wait_for(&bindings, "ann-fresno", "Waiting", |b| {
+        phase(b) == Some(BindingPhase::Waiting)
+    })
+    .await;
+    let why = waiting.status.unwrap().conditions[0].reason.clone();
+    assert_eq!(why, "GroupNotReady");
 }
 
 #[tokio::test]
