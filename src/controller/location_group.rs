@@ -1,7 +1,6 @@
 //! LocationGroup: its place in the tree, written to the store while Ready.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -9,7 +8,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use super::snapshot::snapshot;
-use super::{Context, Error, apply_status, finalized, observe, publish};
+use super::{Context, Error, apply_status, publish, reconcile_with};
 use crate::crd::{LocationGroup, LocationGroupStatus};
 use crate::plan::condition::ready;
 use crate::plan::groups::GroupState;
@@ -20,24 +19,20 @@ pub(super) async fn reconcile(
     group: Arc<LocationGroup>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let started = Instant::now();
-    if !ctx.caches_ready() {
-        return Ok(Action::requeue(Duration::from_millis(200)));
-    }
-    let result = finalized(
+    reconcile_with(
+        "LocationGroup",
+        group,
         &ctx,
-        group.clone(),
-        |g| {
+        |o| {
             let ctx = &ctx;
-            async move { apply(&g, ctx).await }
+            async move { apply(&o, ctx).await }
         },
-        |g| {
+        |o| {
             let ctx = &ctx;
-            async move { cleanup(&g, ctx).await }
+            async move { cleanup(&o, ctx).await }
         },
     )
-    .await;
-    observe(&ctx, "LocationGroup", &*group, started, result).await
+    .await
 }
 
 /// Gone from git: out of the store, so nothing is granted through it. Children and bindings

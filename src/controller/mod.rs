@@ -147,10 +147,12 @@ pub(crate) fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> 
     Action::requeue(wait)
 }
 
-/// Run `apply` or, for an object being deleted, `cleanup` (then release the finalizer).
-async fn finalized<K, A, C, FA, FC>(
-    ctx: &Context,
+/// One reconcile of any kind: wait until the caches are full, run `apply` — or `cleanup` for an
+/// object being deleted, then release the finalizer — and record the outcome.
+async fn reconcile_with<K, A, C, FA, FC>(
+    kind: &'static str,
     obj: Arc<K>,
+    ctx: &Context,
     apply: A,
     cleanup: C,
 ) -> Result<Action, Error>
@@ -165,20 +167,28 @@ where
     FA: std::future::Future<Output = Result<Action, Error>>,
     FC: std::future::Future<Output = Result<Action, Error>>,
 {
-    let ns = obj
-        .meta()
-        .namespace
-        .clone()
-        .ok_or(Error::Malformed("no namespace"))?;
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    kube::runtime::finalizer(&api, FINALIZER, obj, |event| async move {
-        match event {
-            kube::runtime::finalizer::Event::Apply(o) => apply(o).await,
-            kube::runtime::finalizer::Event::Cleanup(o) => cleanup(o).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    let started = std::time::Instant::now();
+    if !ctx.caches_ready() {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    let result = async {
+        let ns = obj
+            .meta()
+            .namespace
+            .clone()
+            .ok_or(Error::Malformed("no namespace"))?;
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+        kube::runtime::finalizer(&api, FINALIZER, obj.clone(), |event| async move {
+            match event {
+                kube::runtime::finalizer::Event::Apply(o) => apply(o).await,
+                kube::runtime::finalizer::Event::Cleanup(o) => cleanup(o).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    }
+    .await;
+    observe(ctx, kind, &*obj, started, result).await
 }
 
 /// Record a reconcile's outcome in metrics and, on error, as a Warning Event on the object.

@@ -3,7 +3,6 @@
 //! person's account; this controller only shows the verdict.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -11,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use super::snapshot::snapshot;
-use super::{Context, Error, apply_status, finalized, observe, publish};
+use super::{Context, Error, apply_status, publish, reconcile_with};
 use crate::crd::{BindingPhase, RoleBinding, RoleBindingStatus};
 use crate::plan::condition::ready;
 
@@ -20,24 +19,20 @@ pub(super) async fn reconcile(
     binding: Arc<RoleBinding>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let started = Instant::now();
-    if !ctx.caches_ready() {
-        return Ok(Action::requeue(Duration::from_millis(200)));
-    }
-    let result = finalized(
+    reconcile_with(
+        "RoleBinding",
+        binding,
         &ctx,
-        binding.clone(),
-        |b| {
+        |o| {
             let ctx = &ctx;
-            async move { apply(&b, ctx).await }
+            async move { apply(&o, ctx).await }
         },
-        |b| {
+        |o| {
             let ctx = &ctx;
-            async move { cleanup(&b, ctx).await }
+            async move { cleanup(&o, ctx).await }
         },
     )
-    .await;
-    observe(&ctx, "RoleBinding", &*binding, started, result).await
+    .await
 }
 
 /// Gone from git: its assignment leaves the store now; the user's other bindings are

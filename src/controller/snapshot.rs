@@ -39,15 +39,7 @@ pub fn snapshot(ctx: &Context, ns: &str) -> Snapshot {
         .map(|g| Group::from(&**g))
         .collect();
     let states = groups::resolve(&group_list, |t| tenants.contains_key(t));
-    let groups: BTreeMap<String, (String, GroupState)> = group_list
-        .iter()
-        .filter_map(|g| {
-            Some((
-                g.name.clone(),
-                (g.tenant.clone(), states.get(&g.name)?.clone()),
-            ))
-        })
-        .collect();
+    let groups: BTreeMap<String, (String, GroupState)> = groups::with_tenants(&group_list, &states);
     let users: BTreeMap<String, UserRef> = ctx
         .users
         .state()

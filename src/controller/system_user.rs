@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -19,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::snapshot::snapshot;
-use super::{Context, Error, MANAGER, apply_status, finalized, observe, publish};
+use super::{Context, Error, MANAGER, apply_status, publish, reconcile_with};
 use crate::crd::{BindingPhase, OffboardingPolicy, SystemUser, Tenant};
 use crate::mail::Invitation;
 use crate::plan::bindings::bound_roles;
@@ -33,24 +33,20 @@ use crate::token::Token;
 
 #[tracing::instrument(skip_all, fields(kind = "SystemUser", namespace = user.namespace().unwrap_or_default(), name = user.name_any()))]
 pub(super) async fn reconcile(user: Arc<SystemUser>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    if !ctx.caches_ready() {
-        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
-    }
-    let result = finalized(
+    reconcile_with(
+        "SystemUser",
+        user,
         &ctx,
-        user.clone(),
-        |u| {
+        |o| {
             let ctx = &ctx;
-            async move { apply(&u, ctx).await }
+            async move { apply(&o, ctx).await }
         },
-        |u| {
+        |o| {
             let ctx = &ctx;
-            async move { offboard(&u, ctx).await }
+            async move { offboard(&o, ctx).await }
         },
     )
-    .await;
-    observe(&ctx, "SystemUser", &*user, started, result).await
+    .await
 }
 
 /// The invitation Secret's name for a user.

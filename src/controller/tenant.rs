@@ -1,13 +1,12 @@
 //! Tenant: write it to the store and count its users by phase.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use super::{Context, Error, apply_status, finalized, observe, publish};
+use super::{Context, Error, apply_status, publish, reconcile_with};
 use crate::crd::Tenant;
 use crate::plan::condition::ready;
 use crate::plan::offboarding;
@@ -20,24 +19,20 @@ use kube::runtime::events::EventType;
 
 #[tracing::instrument(skip_all, fields(kind = "Tenant", namespace = tenant.namespace().unwrap_or_default(), name = tenant.name_any()))]
 pub(super) async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    if !ctx.caches_ready() {
-        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
-    }
-    let result = finalized(
+    reconcile_with(
+        "Tenant",
+        tenant,
         &ctx,
-        tenant.clone(),
-        |t| {
+        |o| {
             let ctx = &ctx;
-            async move { apply(&t, ctx).await }
+            async move { apply(&o, ctx).await }
         },
-        |t| {
+        |o| {
             let ctx = &ctx;
-            async move { cleanup(&t, ctx).await }
+            async move { cleanup(&o, ctx).await }
         },
     )
-    .await;
-    observe(&ctx, "Tenant", &*tenant, started, result).await
+    .await
 }
 
 /// The tenant is gone from git: offboard all its people under its policy, then remove its

@@ -158,6 +158,22 @@ pub fn resolve(
     states
 }
 
+/// Every group's state next to its tenant's name: what the bindings need to know of groups.
+pub fn with_tenants(
+    groups: &[Group],
+    states: &BTreeMap<String, GroupState>,
+) -> BTreeMap<String, (String, GroupState)> {
+    groups
+        .iter()
+        .filter_map(|g| {
+            Some((
+                g.name.clone(),
+                (g.tenant.clone(), states.get(&g.name)?.clone()),
+            ))
+        })
+        .collect()
+}
+
 /// Give each group of `chain` (child first, its parent already settled or absent) its state.
 fn settle_below(
     chain: &[&Group],

@@ -320,15 +320,8 @@ fn check_namespace(docs: &[&Doc], problems: &mut Vec<Problem>) {
         }
     }
 
-    let group_states: BTreeMap<String, (String, GroupState)> = group_defs
-        .iter()
-        .filter_map(|g| {
-            Some((
-                g.name.clone(),
-                (g.tenant.clone(), states.get(&g.name)?.clone()),
-            ))
-        })
-        .collect();
+    let group_states: BTreeMap<String, (String, GroupState)> =
+        groups::with_tenants(&group_defs, &states);
     let user_refs: BTreeMap<String, UserRef> = users
         .iter()
         .map(|u| {

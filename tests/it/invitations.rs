@@ -154,19 +154,12 @@ async fn invited_person_redeems_and_becomes_active() {
 /// Set the newest invitation of a user to expire `secs` from now, behind usher's back (the
 /// admission floor of 5m is too long to wait for in a test).
 fn expire_soon(db: &std::path::Path, secs: i64) {
-    let at = (jiff::Timestamp::now().as_microsecond()) + secs * 1_000_000;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import sqlite3; c = sqlite3.connect('{}'); c.execute('UPDATE invitations SET expires_us = {at} WHERE revoked_us IS NULL AND used_us IS NULL'); c.commit()",
-            db.display()
-        ))
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let at = jiff::Timestamp::now().as_microsecond() + secs * 1_000_000;
+    crate::support::sql(
+        db,
+        &format!(
+            "UPDATE invitations SET expires_us = {at} WHERE revoked_us IS NULL AND used_us IS NULL"
+        ),
     );
 }
 

@@ -13,25 +13,15 @@ use crate::support::{Usher, apply_yaml, client, eventually, invitation_in, names
 /// An account's (active, assignments, open invitations) straight from the SQLite file; None
 /// when it does not exist.
 fn account(db: &Path, email: &str) -> Option<(bool, u32, u32)> {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import sqlite3\nc = sqlite3.connect('file:{}?mode=ro', uri=True)\nr = c.execute(\"SELECT id, active FROM users WHERE email_lower = '{email}'\").fetchone()\nif r:\n  a = c.execute('SELECT COUNT(*) FROM role_assignments WHERE user_id = ?', (r[0],)).fetchone()[0]\n  i = c.execute('SELECT COUNT(*) FROM invitations WHERE user_id = ? AND used_us IS NULL AND revoked_us IS NULL', (r[0],)).fetchone()[0]\n  print(r[1], a, i)",
-            db.display()
-        ))
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let rows = crate::support::sql(
+        db,
+        &format!(
+            "SELECT u.active, (SELECT COUNT(*) FROM role_assignments a WHERE a.user_id = u.id), (SELECT COUNT(*) FROM invitations i WHERE i.user_id = u.id AND i.used_us IS NULL AND i.revoked_us IS NULL) FROM users u WHERE u.email_lower = '{email}'"
+        ),
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let n: Vec<u32> = text
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    (n.len() == 3).then(|| (n[0] == 1, n[1], n[2]))
+    let row = rows.first()?;
+    let n = |i: usize| row[i].as_u64().unwrap_or_default() as u32;
+    Some((n(0) == 1, n(1), n(2)))
 }
 
 fn manifests(policy: &str) -> String {

@@ -31,23 +31,13 @@ fn phase(b: &RoleBinding) -> Option<BindingPhase> {
 
 /// The store's role assignments of a person, read from the SQLite file itself.
 fn assignments(db: &Path, external_id: &str) -> Vec<String> {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import sqlite3\nc = sqlite3.connect('file:{}?mode=ro', uri=True)\nfor r, g in c.execute(\"SELECT a.role, COALESCE(a.group_key, 'tenant') FROM role_assignments a JOIN users u ON u.id = a.user_id WHERE u.external_id = '{external_id}' ORDER BY 1\"): print(r + '@' + g)",
-            db.display()
-        ))
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    crate::support::sql(
+        db,
+        &format!("SELECT a.role || '@' || COALESCE(a.group_key, 'tenant') FROM role_assignments a JOIN users u ON u.id = a.user_id WHERE u.external_id = '{external_id}' ORDER BY 1"),
+    )
+    .into_iter()
+    .map(|row| row[0].as_str().unwrap_or_default().to_string())
+    .collect()
 }
 
 #[tokio::test]

@@ -369,3 +369,23 @@ pub fn recipient(raw: &[u8]) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// Run one SQL statement on a usher SQLite file, as a person with the sqlite3 shell would
+/// (behind usher's back); the rows come back as JSON values.
+pub fn sql(db: &Path, statement: &str) -> Vec<Vec<serde_json::Value>> {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import json, sqlite3, sys\nc = sqlite3.connect(sys.argv[1], timeout=10)\nrows = c.execute(sys.argv[2]).fetchall()\nc.commit()\nprint(json.dumps(rows))",
+        )
+        .arg(db)
+        .arg(statement)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{statement}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON rows")
+}
