@@ -60,7 +60,7 @@ async fn groups_wait_for_a_missing_parent_and_recover_from_a_cycle() {
     )
     .await;
     let dir = usher_testenv::scratch_dir("mail").unwrap();
-    let _usher = Usher::start(&ns, &format!("file://{}", dir.display()), &[]).await;
+    let usher = Usher::start(&ns, &format!("file://{}", dir.display()), &[]).await;
     let groups: Api<LocationGroup> = Api::namespaced(client.clone(), &ns);
     let reason = |want: &'static str| {
         move |g: &LocationGroup| group_reason(g).is_some_and(|(_, r)| r == want)
@@ -115,6 +115,18 @@ async fn groups_wait_for_a_missing_parent_and_recover_from_a_cycle() {
     .await;
     let why = waiting.status.unwrap().conditions[0].reason.clone();
     assert_eq!(why, "GroupNotReady");
+    let mut left = vec!["?".to_string()];
+    for _ in 0..50 {
+        left = assignments(&usher.db, &format!("{ns}/ann"));
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        left.is_empty(),
+        "the assignment through the deleted group stayed: {left:?}"
+    );
 }
 
 #[tokio::test]
