@@ -30,8 +30,6 @@ pub const FINALIZER: &str = "usher.dev/cleanup";
 
 /// The field manager of every write usher makes.
 pub const MANAGER: &str = "usher";
-/// Label on the objects usher creates (invitation Secrets), so it watches only those.
-pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by=usher";
 
 /// Operator-wide settings the controllers need.
 #[derive(Clone, Debug)]

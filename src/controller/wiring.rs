@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
@@ -17,8 +16,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::{
-    Context, MANAGED_BY, MANAGER, Settings, error_policy, location_group, role_binding,
-    system_user, tenant,
+    Context, MANAGER, Settings, error_policy, location_group, role_binding, system_user, tenant,
 };
 use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
 use crate::mail::Mailer;
@@ -189,10 +187,8 @@ pub async fn run(
         }),
         users.clone(),
     )
-    .owns(
-        api::<Secret>(&client, namespace),
-        watcher::Config::default().labels(MANAGED_BY),
-    )
+    // The invitation Secrets are not watched: usher only writes and deletes them, so its
+    // ServiceAccount needs no right to read or list any Secret.
     .watches_stream(
         changes(take(&mut tenants_subs), tenant_key),
         move |t: Tenant| {

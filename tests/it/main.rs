@@ -7,6 +7,7 @@ mod admission;
 mod browser;
 mod control_plane;
 mod crds;
+mod deploy;
 mod drift;
 mod examples;
 mod invitations;
