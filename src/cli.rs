@@ -98,6 +98,15 @@ pub struct RunArgs {
     /// How often every object is reconciled again without a change, e.g. 10m.
     #[arg(long, env = "USHER_RESYNC", default_value = "10m", value_parser = parse_duration)]
     resync: std::time::Duration,
+    /// Reconcile only while holding a Lease, so that of several replicas one works at a time.
+    #[arg(long, env = "USHER_LEADER_ELECTION")]
+    leader_election: bool,
+    /// The namespace of that Lease (default: the pod's own, from POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "usher-system")]
+    lease_namespace: String,
+    /// How long a Lease holds without renewal, e.g. 15s.
+    #[arg(long, env = "USHER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: std::time::Duration,
     /// Log lines as text or JSON.
     #[arg(long, env = "USHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -179,6 +188,10 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         public_url: args.public_url,
         namespace: args.namespace,
         resync: args.resync,
+        leader_election: args.leader_election.then(|| crate::run::Election {
+            namespace: args.lease_namespace,
+            duration: args.lease_duration,
+        }),
     }))
 }
 

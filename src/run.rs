@@ -31,6 +31,17 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Resync period.
     pub resync: Duration,
+    /// Reconcile only while holding a Lease.
+    pub leader_election: Option<Election>,
+}
+
+/// Where and how long the leader Lease is held.
+#[derive(Clone, Debug)]
+pub struct Election {
+    /// The Lease's namespace.
+    pub namespace: String,
+    /// How long it holds without renewal.
+    pub duration: Duration,
 }
 
 /// Run until SIGINT or SIGTERM.
@@ -71,7 +82,7 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
         resync: opts.resync,
     };
     let controllers = controller::run(
-        client,
+        client.clone(),
         store,
         mailer,
         settings,
@@ -80,10 +91,82 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
         wake,
     );
     let http = server::serve(listener, state, shutdown_signal());
-    let (_, http) = tokio::join!(controllers, http);
+    let work = async {
+        match &opts.leader_election {
+            None => {
+                controllers.await;
+                Ok(())
+            }
+            Some(election) => lead(client, &opts, election, controllers).await,
+        }
+    };
+    let (work, http) = tokio::join!(work, http);
     http.map_err(|e| CliError::Io(format!("HTTP server: {e}")))?;
+    work?;
     tracing::info!("usher stopped");
     Ok(())
+}
+
+/// Run the controllers only while this process holds the Lease. Losing it ends the process
+/// (its replacement starts clean); a shutdown releases it, so a standby takes over at once.
+async fn lead(
+    client: kube::Client,
+    opts: &Options,
+    election: &Election,
+    controllers: impl std::future::Future<Output = ()>,
+) -> Result<(), CliError> {
+    let name = match &opts.namespace {
+        Some(ns) => format!("usher-{ns}"),
+        None => "usher".to_string(),
+    };
+    let identity = format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "usher".into()),
+        std::process::id()
+    );
+    let secs = election.duration.as_secs().max(2);
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &name)
+        .with_namespace(&election.namespace)
+        .with_identity(&identity)
+        .with_duration(secs)
+        .with_grace((secs / 3).max(1))
+        .build()
+        .await
+        .map_err(|e| {
+            CliError::Kube(format!(
+                "leader election Lease {}/{name}: {e}",
+                election.namespace
+            ))
+        })?;
+    let (mut leader, task) = manager.watch().await;
+    tracing::info!(lease = %name, %identity, "waiting to lead");
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    while !*leader.borrow_and_update() {
+        tokio::select! {
+            changed = leader.changed() => if changed.is_err() {
+                return Err(CliError::Kube("the leader election stopped".into()));
+            },
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+    tracing::info!(lease = %name, "leading");
+    let lost = async {
+        loop {
+            if leader.changed().await.is_err() || !*leader.borrow_and_update() {
+                return;
+            }
+        }
+    };
+    let result = tokio::select! {
+        _ = controllers => Ok(()),
+        _ = lost => Err(CliError::Kube("lost the leader Lease; exiting so that a fresh start takes over".into())),
+    };
+    // Closing the channel makes the manager release the Lease.
+    drop(leader);
+    if let Ok(Err(e)) = task.await {
+        tracing::warn!(error = %e, "releasing the Lease failed; it expires by itself");
+    }
+    result
 }
 
 /// Credentials never reach the logs.

@@ -68,6 +68,29 @@ impl Supervised {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait up to `timeout` for the exit code (None: it had to be killed).
+    pub fn terminate(mut self, timeout: Duration) -> Option<i32> {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+
     /// SIGKILL at once, as a crash would; no cleanup runs in the child.
     pub fn kill(mut self) {
         let _ = self.child.kill();

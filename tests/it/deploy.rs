@@ -70,6 +70,24 @@ async fn deploy_rbac_runs_the_whole_flow_and_nothing_more() {
         assert_eq!(yes, allowed, "can-i {verb} {resource}: {answer}");
     }
 
+    for (ns_, allowed) in [("usher-system", true), (ns.as_str(), false)] {
+        let (_, answer) = kubectl(&[
+            "auth",
+            "can-i",
+            "patch",
+            "leases.coordination.k8s.io",
+            "-n",
+            ns_,
+            "--as",
+            sa,
+        ]);
+        assert_eq!(
+            answer.trim().starts_with("yes"),
+            allowed,
+            "can-i patch leases in {ns_}: {answer}"
+        );
+    }
+
     let kubeconfig = service_account_kubeconfig();
     let smtp = Smtp::start().expect("SMTP sink");
     apply_yaml(

@@ -12,5 +12,6 @@ mod drift;
 mod examples;
 mod invitations;
 mod kubectl;
+mod leader;
 mod offboarding;
 mod roles;

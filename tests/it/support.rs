@@ -309,6 +309,18 @@ impl Usher {
         }
     }
 
+    /// SIGTERM: a clean shutdown; its exit code (None when it had to be killed after 15 s).
+    pub fn stop(&mut self) -> Option<i32> {
+        self.process
+            .take()
+            .and_then(|p| p.terminate(Duration::from_secs(15)))
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid())
+    }
+
     /// Everything usher logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("usher.log")).unwrap_or_default()
