@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator: watch the kinds, reconcile the store, send mail, serve HTTP.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check manifest files or folders offline, as admission and the controllers would: schema,
     /// references, cycles, duplicate emails, exclusivity. Exit 0 when clean, 1 with one
     /// `file: Kind/name: problem` line per problem.
@@ -42,7 +42,7 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         let result = match self.command {
             Command::Crds { dir } => crds(dir.as_deref()),
-            Command::Run(args) => run(args),
+            Command::Run(args) => run(*args),
             Command::Validate { paths } => {
                 let problems = crate::validate::validate(&paths);
                 let mut out = std::io::stdout().lock();
