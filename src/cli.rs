@@ -188,7 +188,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         public_url: args.public_url,
         namespace: args.namespace,
         resync: args.resync,
-        leader_election: args.leader_election.then(|| crate::run::Election {
+        leader_election: args.leader_election.then_some(crate::run::Election {
             namespace: args.lease_namespace,
             duration: args.lease_duration,
         }),
