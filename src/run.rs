@@ -53,16 +53,6 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
             "cannot reach Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster): {e}"
         ))
     })?;
-    let probe: Api<SystemUser> = match &opts.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    if let Err(e) = probe.list(&ListParams::default().limit(1)).await {
-        return Err(CliError::Kube(format!(
-            "cannot list SystemUsers ({e}); are the CRDs installed? `usher crds | kubectl apply -f -`"
-        )));
-    }
-
     let metrics = Arc::new(Metrics::default());
     let (redeemed_tx, redeemed_rx) = futures::channel::mpsc::unbounded();
     let state = Arc::new(AppState::new(store.clone(), redeemed_tx, metrics.clone()));
@@ -92,6 +82,9 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
     );
     let http = server::serve(listener, state, shutdown_signal());
     let work = async {
+        if !crds_ready(&client, opts.namespace.as_deref()).await? {
+            return Ok(()); // shut down while waiting
+        }
         match &opts.leader_election {
             None => {
                 controllers.await;
@@ -104,6 +97,59 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
     http.map_err(|e| CliError::Io(format!("HTTP server: {e}")))?;
     work?;
     tracing::info!("usher stopped");
+    Ok(())
+}
+
+/// Wait until the four kinds are served (their CRDs installed and Established); false when a
+/// shutdown came first. Refusals other than "not found" (RBAC, say) are errors.
+async fn crds_ready(client: &kube::Client, namespace: Option<&str>) -> Result<bool, CliError> {
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut waited = Duration::ZERO;
+    loop {
+        match served(client, namespace).await {
+            Ok(()) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                if waited.as_secs() % 30 == 0 {
+                    tracing::warn!(
+                        "waiting for the usher.dev CRDs to be installed and Established (`usher crds | kubectl apply -f -`)"
+                    );
+                }
+            }
+            Err(e) => {
+                return Err(CliError::Kube(format!(
+                    "cannot list usher.dev objects: {e}; check the CRDs and usher's RBAC"
+                )));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => waited += Duration::from_secs(2),
+            _ = &mut shutdown => return Ok(false),
+        }
+    }
+}
+
+async fn served(client: &kube::Client, namespace: Option<&str>) -> Result<(), kube::Error> {
+    use crate::crd::{LocationGroup, RoleBinding, Tenant};
+    fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let one = ListParams::default().limit(1);
+    api::<Tenant>(client, namespace).list_metadata(&one).await?;
+    api::<LocationGroup>(client, namespace)
+        .list_metadata(&one)
+        .await?;
+    api::<SystemUser>(client, namespace)
+        .list_metadata(&one)
+        .await?;
+    api::<RoleBinding>(client, namespace)
+        .list_metadata(&one)
+        .await?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use crate::plan::condition::ready;
 use crate::plan::groups::GroupState;
 use crate::plan::records::{GroupRecord, object_key};
 
-#[tracing::instrument(skip_all, fields(kind = "LocationGroup", namespace = group.namespace().unwrap_or_default(), name = group.name_any()))]
+#[tracing::instrument(skip_all, fields(kind = "LocationGroup", namespace = group.namespace().unwrap_or_default(), object = group.name_any()))]
 pub(super) async fn reconcile(
     group: Arc<LocationGroup>,
     ctx: Arc<Context>,

@@ -14,7 +14,7 @@ use super::{Context, Error, apply_status, publish, reconcile_with};
 use crate::crd::{BindingPhase, RoleBinding, RoleBindingStatus};
 use crate::plan::condition::ready;
 
-#[tracing::instrument(skip_all, fields(kind = "RoleBinding", namespace = binding.namespace().unwrap_or_default(), name = binding.name_any()))]
+#[tracing::instrument(skip_all, fields(kind = "RoleBinding", namespace = binding.namespace().unwrap_or_default(), object = binding.name_any()))]
 pub(super) async fn reconcile(
     binding: Arc<RoleBinding>,
     ctx: Arc<Context>,

@@ -31,7 +31,7 @@ use crate::plan::system_user::{
 };
 use crate::token::Token;
 
-#[tracing::instrument(skip_all, fields(kind = "SystemUser", namespace = user.namespace().unwrap_or_default(), name = user.name_any()))]
+#[tracing::instrument(skip_all, fields(kind = "SystemUser", namespace = user.namespace().unwrap_or_default(), object = user.name_any()))]
 pub(super) async fn reconcile(user: Arc<SystemUser>, ctx: Arc<Context>) -> Result<Action, Error> {
     reconcile_with(
         "SystemUser",

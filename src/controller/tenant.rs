@@ -17,7 +17,7 @@ use crate::plan::tenant;
 const THROTTLED: &str = "OffboardingThrottled";
 use kube::runtime::events::EventType;
 
-#[tracing::instrument(skip_all, fields(kind = "Tenant", namespace = tenant.namespace().unwrap_or_default(), name = tenant.name_any()))]
+#[tracing::instrument(skip_all, fields(kind = "Tenant", namespace = tenant.namespace().unwrap_or_default(), object = tenant.name_any()))]
 pub(super) async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     reconcile_with(
         "Tenant",

@@ -13,5 +13,6 @@ mod examples;
 mod invitations;
 mod kubectl;
 mod leader;
+mod observability;
 mod offboarding;
 mod roles;
