@@ -109,7 +109,7 @@ async fn crds_ready(client: &kube::Client, namespace: Option<&str>) -> Result<bo
         match served(client, namespace).await {
             Ok(()) => return Ok(true),
             Err(kube::Error::Api(e)) if e.code == 404 => {
-                if waited.as_secs() % 30 == 0 {
+                if waited.as_secs().is_multiple_of(30) {
                     tracing::warn!(
                         "waiting for the usher.dev CRDs to be installed and Established (`usher crds | kubectl apply -f -`)"
                     );
