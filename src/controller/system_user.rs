@@ -156,6 +156,27 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    // Refused after it had been provisioned (a duplicate that lost, a domain no longer
+    // allowed): the account keeps no access, no open token and no role.
+    if matches!(
+        blocked,
+        Some(Blocked::DuplicateEmail { .. } | Blocked::EmailDomainNotAllowed { .. })
+    ) && let Some(acc) = ctx
+        .store
+        .user_by_external_id(&object_key(&ns, &user.name_any()))
+        .await?
+    {
+        let open = ctx
+            .store
+            .latest_invitation(&acc.id)
+            .await?
+            .is_some_and(|i| i.open());
+        let roles = !ctx.store.assignments(&acc.id).await?.is_empty();
+        if acc.active || open || roles {
+            offboard_account(ctx, &acc, OffboardingPolicy::Deactivate).await?;
+        }
+    }
+
     let mut status = plan::status(&StatusInput {
         user,
         blocked: blocked.as_ref(),
@@ -354,8 +375,9 @@ async fn execute(
     match todo.access {
         AccessAction::Keep => {}
         AccessAction::Suspend => {
-            store.set_active(&acc.id, false, now).await?;
+            // Revoke first: a redemption between the two steps must not reactivate the account.
             store.revoke_open(&acc.id, now).await?;
+            store.set_active(&acc.id, false, now).await?;
             written(2);
             acc.active = false;
             *latest = store.latest_invitation(&acc.id).await?;

@@ -64,8 +64,8 @@ pub fn open(url: &str) -> Result<Arc<dyn Mailer>, MailError> {
     Ok(Arc::new(SmtpMailer::from_url(url)?))
 }
 
-/// Everything an invitation mail says.
-#[derive(Clone, Debug)]
+/// Everything an invitation mail says. Its Debug output leaves the token out.
+#[derive(Clone)]
 pub struct Invitation<'a> {
     /// The tenant's display name.
     pub tenant: &'a str,
@@ -83,6 +83,17 @@ pub struct Invitation<'a> {
     pub token: &'a str,
     /// When the token expires.
     pub expires_at: Timestamp,
+}
+
+impl std::fmt::Debug for Invitation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invitation")
+            .field("tenant", &self.tenant)
+            .field("to", &self.to)
+            .field("expires_at", &self.expires_at)
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 static TEMPLATES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(|| {

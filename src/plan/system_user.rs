@@ -282,16 +282,18 @@ pub fn plan(
             attempt: 1,
             trigger,
         },
-        Some(inv) if inv.open() && inv.sent_at.is_none() => InvitationAction::Resend {
-            attempt: inv.attempt,
-        },
-        // A new annotation value, or an invitation revoked by a suspension that has ended.
+        // A new annotation value (checked first: a resend asked for while the last mail is
+        // still unsent is answered by one new invitation, not two), or an invitation revoked
+        // by a suspension that has ended.
         Some(inv) if (trigger.is_some() && trigger != inv.trigger) || !inv.open() => {
             InvitationAction::Issue {
                 attempt: inv.attempt + 1,
                 trigger,
             }
         }
+        Some(inv) if inv.sent_at.is_none() => InvitationAction::Resend {
+            attempt: inv.attempt,
+        },
         Some(_) => InvitationAction::Keep,
     };
     UserPlan {
@@ -711,6 +713,25 @@ mod tests {
             InvitationAction::Issue {
                 attempt: 1,
                 trigger: Some("x".into())
+            }
+        );
+    }
+
+    #[test]
+    fn a_resend_asked_for_while_the_mail_is_unsent_issues_once() {
+        let mut u = user("alice", "alice@acme.example");
+        u.metadata.annotations = Some(BTreeMap::from([(
+            RESEND_ANNOTATION.to_string(),
+            "z".to_string(),
+        )]));
+        let mut unsent = invitation(1);
+        unsent.sent_at = None;
+        let p = plan(&u, "acme/acme", Some(&account(false, false)), Some(&unsent));
+        assert_eq!(
+            p.invitation,
+            InvitationAction::Issue {
+                attempt: 2,
+                trigger: Some("z".into())
             }
         );
     }

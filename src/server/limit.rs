@@ -37,6 +37,10 @@ impl Limiter {
             buckets.retain(|_, (tokens, at)| {
                 *tokens + now.duration_since(*at).as_secs_f64() / every.as_secs_f64() < cap
             });
+            // Still full (a flood of distinct keys): start over rather than grow without bound.
+            if buckets.len() >= self.max_keys {
+                buckets.clear();
+            }
         }
         let (tokens, at) = buckets
             .entry(key.to_string())

@@ -470,7 +470,34 @@ async fn duplicate_emails_and_foreign_domains_fail_without_a_mail() {
         ["Same@Acme.example"],
         "only the first user is invited"
     );
-    drop(usher);
+
+    // The tenant narrows its domains after "first" was invited: refused now, and the mailed
+    // token no longer works.
+    let token = invitation_in(&smtp.messages()[0]).1;
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &ns);
+    tenants
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"invitations": {"allowedDomains": ["other.example"]}}})),
+        )
+        .await
+        .expect("narrow the domains");
+    let refused = wait_for(&users, "first", "Failed", |u| {
+        phase(u) == Some(UserPhase::Failed)
+    })
+    .await;
+    assert_eq!(reason(&refused).as_deref(), Some("EmailDomainNotAllowed"));
+    let code = eventually(Duration::from_secs(10), || async {
+        let code = usher.redeem(&token).await.0;
+        (code == 410).then_some(code)
+    })
+    .await;
+    assert_eq!(
+        code,
+        Some(410),
+        "the refused person's token was not revoked"
+    );
 }
 
 #[tokio::test]
