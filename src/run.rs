@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, ListParams};
+use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::cli::CliError;
-use crate::controller::{self, Settings};
+use crate::controller::{self, Settings, scoped_api};
 use crate::crd::SystemUser;
 use crate::metrics::Metrics;
 use crate::server::{self, AppState};
@@ -130,24 +130,17 @@ async fn crds_ready(client: &kube::Client, namespace: Option<&str>) -> Result<bo
 
 async fn served(client: &kube::Client, namespace: Option<&str>) -> Result<(), kube::Error> {
     use crate::crd::{LocationGroup, RoleBinding, Tenant};
-    fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
-    where
-        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let one = ListParams::default().limit(1);
-    api::<Tenant>(client, namespace).list_metadata(&one).await?;
-    api::<LocationGroup>(client, namespace)
+    scoped_api::<Tenant>(client, namespace)
         .list_metadata(&one)
         .await?;
-    api::<SystemUser>(client, namespace)
+    scoped_api::<LocationGroup>(client, namespace)
         .list_metadata(&one)
         .await?;
-    api::<RoleBinding>(client, namespace)
+    scoped_api::<SystemUser>(client, namespace)
+        .list_metadata(&one)
+        .await?;
+    scoped_api::<RoleBinding>(client, namespace)
         .list_metadata(&one)
         .await?;
     Ok(())

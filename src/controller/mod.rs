@@ -25,6 +25,17 @@ use crate::mail::{MailError, Mailer};
 use crate::metrics::{KindLabels, Metrics, ReconcileLabels};
 use crate::store::{StoreError, UserStore};
 
+/// An Api of a namespaced kind in `ns`, or across all namespaces.
+pub fn scoped_api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// The finalizer on every usher object: its store state is cleaned up before it goes.
 pub const FINALIZER: &str = "usher.dev/cleanup";
 

@@ -124,6 +124,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     // Roles: the Bound bindings of this person, decided for the namespace as a whole.
     let snap = snapshot(ctx, &ns);
     let me = user.name_any();
+    let roles = bound_roles(&me, &snap.bindings, &snap.verdicts);
     if let Some(acc) = account.as_ref().filter(|_| blocked.is_none()) {
         let mut desired: Vec<Assignment> = snap
             .bindings
@@ -150,7 +151,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
                 .as_ref()
                 .map(|s| s.roles.clone())
                 .unwrap_or_default();
-            if user.status.is_some() && shown == bound_roles(&me, &snap.bindings, &snap.verdicts) {
+            if user.status.is_some() && shown == roles {
                 repaired.push("role assignments");
             }
         }
@@ -185,7 +186,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         secret_name: secret.clone(),
         now,
     });
-    status.roles = bound_roles(&me, &snap.bindings, &snap.verdicts);
+    status.roles = roles;
     if let Some(err) = &failure
         && let Some(c) = status.conditions.first_mut()
     {

@@ -76,11 +76,14 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         ctx.store.put_roles(&desired.key, &roles).await?;
         ctx.metrics.store_writes.inc();
     }
-    let phases = ctx
+    let members: Vec<_> = ctx
         .users
         .state()
         .into_iter()
         .filter(|u| u.namespace().as_deref() == Some(&ns) && u.spec.tenant_ref.name == name)
+        .collect();
+    let phases = members
+        .iter()
         .map(|u| u.status.as_ref().and_then(|s| s.phase));
     let now = Timestamp::now();
     let mut status = tenant::status(tenant, tenant::count(phases), now);
@@ -88,11 +91,8 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         ctx.store.release(&desired.key, value, now).await?;
     }
     // Deletions held by the guard: people being deleted while the hour's budget is spent.
-    let held = ctx
-        .users
-        .state()
-        .into_iter()
-        .filter(|u| u.namespace().as_deref() == Some(&ns) && u.spec.tenant_ref.name == name)
+    let held = members
+        .iter()
         .filter(|u| u.metadata.deletion_timestamp.is_some())
         .count();
     let max = tenant

@@ -16,7 +16,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::{
-    Context, MANAGER, Settings, error_policy, location_group, role_binding, system_user, tenant,
+    Context, MANAGER, Settings, error_policy, location_group, role_binding, scoped_api,
+    system_user, tenant,
 };
 use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
 use crate::mail::Mailer;
@@ -143,21 +144,14 @@ pub async fn run(
     namespace: Option<&str>,
     wake: impl Stream<Item = ObjectRef<SystemUser>> + Send + 'static,
 ) {
-    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-    let (users, users_driver, mut users_subs) = feed(api::<SystemUser>(&client, namespace), 3);
-    let (tenants, tenants_driver, mut tenants_subs) = feed(api::<Tenant>(&client, namespace), 4);
+    let (users, users_driver, mut users_subs) =
+        feed(scoped_api::<SystemUser>(&client, namespace), 3);
+    let (tenants, tenants_driver, mut tenants_subs) =
+        feed(scoped_api::<Tenant>(&client, namespace), 4);
     let (groups, groups_driver, mut groups_subs) =
-        feed(api::<LocationGroup>(&client, namespace), 3);
+        feed(scoped_api::<LocationGroup>(&client, namespace), 3);
     let (bindings, bindings_driver, mut bindings_subs) =
-        feed(api::<RoleBinding>(&client, namespace), 3);
+        feed(scoped_api::<RoleBinding>(&client, namespace), 3);
 
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
