@@ -94,6 +94,14 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
             Some(a) => ctx.store.latest_invitation(&a.id).await?,
             None => None,
         };
+        // A redemption committed between the two reads: read the account again rather than
+        // issue a second invitation.
+        if let Some(a) = account
+            .as_ref()
+            .filter(|a| plan::read_mid_redemption(a, latest.as_ref()))
+        {
+            account = ctx.store.user_by_external_id(&a.external_id).await?;
+        }
         let todo = plan::plan(user, &tenant_key, account.as_ref(), latest.as_ref());
         repaired.extend(plan::drift(user, &todo));
         match execute(

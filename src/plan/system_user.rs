@@ -221,6 +221,13 @@ impl UserPlan {
     };
 }
 
+/// Whether the account was read before a redemption that the invitation was read after. A
+/// redemption uses the token and activates the account in one transaction, so a used token beside
+/// a never-activated account can only mean the account read is stale.
+pub fn read_mid_redemption(account: &UserRecord, latest: Option<&InvitationRecord>) -> bool {
+    account.activated_at.is_none() && latest.is_some_and(|i| i.used_at.is_some())
+}
+
 /// Decide the writes for a provisionable SystemUser, given what the store holds: its account
 /// and its newest invitation.
 pub fn plan(
@@ -650,6 +657,19 @@ mod tests {
             matches!(p.account, AccountAction::Update(ref f) if f.profile.last_name.as_deref() == Some("Ng"))
         );
         assert_eq!(p.invitation, InvitationAction::Keep);
+    }
+
+    #[test]
+    fn a_redemption_between_the_reads_is_noticed() {
+        let mut used = invitation(1);
+        used.used_at = Some(now());
+        assert!(read_mid_redemption(&account(false, false), Some(&used)));
+        assert!(!read_mid_redemption(&account(true, true), Some(&used)));
+        assert!(!read_mid_redemption(
+            &account(false, false),
+            Some(&invitation(1))
+        ));
+        assert!(!read_mid_redemption(&account(false, false), None));
     }
 
     #[test]
