@@ -23,6 +23,13 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Labels of a user store call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// The store operation: user_by_external_id, record_invitation, …
+    pub op: &'static str,
+}
+
 /// Every metric usher exports.
 pub struct Metrics {
     registry: Registry,
@@ -38,6 +45,8 @@ pub struct Metrics {
     pub invitations_redeemed: Counter,
     /// Invitations seen expired.
     pub invitations_expired: Counter,
+    /// User store call latency by operation (its count is the number of calls).
+    pub store_seconds: Family<StoreLabels, Histogram>,
     /// Writes to the user store.
     pub store_writes: Counter,
     /// Writes to the Kubernetes API (status patches, Secrets, Events excluded).
@@ -46,6 +55,8 @@ pub struct Metrics {
     pub mail_errors: Counter,
     /// Failed store calls.
     pub store_errors: Counter,
+    /// Objects that do not decode against usher's types, skipped, by kind.
+    pub invalid_objects: Family<KindLabels, Counter>,
     /// Store changes made behind usher's back and repaired.
     pub drift_corrected: Counter,
 }
@@ -57,7 +68,11 @@ impl Default for Metrics {
         let reconcile_seconds = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
+        let store_seconds = Family::<StoreLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        });
         let m = Self {
+            store_seconds,
             reconciles,
             reconcile_seconds,
             invitations_issued: Counter::default(),
@@ -69,6 +84,7 @@ impl Default for Metrics {
             mail_errors: Counter::default(),
             store_errors: Counter::default(),
             drift_corrected: Counter::default(),
+            invalid_objects: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -102,6 +118,11 @@ impl Default for Metrics {
             m.invitations_expired.clone(),
         );
         registry.register(
+            "store_duration_seconds",
+            "User store call latency by operation",
+            m.store_seconds.clone(),
+        );
+        registry.register(
             "store_writes",
             "Writes to the user store",
             m.store_writes.clone(),
@@ -125,6 +146,11 @@ impl Default for Metrics {
             "drift_corrected",
             "Store changes made behind usher's back that a reconcile repaired",
             m.drift_corrected.clone(),
+        );
+        registry.register(
+            "invalid_objects",
+            "Objects skipped because they do not decode against usher's types",
+            m.invalid_objects.clone(),
         );
         Self { registry, ..m }
     }

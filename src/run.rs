@@ -47,13 +47,14 @@ pub struct Election {
 /// Run until SIGINT or SIGTERM.
 pub async fn run(opts: Options) -> Result<(), CliError> {
     let mailer = crate::mail::open(&opts.mail)?;
-    let store = crate::store::open(&opts.store).await?;
+    let metrics = Arc::new(Metrics::default());
+    let store =
+        crate::store::Measured::wrap(crate::store::open(&opts.store).await?, metrics.clone());
     let client = kube::Client::try_default().await.map_err(|e| {
         CliError::Kube(format!(
             "cannot reach Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster): {e}"
         ))
     })?;
-    let metrics = Arc::new(Metrics::default());
     let (redeemed_tx, redeemed_rx) = futures::channel::mpsc::unbounded();
     let state = Arc::new(AppState::new(store.clone(), redeemed_tx, metrics.clone()));
     let listener = tokio::net::TcpListener::bind(opts.listen)

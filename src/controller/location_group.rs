@@ -42,7 +42,6 @@ async fn cleanup(group: &LocationGroup, ctx: &Context) -> Result<Action, Error> 
     ctx.store
         .delete_group(&object_key(&ns, &group.name_any()))
         .await?;
-    ctx.metrics.store_writes.inc();
     Ok(Action::await_change())
 }
 
@@ -80,7 +79,6 @@ async fn apply(group: &LocationGroup, ctx: &Context) -> Result<Action, Error> {
             };
             if stored.as_ref() != Some(&desired) {
                 ctx.store.put_group(&desired).await?;
-                ctx.metrics.store_writes.inc();
             }
             LocationGroupStatus {
                 observed_generation: generation,
@@ -101,7 +99,6 @@ async fn apply(group: &LocationGroup, ctx: &Context) -> Result<Action, Error> {
             // Nothing may be granted through a group that is not Ready.
             if stored.is_some() {
                 ctx.store.delete_group(&key).await?;
-                ctx.metrics.store_writes.inc();
             }
             LocationGroupStatus {
                 observed_generation: generation,

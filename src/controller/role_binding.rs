@@ -44,7 +44,6 @@ async fn cleanup(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> 
     ctx.store
         .remove_assignment(&crate::plan::records::object_key(&ns, &binding.name_any()))
         .await?;
-    ctx.metrics.store_writes.inc();
     Ok(Action::await_change())
 }
 

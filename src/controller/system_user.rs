@@ -152,7 +152,6 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         desired.sort();
         if ctx.store.assignments(&acc.id).await? != desired {
             ctx.store.set_assignments(&acc.id, &desired).await?;
-            ctx.metrics.store_writes.inc();
             // The bindings said the same last time: the store was changed, not the resources.
             let shown = user
                 .status
@@ -340,7 +339,6 @@ pub(super) async fn offboard_account(
     let now = Timestamp::now();
     ctx.store.revoke_open(&account.id, now).await?;
     ctx.store.set_assignments(&account.id, &[]).await?;
-    ctx.metrics.store_writes.inc_by(3);
     Ok(match policy {
         OffboardingPolicy::Deactivate => {
             ctx.store.set_active(&account.id, false, now).await?;
@@ -365,17 +363,14 @@ async fn execute(
     now: Timestamp,
 ) -> Result<(), Error> {
     let store = &ctx.store;
-    let written = |n: u64| ctx.metrics.store_writes.inc_by(n);
     match todo.account {
         AccountAction::Keep => {}
         AccountAction::Create(fields) => {
             *account = Some(store.create_user(&fields).await?);
-            written(1);
         }
         AccountAction::Update(fields) => {
             let id = account.as_ref().map(|a| a.id.clone()).unwrap_or_default();
             *account = Some(store.update_user(&id, &fields).await?);
-            written(1);
         }
     }
     let Some(acc) = account.as_mut() else {
@@ -387,18 +382,15 @@ async fn execute(
             // Revoke first: a redemption between the two steps must not reactivate the account.
             store.revoke_open(&acc.id, now).await?;
             store.set_active(&acc.id, false, now).await?;
-            written(2);
             acc.active = false;
             *latest = store.latest_invitation(&acc.id).await?;
         }
         AccessAction::Restore => {
             store.set_active(&acc.id, true, now).await?;
-            written(1);
             acc.active = true;
         }
         AccessAction::Deactivate => {
             store.set_active(&acc.id, false, now).await?;
-            written(1);
             acc.active = false;
         }
     }
@@ -419,7 +411,6 @@ async fn execute(
                 revoked_at: None,
             };
             store.record_invitation(&record).await?;
-            written(1);
             ctx.metrics.invitations_issued.inc();
             *latest = Some(record);
             token
@@ -434,7 +425,6 @@ async fn execute(
                 *latest = store.latest_invitation(&acc.id).await?;
                 return Ok(());
             }
-            written(1);
             if let Some(l) = latest.as_mut() {
                 l.token_hash = token.hash();
                 l.expires_at = expires_at;
@@ -448,7 +438,6 @@ async fn execute(
     send(ctx, user, tenant, &token, expires_at).await?;
     let sent = Timestamp::now();
     store.mark_sent(&token.hash(), sent).await?;
-    written(1);
     if let Some(l) = latest.as_mut() {
         l.sent_at = Some(sent);
     }

@@ -46,7 +46,6 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         super::system_user::offboard_account(ctx, account, policy).await?;
     }
     ctx.store.delete_tenant(&key).await?;
-    ctx.metrics.store_writes.inc();
     publish(
         ctx,
         tenant,
@@ -68,13 +67,11 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let stored = ctx.store.tenant(&desired.key).await?;
     if stored.as_ref() != Some(&desired) {
         ctx.store.put_tenant(&desired).await?;
-        ctx.metrics.store_writes.inc();
     }
     let mut roles: Vec<RoleRecord> = tenant.catalogue().iter().map(RoleRecord::from).collect();
     roles.sort_by(|a, b| a.name.cmp(&b.name));
     if ctx.store.roles(&desired.key).await? != roles {
         ctx.store.put_roles(&desired.key, &roles).await?;
-        ctx.metrics.store_writes.inc();
     }
     let members: Vec<_> = ctx
         .users

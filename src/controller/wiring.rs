@@ -7,9 +7,13 @@ use std::sync::Arc;
 
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -21,7 +25,7 @@ use super::{
 };
 use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
 use crate::mail::Mailer;
-use crate::metrics::Metrics;
+use crate::metrics::{KindLabels, Metrics};
 use crate::plan::offboarding::ALLOW_ANNOTATION;
 use crate::plan::system_user::RESEND_ANNOTATION;
 use crate::store::UserStore;
@@ -32,10 +36,13 @@ fn hash(value: impl Hash) -> u64 {
     h.finish()
 }
 
-/// One watch of a kind, cached in a reflector and copied to `n` subscribers.
+/// One watch of a kind, cached in a reflector and copied to `n` subscribers. An object that
+/// does not decode (stored under an older schema, or written around admission) is reported and
+/// left out, so that it cannot stop the watch of every other object of its kind.
 fn feed<K>(
-    api: Api<K>,
+    api: Api<DeserializeGuard<K>>,
     n: usize,
+    invalid: impl Fn(&InvalidObject) + Send + 'static,
 ) -> (
     Store<K>,
     impl std::future::Future<Output = ()> + Send,
@@ -51,9 +58,16 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store::<K>();
+    let cached = reader.clone();
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded()).unzip();
     let driver = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .filter_map(move |event| {
+            futures::future::ready(match event {
+                Ok(event) => screen(event, &cached, &invalid).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        })
         .reflect(writer)
         .for_each(move |event| {
             match event {
@@ -67,6 +81,135 @@ where
             futures::future::ready(())
         });
     (reader, driver, receivers)
+}
+
+/// The event for the objects that decoded. An object that no longer decodes leaves the cache
+/// (as a deletion of the version cached before) rather than lingering there stale.
+fn screen<K>(
+    event: watcher::Event<DeserializeGuard<K>>,
+    cached: &Store<K>,
+    invalid: &impl Fn(&InvalidObject),
+) -> Option<watcher::Event<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let gone = |bad: InvalidObject| {
+        invalid(&bad);
+        let key = ObjectRef::<K>::new(bad.metadata.name.as_deref().unwrap_or_default());
+        let key = match &bad.metadata.namespace {
+            Some(ns) => key.within(ns),
+            None => key,
+        };
+        cached.get(&key).map(|old| (*old).clone())
+    };
+    match event {
+        watcher::Event::Apply(DeserializeGuard(o)) => match o {
+            Ok(o) => Some(watcher::Event::Apply(o)),
+            Err(bad) => gone(bad).map(watcher::Event::Delete),
+        },
+        watcher::Event::Delete(DeserializeGuard(o)) => match o {
+            Ok(o) => Some(watcher::Event::Delete(o)),
+            Err(bad) => gone(bad).map(watcher::Event::Delete),
+        },
+        // Left out of a relist, it is left out of the cache the relist rebuilds.
+        watcher::Event::InitApply(DeserializeGuard(o)) => match o {
+            Ok(o) => Some(watcher::Event::InitApply(o)),
+            Err(bad) => {
+                invalid(&bad);
+                None
+            }
+        },
+        watcher::Event::Init => Some(watcher::Event::Init),
+        watcher::Event::InitDone => Some(watcher::Event::InitDone),
+    }
+}
+
+/// Say, once per version, that an object cannot be read: a log line, a metric, and a Warning
+/// Event on the object that `kubectl describe` shows, naming the field at fault.
+fn report_invalid<K>(
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+) -> impl Fn(&InvalidObject) + Send + 'static
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + 'static,
+{
+    let seen = std::sync::Mutex::new(std::collections::HashSet::<(String, String)>::new());
+    move |bad: &InvalidObject| {
+        let m = bad.metadata.clone();
+        let version = (
+            m.uid.clone().unwrap_or_default(),
+            m.resource_version.clone().unwrap_or_default(),
+        );
+        {
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() > 10_000 {
+                seen.clear();
+            }
+            if !seen.insert(version) {
+                return;
+            }
+        }
+        // The kinds are static types: their names are 'static, which a metric label needs.
+        let kind: &'static str = match K::kind(&()) {
+            std::borrow::Cow::Borrowed(kind) => kind,
+            std::borrow::Cow::Owned(_) => "unknown",
+        };
+        metrics
+            .invalid_objects
+            .get_or_create(&KindLabels { kind })
+            .inc();
+        let (client, recorder, error) = (client.clone(), recorder.clone(), bad.error.clone());
+        tokio::spawn(async move {
+            let error = where_it_fails::<K>(&client, &m).await.unwrap_or(error);
+            tracing::warn!(
+                kind,
+                namespace = m.namespace.as_deref().unwrap_or_default(),
+                object = m.name.as_deref().unwrap_or_default(),
+                %error,
+                "an object does not match usher's schema; skipped until it is fixed"
+            );
+            let reference = ObjectReference {
+                api_version: Some(K::api_version(&()).to_string()),
+                kind: Some(kind.to_string()),
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                uid: m.uid.clone(),
+                resource_version: m.resource_version.clone(),
+                ..Default::default()
+            };
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "Unreadable".into(),
+                note: Some(format!(
+                    "usher cannot read this {kind} and skips it until it is fixed: {error}"
+                )),
+                action: "Decode".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, "could not publish an Event");
+            }
+        });
+    }
+}
+
+/// The decoding error with the path of the field at fault (`spec.email: invalid type …`), read
+/// from the object as the API server serves it. None when it cannot be read again.
+async fn where_it_fails<K>(client: &Client, m: &ObjectMeta) -> Option<String>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = match &m.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let raw = serde_json::to_value(api.get(m.name.as_deref()?).await.ok()?).ok()?;
+    match serde_path_to_error::deserialize::<_, K>(raw) {
+        Err(e) => Some(format!("{}: {}", e.path(), e.inner())),
+        Ok(_) => None,
+    }
 }
 
 /// Objects whose `key` changed since last seen, and every deleted object.
@@ -144,23 +287,36 @@ pub async fn run(
     namespace: Option<&str>,
     wake: impl Stream<Item = ObjectRef<SystemUser>> + Send + 'static,
 ) {
-    let (users, users_driver, mut users_subs) =
-        feed(scoped_api::<SystemUser>(&client, namespace), 3);
-    let (tenants, tenants_driver, mut tenants_subs) =
-        feed(scoped_api::<Tenant>(&client, namespace), 4);
-    let (groups, groups_driver, mut groups_subs) =
-        feed(scoped_api::<LocationGroup>(&client, namespace), 3);
-    let (bindings, bindings_driver, mut bindings_subs) =
-        feed(scoped_api::<RoleBinding>(&client, namespace), 3);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        },
+    );
+    let (users, users_driver, mut users_subs) = feed(
+        scoped_api::<DeserializeGuard<SystemUser>>(&client, namespace),
+        3,
+        report_invalid::<SystemUser>(client.clone(), recorder.clone(), metrics.clone()),
+    );
+    let (tenants, tenants_driver, mut tenants_subs) = feed(
+        scoped_api::<DeserializeGuard<Tenant>>(&client, namespace),
+        4,
+        report_invalid::<Tenant>(client.clone(), recorder.clone(), metrics.clone()),
+    );
+    let (groups, groups_driver, mut groups_subs) = feed(
+        scoped_api::<DeserializeGuard<LocationGroup>>(&client, namespace),
+        3,
+        report_invalid::<LocationGroup>(client.clone(), recorder.clone(), metrics.clone()),
+    );
+    let (bindings, bindings_driver, mut bindings_subs) = feed(
+        scoped_api::<DeserializeGuard<RoleBinding>>(&client, namespace),
+        3,
+        report_invalid::<RoleBinding>(client.clone(), recorder.clone(), metrics.clone()),
+    );
 
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("HOSTNAME").ok(),
-            },
-        ),
+        recorder,
         client: client.clone(),
         store,
         mailer,

@@ -78,7 +78,6 @@ async fn redeem(state: &AppState, client: SocketAddr, text: &str) -> Result<Rede
         }
         Ok(Err(refusal)) => Err(Refusal::Store(refusal)),
         Err(e) => {
-            state.metrics.store_errors.inc();
             tracing::warn!(error = %e, "redemption failed in the store");
             Err(Refusal::Unavailable)
         }

@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 mod contract;
+mod measured;
 mod sqlite;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::plan::records::{
 };
 use crate::token::TokenHash;
 
+pub use measured::Measured;
 pub use sqlite::SqliteStore;
 
 /// What a store can fail at.

@@ -104,6 +104,9 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     /// The API server's URL, `https://127.0.0.1:<port>`.
     pub server: String,
+    /// etcd's client URL, `http://127.0.0.1:<port>`, for tests that must write behind the API
+    /// server's back (objects admission would refuse).
+    pub etcd: String,
     children: Vec<Supervised>,
 }
 
@@ -241,6 +244,7 @@ impl ControlPlane {
             dir: dir.to_path_buf(),
             kubeconfig,
             server,
+            etcd: etcd_url,
             children,
         })
     }
@@ -294,6 +298,8 @@ pub struct Shared {
     pub kubeconfig: PathBuf,
     /// The API server's URL.
     pub server: String,
+    /// etcd's client URL.
+    pub etcd: String,
     /// The folder with the components' logs.
     pub dir: PathBuf,
 }
@@ -320,6 +326,7 @@ pub fn shared() -> &'static Shared {
                         let _ = tx.send(Ok(Shared {
                             kubeconfig: cp.kubeconfig.clone(),
                             server: cp.server.clone(),
+                            etcd: cp.etcd.clone(),
                             dir: cp.dir.clone(),
                         }));
                         // Keep the children (and this thread) alive until the process exits.

@@ -16,3 +16,4 @@ mod leader;
 mod observability;
 mod offboarding;
 mod roles;
+mod unreadable;

@@ -7,35 +7,10 @@ use kube::api::Api;
 use usher::crd::{SystemUser, UserPhase};
 use usher_testenv::Smtp;
 
-use crate::support::{Usher, apply_yaml, client, eventually, invitation_in, namespace, wait_for};
-
-/// Prometheus text exposition: `name{labels} value` per sample, `#` lines for metadata.
-fn parse(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (series, value) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("not a sample: {l}"));
-            let value: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("not a number in: {l}"));
-            let name = series.split('{').next().unwrap();
-            assert!(
-                name.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-                "bad name in {l}"
-            );
-            if let Some(labels) = series.strip_prefix(name) {
-                assert!(
-                    labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
-                    "bad labels in {l}"
-                );
-            }
-            (series.to_string(), value)
-        })
-        .collect()
-}
+use crate::support::{
+    Usher, apply_yaml, client, eventually, invitation_in, namespace, parse_metrics as parse,
+    wait_for,
+};
 
 #[tokio::test]
 async fn metrics_parse_and_logs_are_json_without_secrets() {
@@ -81,6 +56,16 @@ async fn metrics_parse_and_logs_are_json_without_secrets() {
     assert_eq!(value("usher_invitations_sent_total"), Some(1.0));
     assert_eq!(value("usher_invitations_redeemed_total"), Some(1.0));
     assert_eq!(value("usher_mail_errors_total"), Some(0.0));
+    // Every store call is timed by operation; one invitation was recorded and one redeemed.
+    assert_eq!(
+        value("usher_store_duration_seconds_count{op=\"record_invitation\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("usher_store_duration_seconds_count{op=\"redeem\"}"),
+        Some(1.0)
+    );
+    assert_eq!(value("usher_store_errors_total"), Some(0.0));
     assert!(
         samples
             .iter()

@@ -401,3 +401,31 @@ pub fn sql(db: &Path, statement: &str) -> Vec<Vec<serde_json::Value>> {
     );
     serde_json::from_slice(&out.stdout).expect("JSON rows")
 }
+
+/// Prometheus text exposition: `name{labels} value` per sample, `#` lines for metadata.
+pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (series, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("not a sample: {l}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number in: {l}"));
+            let name = series.split('{').next().unwrap();
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "bad name in {l}"
+            );
+            if let Some(labels) = series.strip_prefix(name) {
+                assert!(
+                    labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                    "bad labels in {l}"
+                );
+            }
+            (series.to_string(), value)
+        })
+        .collect()
+}
