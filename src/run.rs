@@ -13,6 +13,7 @@ use crate::controller::{self, Settings, scoped_api};
 use crate::crd::SystemUser;
 use crate::metrics::Metrics;
 use crate::server::{self, AppState};
+use crate::store::{StoreConfig, StoreHandle};
 
 /// Everything `usher run` is configured with.
 #[derive(Clone, Debug)]
@@ -48,8 +49,8 @@ pub struct Election {
 pub async fn run(opts: Options) -> Result<(), CliError> {
     let mailer = crate::mail::open(&opts.mail)?;
     let metrics = Arc::new(Metrics::default());
-    let store =
-        crate::store::Measured::wrap(crate::store::open(&opts.store).await?, metrics.clone());
+    // A malformed URL stops here, with one line; a store that is down is retried meanwhile.
+    let store = StoreHandle::connect(StoreConfig::parse(&opts.store)?, metrics.clone());
     let client = kube::Client::try_default().await.map_err(|e| {
         CliError::Kube(format!(
             "cannot reach Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster): {e}"
@@ -60,7 +61,7 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| CliError::Io(format!("cannot listen on {}: {e}", opts.listen)))?;
-    tracing::info!(listen = %opts.listen, store = %redact(&opts.store), mail = %redact(&opts.mail), "usher running");
+    tracing::info!(listen = %opts.listen, store = %crate::store::redact(&opts.store), mail = %crate::store::redact(&opts.mail), "usher running");
 
     let wake = redeemed_rx.filter_map(|r| async move {
         let (ns, name) = r.external_id.split_once('/')?;
@@ -74,7 +75,7 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
     };
     let controllers = controller::run(
         client.clone(),
-        store,
+        store.clone(),
         mailer,
         settings,
         metrics,
@@ -83,6 +84,10 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
     );
     let http = server::serve(listener, state, shutdown_signal());
     let work = async {
+        tokio::select! {
+            _ = store.connected() => {}
+            _ = shutdown_signal() => return Ok(()),
+        }
         if !crds_ready(&client, opts.namespace.as_deref()).await? {
             return Ok(()); // shut down while waiting
         }
@@ -210,16 +215,6 @@ async fn lead(
 }
 
 /// Credentials never reach the logs.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -1,10 +1,8 @@
 //! The user store port: tenants, accounts and invitations (keyed by token hash). Each backend
 //! is one file; the records are plain types of [`crate::plan::records`].
 
-#[cfg(test)]
-mod contract;
-mod measured;
-mod sqlite;
+mod handle;
+mod sql;
 
 use std::sync::Arc;
 
@@ -17,8 +15,8 @@ use crate::plan::records::{
 };
 use crate::token::TokenHash;
 
-pub use measured::Measured;
-pub use sqlite::SqliteStore;
+pub use handle::StoreHandle;
+pub use sql::{Dialect, SqlStore};
 
 /// What a store can fail at.
 #[derive(Debug, thiserror::Error)]
@@ -146,25 +144,82 @@ pub trait UserStore: Send + Sync + 'static {
     ) -> Result<Result<Redeemed, RedeemRefusal>, StoreError>;
 }
 
-/// Open the store a URL names: `sqlite://PATH` (created if missing) or `sqlite::memory:`.
-pub async fn open(url: &str) -> Result<Arc<dyn UserStore>, StoreError> {
-    let bad = |reason: &str| StoreError::Url {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
-    if url == "sqlite::memory:" {
-        return Ok(Arc::new(SqliteStore::memory().await?));
-    }
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        if path.is_empty() {
-            return Err(bad("sqlite:// needs a file path, e.g. sqlite://usher.db"));
+/// Where the user store is, checked before anything connects: a malformed URL or a missing
+/// credential stops `usher run` at once, while a store that is down is retried.
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    /// SQLite or PostgreSQL.
+    Sql {
+        /// The URL as sqlx takes it.
+        url: String,
+        /// Which of the two.
+        dialect: Dialect,
+    },
+}
+
+impl StoreConfig {
+    /// Read a store URL: `sqlite://PATH` (created if missing), `sqlite::memory:`, or
+    /// `postgres://user@host/db` (password in the URL or `PGPASSWORD`).
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let bad = |reason: &str| StoreError::Url {
+            url: redact(url),
+            reason: reason.to_string(),
+        };
+        if url == "sqlite::memory:" {
+            return Ok(Self::Sql {
+                url: url.into(),
+                dialect: Dialect::Sqlite,
+            });
         }
-        return Ok(Arc::new(SqliteStore::open(path).await?));
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(bad("sqlite:// needs a file path, e.g. sqlite://usher.db"));
+            }
+            return Ok(Self::Sql {
+                url: url.into(),
+                dialect: Dialect::Sqlite,
+            });
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(bad(
+                    "postgres:// needs a host, e.g. postgres://usher@db:5432/usher",
+                ));
+            }
+            return Ok(Self::Sql {
+                url: url.into(),
+                dialect: Dialect::Postgres,
+            });
+        }
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
+        Err(bad(&format!(
+            "unsupported scheme {scheme:?}; use sqlite://PATH or postgres://HOST/DB"
+        )))
     }
-    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
-    Err(bad(&format!(
-        "unsupported scheme {scheme:?}; this version supports sqlite://PATH (PostgreSQL and SCIM backends are planned)"
-    )))
+
+    /// Connect (and migrate). Fails while the store is unreachable; the caller retries.
+    pub async fn open(&self) -> Result<Arc<dyn UserStore>, StoreError> {
+        match self {
+            Self::Sql { url, dialect } => Ok(Arc::new(SqlStore::connect(url, *dialect).await?)),
+        }
+    }
+}
+
+/// Open the store a URL names, at once (for tools and tests; `usher run` retries instead).
+pub async fn open(url: &str) -> Result<Arc<dyn UserStore>, StoreError> {
+    StoreConfig::parse(url)?.open().await
+}
+
+/// A URL with any password replaced, fit for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// A random account id: 128 bits, hex.

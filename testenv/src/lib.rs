@@ -12,6 +12,7 @@
 
 mod peers;
 mod pki;
+mod postgres;
 mod process;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub use peers::{ChromeDriver, Smtp, SmtpTls, scratch_dir, venv_python};
+pub use postgres::{Postgres, postgres};
 pub use process::Supervised;
 
 /// Everything that can go wrong bringing a control plane up.
@@ -314,40 +316,53 @@ pub struct Shared {
 pub fn shared() -> &'static Shared {
     static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
     let result = SHARED.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("control-plane".into())
-            .spawn(move || {
-                let runs = repo_root().join("target").join("testenv");
-                sweep_stale_runs(&runs);
-                let dir = runs.join(std::process::id().to_string());
-                match ControlPlane::start(&dir) {
-                    Ok(cp) => {
-                        let _ = tx.send(Ok(Shared {
-                            kubeconfig: cp.kubeconfig.clone(),
-                            server: cp.server.clone(),
-                            etcd: cp.etcd.clone(),
-                            dir: cp.dir.clone(),
-                        }));
-                        // Keep the children (and this thread) alive until the process exits.
-                        let _cp = cp;
-                        loop {
-                            std::thread::park();
-                        }
-                    }
-                    Err(err) => {
-                        let _ = tx.send(Err(err.to_string()));
-                    }
-                }
-            })
-            .map_err(|e| format!("cannot spawn the control-plane thread: {e}"))?;
-        rx.recv()
-            .map_err(|_| "the control-plane thread died".to_string())?
+        kept_alive("control-plane", || {
+            let runs = repo_root().join("target").join("testenv");
+            sweep_stale_runs(&runs);
+            let dir = runs.join(std::process::id().to_string());
+            let cp = ControlPlane::start(&dir)?;
+            let shared = Shared {
+                kubeconfig: cp.kubeconfig.clone(),
+                server: cp.server.clone(),
+                etcd: cp.etcd.clone(),
+                dir: cp.dir.clone(),
+            };
+            Ok((shared, cp))
+        })
     });
     match result {
         Ok(shared) => shared,
         Err(err) => panic!("the test control plane could not start: {err}"),
     }
+}
+
+/// Run `start` on a thread that never ends and keep what it returns second (the children) on
+/// that thread until the process exits; the first part is handed back. `PR_SET_PDEATHSIG` fires
+/// when the spawning *thread* ends, and each test runs on a thread of its own.
+pub(crate) fn kept_alive<T, Keep>(
+    name: &str,
+    start: impl FnOnce() -> Result<(T, Keep), Error> + Send + 'static,
+) -> Result<T, String>
+where
+    T: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || match start() {
+            Ok((shared, keep)) => {
+                let _ = tx.send(Ok(shared));
+                let _keep = keep;
+                loop {
+                    std::thread::park();
+                }
+            }
+            Err(err) => {
+                let _ = tx.send(Err(err.to_string()));
+            }
+        })
+        .map_err(|e| format!("cannot spawn the {name} thread: {e}"))?;
+    rx.recv().map_err(|_| format!("the {name} thread died"))?
 }
 
 /// Remove the folders of earlier test runs whose process is gone.

@@ -16,4 +16,5 @@ mod leader;
 mod observability;
 mod offboarding;
 mod roles;
+mod stores;
 mod unreadable;

@@ -1,16 +1,16 @@
-//! The embedded store: one SQLite file in WAL mode, migrated at open.
+//! The SQL stores: SQLite (embedded, one file in WAL mode) and PostgreSQL, through one
+//! implementation on sqlx's `Any` driver. The queries are written once, in the dialect both
+//! speak (`$N` parameters, `ON CONFLICT`, `RETURNING`, `WITH RECURSIVE`); each database has its
+//! own migrations only because their column types differ (PostgreSQL needs BIGINT for
+//! microsecond times). Lists are sorted in Rust, so a PostgreSQL collation cannot reorder them
+//! and make a comparison with the desired state fail forever.
 
-use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
 
 use super::{StoreError, UserStore, from_micros, micros, new_id};
 use crate::plan::records::{
@@ -19,47 +19,68 @@ use crate::plan::records::{
 };
 use crate::token::TokenHash;
 
-/// The SQLite backend.
-pub struct SqliteStore {
-    pool: SqlitePool,
+/// Which SQL database a [`SqlStore`] speaks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite, a file or memory.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
 }
 
-impl SqliteStore {
-    /// Open (creating if needed) and migrate the database file at `path`.
-    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        Self::with_options(options, 4).await
-    }
+/// A user store in a SQL database.
+pub struct SqlStore {
+    pool: AnyPool,
+}
 
-    /// A private in-memory database (one connection, so every query sees the same data).
-    pub async fn memory() -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
-        Self::with_options(options, 1).await
-    }
-
-    async fn with_options(
-        options: SqliteConnectOptions,
-        connections: u32,
-    ) -> Result<Self, StoreError> {
-        let pool = SqlitePoolOptions::new()
+impl SqlStore {
+    /// Connect to `url` (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`) and migrate the
+    /// schema. A SQLite file is created if missing.
+    pub async fn connect(url: &str, dialect: Dialect) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let memory = url == "sqlite::memory:";
+        let (url, connections) = match dialect {
+            // One connection to a memory database, or every query would see another database.
+            Dialect::Sqlite if memory => (url.to_string(), 1),
+            Dialect::Sqlite if url.contains('?') => (url.to_string(), 4),
+            Dialect::Sqlite => (format!("{url}?mode=rwc"), 4),
+            Dialect::Postgres => (url.to_string(), 8),
+        };
+        let pool = AnyPoolOptions::new()
             .max_connections(connections)
-            .connect_with(options)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL lets the redeem API read while a reconcile writes; NORMAL is
+                        // durable across process crashes in WAL mode.
+                        if !memory {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                        }
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Backend(format!("migrating the schema: {e}")))?;
+        let migrated = match dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await,
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await,
+        };
+        migrated.map_err(|e| StoreError::Backend(format!("migrating the schema: {e}")))?;
         Ok(Self { pool })
     }
+
+    /// A private in-memory SQLite database.
+    pub async fn memory() -> Result<Self, StoreError> {
+        Self::connect("sqlite::memory:", Dialect::Sqlite).await
+    }
 }
 
-fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
+fn user_from_row(row: &AnyRow) -> Result<UserRecord, StoreError> {
     let profile: String = row.try_get("profile")?;
     Ok(UserRecord {
         id: row.try_get("id")?,
@@ -76,7 +97,7 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
     })
 }
 
-fn invitation_from_row(row: &SqliteRow) -> Result<InvitationRecord, StoreError> {
+fn invitation_from_row(row: &AnyRow) -> Result<InvitationRecord, StoreError> {
     let time = |col: &str| -> Result<Option<Timestamp>, StoreError> {
         row.try_get::<Option<i64>, _>(col)?
             .map(from_micros)
@@ -101,14 +122,14 @@ fn profile_json(fields: &UserFields) -> Result<String, StoreError> {
 }
 
 #[async_trait]
-impl UserStore for SqliteStore {
+impl UserStore for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
     async fn tenant(&self, key: &str) -> Result<Option<TenantRecord>, StoreError> {
-        let row = sqlx::query("SELECT key, display_name FROM tenants WHERE key = ?")
+        let row = sqlx::query("SELECT key, display_name FROM tenants WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
@@ -123,7 +144,7 @@ impl UserStore for SqliteStore {
 
     async fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO tenants (key, display_name, updated_us) VALUES (?, ?, ?)
+            "INSERT INTO tenants (key, display_name, updated_us) VALUES ($1, $2, $3)
              ON CONFLICT (key) DO UPDATE SET display_name = excluded.display_name,
              updated_us = excluded.updated_us",
         )
@@ -139,7 +160,7 @@ impl UserStore for SqliteStore {
         &self,
         external_id: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
-        sqlx::query("SELECT * FROM users WHERE external_id = ?")
+        sqlx::query("SELECT * FROM users WHERE external_id = $1")
             .bind(external_id)
             .fetch_optional(&self.pool)
             .await?
@@ -153,7 +174,7 @@ impl UserStore for SqliteStore {
         let now = micros(Timestamp::now());
         sqlx::query(
             "INSERT INTO users (id, tenant, external_id, email, email_lower, profile, active,
-             created_us, updated_us) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+             created_us, updated_us) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8)",
         )
         .bind(&id)
         .bind(&fields.tenant)
@@ -178,8 +199,8 @@ impl UserStore for SqliteStore {
 
     async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError> {
         let row = sqlx::query(
-            "UPDATE users SET tenant = ?, external_id = ?, email = ?, email_lower = ?,
-             profile = ?, updated_us = ? WHERE id = ? RETURNING *",
+            "UPDATE users SET tenant = $1, external_id = $2, email = $3, email_lower = $4,
+             profile = $5, updated_us = $6 WHERE id = $7 RETURNING *",
         )
         .bind(&fields.tenant)
         .bind(&fields.external_id)
@@ -195,11 +216,16 @@ impl UserStore for SqliteStore {
     }
 
     async fn users_of_tenant(&self, tenant: &str) -> Result<Vec<UserRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM users WHERE tenant = ? ORDER BY external_id")
+        let rows = sqlx::query("SELECT * FROM users WHERE tenant = $1 ORDER BY external_id")
             .bind(tenant)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(user_from_row).collect()
+        let mut users = rows
+            .iter()
+            .map(user_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        users.sort_by(|a, b| a.external_id.cmp(&b.external_id));
+        Ok(users)
     }
 
     async fn user_by_email(
@@ -207,7 +233,7 @@ impl UserStore for SqliteStore {
         tenant: &str,
         email: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
-        sqlx::query("SELECT * FROM users WHERE tenant = ? AND email_lower = ? LIMIT 1")
+        sqlx::query("SELECT * FROM users WHERE tenant = $1 AND email_lower = $2 LIMIT 1")
             .bind(tenant)
             .bind(email.to_lowercase())
             .fetch_optional(&self.pool)
@@ -219,7 +245,7 @@ impl UserStore for SqliteStore {
 
     async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
         // Invitations and assignments go with it (ON DELETE CASCADE).
-        sqlx::query("DELETE FROM users WHERE id = ?")
+        sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -229,9 +255,9 @@ impl UserStore for SqliteStore {
     async fn delete_tenant(&self, key: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for statement in [
-            "DELETE FROM location_groups WHERE tenant = ?",
-            "DELETE FROM roles WHERE tenant = ?",
-            "DELETE FROM tenants WHERE key = ?",
+            "DELETE FROM location_groups WHERE tenant = $1",
+            "DELETE FROM roles WHERE tenant = $1",
+            "DELETE FROM tenants WHERE key = $1",
         ] {
             sqlx::query(statement).bind(key).execute(&mut *tx).await?;
         }
@@ -240,7 +266,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn remove_assignment(&self, binding: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM role_assignments WHERE binding = ?")
+        sqlx::query("DELETE FROM role_assignments WHERE binding = $1")
             .bind(binding)
             .execute(&self.pool)
             .await?;
@@ -248,7 +274,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn record_offboarding(&self, tenant: &str, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO offboardings (tenant, at_us) VALUES (?, ?)")
+        sqlx::query("INSERT INTO offboardings (tenant, at_us) VALUES ($1, $2)")
             .bind(tenant)
             .bind(micros(at))
             .execute(&self.pool)
@@ -258,7 +284,7 @@ impl UserStore for SqliteStore {
 
     async fn offboardings_since(&self, tenant: &str, since: Timestamp) -> Result<u64, StoreError> {
         let row =
-            sqlx::query("SELECT COUNT(*) AS n FROM offboardings WHERE tenant = ? AND at_us >= ?")
+            sqlx::query("SELECT COUNT(*) AS n FROM offboardings WHERE tenant = $1 AND at_us >= $2")
                 .bind(tenant)
                 .bind(micros(since))
                 .fetch_one(&self.pool)
@@ -274,7 +300,7 @@ impl UserStore for SqliteStore {
     ) -> Result<Timestamp, StoreError> {
         // A new value moves the release to now; the same value keeps the recorded moment.
         sqlx::query(
-            "INSERT INTO offboarding_releases (tenant, value, at_us) VALUES (?, ?, ?)
+            "INSERT INTO offboarding_releases (tenant, value, at_us) VALUES ($1, $2, $3)
              ON CONFLICT (tenant) DO UPDATE SET value = excluded.value, at_us = excluded.at_us
              WHERE offboarding_releases.value != excluded.value",
         )
@@ -283,7 +309,7 @@ impl UserStore for SqliteStore {
         .bind(micros(at))
         .execute(&self.pool)
         .await?;
-        let row = sqlx::query("SELECT at_us FROM offboarding_releases WHERE tenant = ?")
+        let row = sqlx::query("SELECT at_us FROM offboarding_releases WHERE tenant = $1")
             .bind(tenant)
             .fetch_one(&self.pool)
             .await?;
@@ -291,7 +317,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET active = ?, updated_us = ? WHERE id = ?")
+        sqlx::query("UPDATE users SET active = $1, updated_us = $2 WHERE id = $3")
             .bind(i64::from(active))
             .bind(micros(now))
             .bind(id)
@@ -304,7 +330,7 @@ impl UserStore for SqliteStore {
         &self,
         user_id: &str,
     ) -> Result<Option<InvitationRecord>, StoreError> {
-        sqlx::query("SELECT * FROM invitations WHERE user_id = ? ORDER BY attempt DESC LIMIT 1")
+        sqlx::query("SELECT * FROM invitations WHERE user_id = $1 ORDER BY attempt DESC LIMIT 1")
             .bind(user_id)
             .fetch_optional(&self.pool)
             .await?
@@ -316,7 +342,7 @@ impl UserStore for SqliteStore {
     async fn record_invitation(&self, inv: &InvitationRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE invitations SET revoked_us = ? WHERE user_id = ? AND used_us IS NULL
+            "UPDATE invitations SET revoked_us = $1 WHERE user_id = $2 AND used_us IS NULL
              AND revoked_us IS NULL",
         )
         .bind(micros(inv.created_at))
@@ -325,7 +351,7 @@ impl UserStore for SqliteStore {
         .await?;
         sqlx::query(
             "INSERT INTO invitations (token_hash, user_id, attempt, trigger, created_us,
-             expires_us, sent_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+             expires_us, sent_us) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(inv.token_hash.as_str())
         .bind(&inv.user_id)
@@ -348,8 +374,8 @@ impl UserStore for SqliteStore {
         expires_at: Timestamp,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE invitations SET token_hash = ?, expires_us = ? WHERE user_id = ?
-             AND attempt = ? AND sent_us IS NULL AND used_us IS NULL AND revoked_us IS NULL",
+            "UPDATE invitations SET token_hash = $1, expires_us = $2 WHERE user_id = $3
+             AND attempt = $4 AND sent_us IS NULL AND used_us IS NULL AND revoked_us IS NULL",
         )
         .bind(new_hash.as_str())
         .bind(micros(expires_at))
@@ -361,17 +387,19 @@ impl UserStore for SqliteStore {
     }
 
     async fn mark_sent(&self, hash: &TokenHash, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE invitations SET sent_us = ? WHERE token_hash = ? AND sent_us IS NULL")
-            .bind(micros(at))
-            .bind(hash.as_str())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE invitations SET sent_us = $1 WHERE token_hash = $2 AND sent_us IS NULL",
+        )
+        .bind(micros(at))
+        .bind(hash.as_str())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn revoke_open(&self, user_id: &str, at: Timestamp) -> Result<u64, StoreError> {
         let done = sqlx::query(
-            "UPDATE invitations SET revoked_us = ? WHERE user_id = ? AND used_us IS NULL
+            "UPDATE invitations SET revoked_us = $1 WHERE user_id = $2 AND used_us IS NULL
              AND revoked_us IS NULL",
         )
         .bind(micros(at))
@@ -382,7 +410,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn group(&self, key: &str) -> Result<Option<GroupRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM location_groups WHERE key = ?")
+        let row = sqlx::query("SELECT * FROM location_groups WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
@@ -406,7 +434,7 @@ impl UserStore for SqliteStore {
             .map_err(|e| StoreError::Backend(format!("encoding locations: {e}")))?;
         sqlx::query(
             "INSERT INTO location_groups (key, tenant, parent, display_name, path, locations,
-             updated_us) VALUES (?, ?, ?, ?, ?, ?, ?)
+             updated_us) VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (key) DO UPDATE SET tenant = excluded.tenant, parent = excluded.parent,
              display_name = excluded.display_name, path = excluded.path,
              locations = excluded.locations, updated_us = excluded.updated_us",
@@ -424,7 +452,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn delete_group(&self, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM location_groups WHERE key = ?")
+        sqlx::query("DELETE FROM location_groups WHERE key = $1")
             .bind(key)
             .execute(&self.pool)
             .await?;
@@ -432,7 +460,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn roles(&self, tenant: &str) -> Result<Vec<RoleRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM roles WHERE tenant = ? ORDER BY name")
+        let rows = sqlx::query("SELECT * FROM roles WHERE tenant = $1 ORDER BY name")
             .bind(tenant)
             .fetch_all(&self.pool)
             .await?;
@@ -447,12 +475,16 @@ impl UserStore for SqliteStore {
                         .map_err(|e| StoreError::Backend(format!("bad stored permissions: {e}")))?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<RoleRecord>, StoreError>>()
+            .map(|mut roles| {
+                roles.sort_by(|a, b| a.name.cmp(&b.name));
+                roles
+            })
     }
 
     async fn put_roles(&self, tenant: &str, roles: &[RoleRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM roles WHERE tenant = ?")
+        sqlx::query("DELETE FROM roles WHERE tenant = $1")
             .bind(tenant)
             .execute(&mut *tx)
             .await?;
@@ -461,7 +493,7 @@ impl UserStore for SqliteStore {
                 .map_err(|e| StoreError::Backend(format!("encoding permissions: {e}")))?;
             sqlx::query(
                 "INSERT INTO roles (tenant, name, description, exclusive, permissions)
-                 VALUES (?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(tenant)
             .bind(&r.name)
@@ -477,7 +509,7 @@ impl UserStore for SqliteStore {
 
     async fn assignments(&self, user_id: &str) -> Result<Vec<Assignment>, StoreError> {
         let rows = sqlx::query(
-            "SELECT binding, role, group_key FROM role_assignments WHERE user_id = ?
+            "SELECT binding, role, group_key FROM role_assignments WHERE user_id = $1
              ORDER BY binding",
         )
         .bind(user_id)
@@ -491,7 +523,11 @@ impl UserStore for SqliteStore {
                     group: r.try_get("group_key")?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()
+            .map(|mut list| {
+                list.sort();
+                list
+            })
     }
 
     async fn set_assignments(
@@ -500,13 +536,13 @@ impl UserStore for SqliteStore {
         assignments: &[Assignment],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM role_assignments WHERE user_id = ?")
+        sqlx::query("DELETE FROM role_assignments WHERE user_id = $1")
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
         for a in assignments {
             sqlx::query(
-                "INSERT INTO role_assignments (user_id, role, group_key, binding) VALUES (?, ?, ?, ?)",
+                "INSERT INTO role_assignments (user_id, role, group_key, binding) VALUES ($1, $2, $3, $4)",
             )
             .bind(user_id)
             .bind(&a.role)
@@ -523,7 +559,7 @@ impl UserStore for SqliteStore {
         // A grant on a group reaches every group below it.
         let rows = sqlx::query(
             "WITH RECURSIVE reach (role, group_key) AS (
-                 SELECT role, group_key FROM role_assignments WHERE user_id = ?
+                 SELECT role, group_key FROM role_assignments WHERE user_id = $1
                  UNION
                  SELECT reach.role, g.key FROM reach
                  JOIN location_groups g ON g.parent = reach.group_key
@@ -540,7 +576,11 @@ impl UserStore for SqliteStore {
                     group: r.try_get("group_key")?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()
+            .map(|mut list| {
+                list.sort();
+                list
+            })
     }
 
     async fn redeem(
@@ -553,8 +593,8 @@ impl UserStore for SqliteStore {
         // The conditional UPDATE is the single-use guarantee: of two concurrent redemptions
         // only one changes the row.
         let won = sqlx::query(
-            "UPDATE invitations SET used_us = ? WHERE token_hash = ? AND used_us IS NULL
-             AND revoked_us IS NULL AND expires_us > ? RETURNING token_hash, user_id",
+            "UPDATE invitations SET used_us = $1 WHERE token_hash = $2 AND used_us IS NULL
+             AND revoked_us IS NULL AND expires_us > $3 RETURNING token_hash, user_id",
         )
         .bind(now_us)
         .bind(hash.as_str())
@@ -562,7 +602,7 @@ impl UserStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = won else {
-            let found = sqlx::query("SELECT * FROM invitations WHERE token_hash = ?")
+            let found = sqlx::query("SELECT * FROM invitations WHERE token_hash = $1")
                 .bind(hash.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -580,8 +620,8 @@ impl UserStore for SqliteStore {
         }
         let user_id: String = row.try_get("user_id")?;
         let user = sqlx::query(
-            "UPDATE users SET active = 1, activated_us = COALESCE(activated_us, ?), updated_us = ?
-             WHERE id = ? RETURNING *",
+            "UPDATE users SET active = 1, activated_us = COALESCE(activated_us, $1), updated_us = $2
+             WHERE id = $3 RETURNING *",
         )
         .bind(now_us)
         .bind(now_us)

@@ -1,17 +1,16 @@
-//! The contract every `UserStore` backend passes, run here against the real SQLite backend
-//! (a file in WAL mode, several connections). Each check is a plain async function taking the
-//! store, so another backend runs the same suite unchanged.
+//! The contract every `UserStore` backend passes, unchanged: SQLite (a file in WAL mode, several
+//! connections), PostgreSQL and SCIM, each a real server. Each check is a plain async function
+//! taking the store.
 
 use std::sync::Arc;
 
 use jiff::{Timestamp, ToSpan};
-
-use super::UserStore;
-use crate::plan::records::{
+use usher::plan::records::{
     Assignment, Grant, GroupRecord, InvitationRecord, Profile, RedeemRefusal, RoleRecord,
     TenantRecord, UserFields,
 };
-use crate::token::{Token, TokenHash};
+use usher::store::UserStore;
+use usher::token::{Token, TokenHash};
 
 fn fields(name: &str) -> UserFields {
     UserFields {
@@ -187,6 +186,148 @@ async fn only_an_unsent_invitation_is_rotated(store: Arc<dyn UserStore>) {
     assert!(latest.sent_at.is_some());
 }
 
+async fn accounts_deactivate_reactivate_list_and_delete(store: Arc<dyn UserStore>) {
+    let hana = store.create_user(&fields("hana")).await.unwrap();
+    let ivan = store.create_user(&fields("ivan")).await.unwrap();
+    let now = Timestamp::now();
+    store.set_active(&hana.id, true, now).await.unwrap();
+    store.set_active(&hana.id, false, now).await.unwrap();
+    let read = store
+        .user_by_external_id("acme/hana")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!read.active, "deactivated");
+    store.set_active(&hana.id, true, now).await.unwrap();
+    assert!(
+        store
+            .user_by_external_id("acme/hana")
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
+    // Found by email whatever its case, within its tenant only.
+    let by_mail = store
+        .user_by_email("acme/acme", "HANA@acme.example")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_mail.id, hana.id);
+    assert!(
+        store
+            .user_by_email("other/other", "hana@acme.example")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Listing for drift repair: every account of the tenant, by external id.
+    let listed: Vec<String> = store
+        .users_of_tenant("acme/acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.external_id)
+        .collect();
+    assert!(
+        listed.windows(2).all(|w| w[0] <= w[1]),
+        "sorted: {listed:?}"
+    );
+    assert!(listed.contains(&"acme/hana".to_string()) && listed.contains(&"acme/ivan".to_string()));
+    // Deleting takes the invitations and assignments along.
+    let token = Token::generate().unwrap();
+    store
+        .record_invitation(&invitation(&ivan.id, 1, &token, 3600))
+        .await
+        .unwrap();
+    store
+        .set_assignments(
+            &ivan.id,
+            &[Assignment {
+                binding: "acme/ivan-admin".into(),
+                role: "Administrator".into(),
+                group: None,
+            }],
+        )
+        .await
+        .unwrap();
+    store.delete_user(&ivan.id).await.unwrap();
+    assert!(
+        store
+            .user_by_external_id("acme/ivan")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.redeem(&token.hash(), now).await.unwrap(),
+        Err(RedeemRefusal::Unknown),
+        "a deleted person's token is gone"
+    );
+    assert!(store.latest_invitation(&ivan.id).await.unwrap().is_none());
+}
+
+async fn revoked_tokens_are_refused_and_the_guard_counts(store: Arc<dyn UserStore>) {
+    let user = store.create_user(&fields("jana")).await.unwrap();
+    let token = Token::generate().unwrap();
+    store
+        .record_invitation(&invitation(&user.id, 1, &token, 3600))
+        .await
+        .unwrap();
+    let now = Timestamp::now();
+    assert_eq!(store.revoke_open(&user.id, now).await.unwrap(), 1);
+    assert_eq!(
+        store.revoke_open(&user.id, now).await.unwrap(),
+        0,
+        "nothing open twice"
+    );
+    assert_eq!(
+        store.redeem(&token.hash(), now).await.unwrap(),
+        Err(RedeemRefusal::Expired)
+    );
+    let latest = store.latest_invitation(&user.id).await.unwrap().unwrap();
+    assert!(latest.revoked_at.is_some() && latest.used_at.is_none());
+    assert!(
+        !store
+            .user_by_external_id("acme/jana")
+            .await
+            .unwrap()
+            .unwrap()
+            .active,
+        "a refused redemption activates nothing"
+    );
+
+    // The mass-offboarding guard's ledger.
+    for _ in 0..3 {
+        store.record_offboarding("acme/acme", now).await.unwrap();
+    }
+    assert_eq!(
+        store
+            .offboardings_since("acme/acme", now - 1.minutes())
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .offboardings_since("acme/acme", now + 1.minutes())
+            .await
+            .unwrap(),
+        0
+    );
+    let first = store.release("acme/acme", "v1", now).await.unwrap();
+    let again = store
+        .release("acme/acme", "v1", now + 5.minutes())
+        .await
+        .unwrap();
+    assert_eq!(first, again, "the same value keeps its moment");
+    let moved = store
+        .release("acme/acme", "v2", now + 5.minutes())
+        .await
+        .unwrap();
+    assert!(moved > first, "a new value moves it");
+}
+
 async fn concurrent_redemptions_of_one_token_succeed_once(store: Arc<dyn UserStore>) {
     let user = store.create_user(&fields("frank")).await.unwrap();
     let token = Token::generate().unwrap();
@@ -266,6 +407,12 @@ async fn grants_reach_down_a_three_level_tree(store: Arc<dyn UserStore>) {
         2,
         "a removed group grants nothing"
     );
+    store.remove_assignment("acme/g-admin").await.unwrap();
+    assert_eq!(
+        store.grants(&user.id).await.unwrap(),
+        [grant("Technician", Some("acme/west"))],
+        "a deleted binding's assignment goes wherever it is"
+    );
     store.set_assignments(&user.id, &[]).await.unwrap();
     assert!(store.grants(&user.id).await.unwrap().is_empty());
 
@@ -277,14 +424,21 @@ async fn grants_reach_down_a_three_level_tree(store: Arc<dyn UserStore>) {
     }];
     store.put_roles("acme/acme", &roles).await.unwrap();
     assert_eq!(store.roles("acme/acme").await.unwrap(), roles);
+
+    store.delete_tenant("acme/acme").await.unwrap();
+    assert!(store.tenant("acme/acme").await.unwrap().is_none());
+    assert!(store.roles("acme/acme").await.unwrap().is_empty());
+    assert!(store.group("acme/west").await.unwrap().is_none());
 }
 
 /// Every check, in order, on one store.
-pub async fn run(store: Arc<dyn UserStore>) {
+pub async fn contract(store: Arc<dyn UserStore>) {
     store.ping().await.unwrap();
     accounts_round_trip(store.clone()).await;
+    accounts_deactivate_reactivate_list_and_delete(store.clone()).await;
     a_new_invitation_revokes_the_open_one(store.clone()).await;
     redemption_is_single_use_and_refuses_clearly(store.clone()).await;
+    revoked_tokens_are_refused_and_the_guard_counts(store.clone()).await;
     only_an_unsent_invitation_is_rotated(store.clone()).await;
     concurrent_redemptions_of_one_token_succeed_once(store.clone()).await;
     grants_reach_down_a_three_level_tree(store).await;
@@ -292,14 +446,18 @@ pub async fn run(store: Arc<dyn UserStore>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_passes_the_contract() {
-    let dir = std::env::temp_dir().join(format!("usher-contract-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = super::open(&format!("sqlite://{}", dir.join("usher.db").display()))
+    let dir = usher_testenv::scratch_dir("contract").unwrap();
+    let store = usher::store::open(&format!("sqlite://{}", dir.join("usher.db").display()))
         .await
         .unwrap();
-    run(store).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    contract(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_passes_the_contract() {
+    let url = usher_testenv::postgres().database("contract").unwrap();
+    let store = usher::store::open(&url).await.unwrap();
+    contract(store).await;
 }
 
 #[tokio::test]
@@ -308,9 +466,9 @@ async fn bad_store_urls_say_what_is_wrong() {
         ("mysql://x", "unsupported scheme \"mysql\""),
         ("sqlite://", "needs a file path"),
         ("usher.db", "unsupported scheme"),
+        ("postgres:///db", "needs a host"),
     ] {
-        let err = super::open(url)
-            .await
+        let err = usher::store::StoreConfig::parse(url)
             .err()
             .unwrap_or_else(|| panic!("{url} accepted"))
             .to_string();

@@ -1,0 +1,185 @@
+//! A throwaway PostgreSQL server (Debian's `postgresql` package) on a loopback port with its
+//! own data folder, one per test binary; each test takes a fresh database from it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::{Error, Supervised, free_port, io, kept_alive};
+
+/// The running server.
+#[derive(Clone, Debug)]
+pub struct Postgres {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    bin: PathBuf,
+    /// Who the processes run as (PostgreSQL refuses root).
+    user: Option<(u32, u32)>,
+}
+
+/// The PostgreSQL of this test binary, started on first use. Panics with the reason when it
+/// cannot start: integration tests must not silently skip.
+pub fn postgres() -> &'static Postgres {
+    static PG: OnceLock<Result<Postgres, String>> = OnceLock::new();
+    match PG.get_or_init(|| kept_alive("postgres", Postgres::start)) {
+        Ok(pg) => pg,
+        Err(err) => panic!("the test PostgreSQL could not start: {err}"),
+    }
+}
+
+/// The newest `/usr/lib/postgresql/<major>/bin`.
+fn bin_dir() -> Result<PathBuf, Error> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).ok_or_else(|| {
+        Error::Build(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres); run `make test-peers` (apt-get install postgresql)".into(),
+        )
+    })
+}
+
+/// uid and gid of the `postgres` account, when we are root.
+fn unprivileged() -> Result<Option<(u32, u32)>, Error> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(io("reading /etc/passwd"))?;
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"postgres") && f.len() > 3)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            Error::Build(
+                "running as root, and there is no `postgres` account to run PostgreSQL as".into(),
+            )
+        })
+}
+
+impl Postgres {
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    fn start() -> Result<(Self, Supervised), Error> {
+        let pg = Self {
+            port: free_port()?,
+            bin: bin_dir()?,
+            user: unprivileged()?,
+        };
+        // Outside target/: the postgres account must own the folder and reach it.
+        let dir = std::env::temp_dir().join(format!("usher-pg-{}-{}", std::process::id(), pg.port));
+        let data = dir.join("data");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(io("opening the PostgreSQL folder"))?;
+        let init = pg
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ])
+            .output()
+            .map_err(io("running initdb"))?;
+        if !init.status.success() {
+            return Err(Error::Build(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&init.stderr)
+            )));
+        }
+        let process = Supervised::spawn(
+            "postgres",
+            pg.command("postgres")
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &pg.port.to_string(), "-h", "127.0.0.1", "-k"])
+                .arg(&dir)
+                // Tests need speed, not durability: the data dies with the run.
+                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off", "-c", "max_connections=200"]),
+            &dir,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pg.accepts(&dir) {
+            process.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(process.not_ready("no connection after 30 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok((pg, process))
+    }
+
+    fn accepts(&self, dir: &Path) -> bool {
+        Command::new(self.bin.join("pg_isready"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .env("PGHOST", dir)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// A new, empty database; its URL.
+    pub fn database(&self, prefix: &str) -> Result<String, Error> {
+        let name = format!("{prefix}_{}", free_port()?);
+        let out = Command::new(self.bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg(&name)
+            .output()
+            .map_err(io("running createdb"))?;
+        if !out.status.success() {
+            return Err(Error::Build(format!(
+                "createdb {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(self.url(&name))
+    }
+
+    /// The URL of database `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
