@@ -35,12 +35,12 @@ k8s-bins: ## Build kube-apiserver, kube-controller-manager and kubectl once (cac
 	bash tests/k8s/build.sh
 
 .PHONY: test-peers
-test-peers: ## The real servers tests talk to: aiosmtpd (venv in target/venv), Chromium + chromedriver
-	@if [ ! -x target/venv/bin/python ] || ! target/venv/bin/python -c "import aiosmtpd" 2>/dev/null; then \
-		python3 -m venv target/venv && target/venv/bin/pip install --quiet --disable-pip-version-check aiosmtpd; fi
-	@if ! command -v chromedriver >/dev/null; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
-		else echo "install Debian's chromium and chromium-driver (sudo apt-get install chromium chromium-driver)"; exit 1; fi; fi
+test-peers: ## The real servers tests talk to: aiosmtpd + scim2-server (venv in target/venv), PostgreSQL, Chromium + chromedriver
+	@if [ ! -x target/venv/bin/python ] || ! target/venv/bin/python -c "import aiosmtpd, scim2_server" 2>/dev/null; then \
+		python3 -m venv target/venv && target/venv/bin/pip install --quiet --disable-pip-version-check aiosmtpd scim2-server; fi
+	@if ! command -v chromedriver >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver postgresql >/dev/null; \
+		else echo "install Debian's chromium, chromium-driver and postgresql (sudo apt-get install chromium chromium-driver postgresql)"; exit 1; fi; fi
 
 .PHONY: test
 test: k8s-bins test-peers ## Every test, unit and integration, against a real control plane and real peers

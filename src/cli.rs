@@ -69,9 +69,18 @@ impl Cli {
 /// Options of `usher run`; each also an environment variable.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// The user store: sqlite://PATH (embedded, created if missing).
+    /// The user store: sqlite://PATH (embedded, created if missing), postgres://USER@HOST/DB,
+    /// or scim+https://HOST/BASE (bearer token from USHER_STORE_TOKEN).
     #[arg(long, env = "USHER_STORE", default_value = "sqlite://usher.db")]
     store: String,
+    /// With a SCIM store: where invitations (token hashes) and what SCIM has no place for are
+    /// kept, sqlite://PATH or postgres://….
+    #[arg(
+        long,
+        env = "USHER_LOCAL_STORE",
+        default_value = "sqlite://usher-local.db"
+    )]
+    local_store: String,
     /// Where mail goes: file://DIR (one .eml per message), smtp://host:port, smtps://host:port.
     #[arg(long, env = "USHER_MAIL", default_value = "file://outbox")]
     mail: String,
@@ -182,6 +191,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Io(format!("starting the runtime: {e}")))?;
     runtime.block_on(crate::run::run(crate::run::Options {
         store: args.store,
+        local_store: args.local_store,
         mail: args.mail,
         mail_from: args.mail_from,
         listen: args.listen,

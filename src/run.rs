@@ -20,6 +20,8 @@ use crate::store::{StoreConfig, StoreHandle};
 pub struct Options {
     /// Store URL.
     pub store: String,
+    /// The local store of a SCIM store.
+    pub local_store: String,
     /// Mail URL.
     pub mail: String,
     /// Default From.
@@ -50,7 +52,10 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
     let mailer = crate::mail::open(&opts.mail)?;
     let metrics = Arc::new(Metrics::default());
     // A malformed URL stops here, with one line; a store that is down is retried meanwhile.
-    let store = StoreHandle::connect(StoreConfig::parse(&opts.store)?, metrics.clone());
+    // The token is read from the environment only: a flag would show in `ps`.
+    let token = std::env::var("USHER_STORE_TOKEN").ok();
+    let config = StoreConfig::parse_with(&opts.store, token.as_deref(), &opts.local_store)?;
+    let store = StoreHandle::connect(config, metrics.clone());
     let client = kube::Client::try_default().await.map_err(|e| {
         CliError::Kube(format!(
             "cannot reach Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster): {e}"

@@ -2,6 +2,7 @@
 //! is one file; the records are plain types of [`crate::plan::records`].
 
 mod handle;
+mod scim;
 mod sql;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::plan::records::{
 use crate::token::TokenHash;
 
 pub use handle::StoreHandle;
+pub use scim::{ScimStore, USER_EXTENSION};
 pub use sql::{Dialect, SqlStore};
 
 /// What a store can fail at.
@@ -32,6 +34,14 @@ pub enum StoreError {
     /// The backend could not be reached or answered with an error.
     #[error("user store: {0}")]
     Backend(String),
+    /// The store refused the request (a SCIM 4xx): what it said, for the status condition.
+    #[error("the user store refused it ({status}): {detail}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The server's explanation.
+        detail: String,
+    },
     /// A record the operation needs is gone (deleted behind usher's back).
     #[error("user store: {0} not found")]
     NotFound(String),
@@ -155,11 +165,69 @@ pub enum StoreConfig {
         /// Which of the two.
         dialect: Dialect,
     },
+    /// A SCIM 2.0 server, with invitations in a local SQL store.
+    Scim {
+        /// `https://host/base` or, on loopback only, `http://`.
+        base: String,
+        /// The bearer token.
+        token: String,
+        /// Where invitations and the rest SCIM has no place for are kept.
+        local: Box<StoreConfig>,
+        /// Resources asked per page when listing.
+        page_size: u32,
+    },
 }
 
 impl StoreConfig {
-    /// Read a store URL: `sqlite://PATH` (created if missing), `sqlite::memory:`, or
-    /// `postgres://user@host/db` (password in the URL or `PGPASSWORD`).
+    /// Read a store URL: `sqlite://PATH` (created if missing), `sqlite::memory:`,
+    /// `postgres://user@host/db` (password in the URL or `PGPASSWORD`), or
+    /// `scim+https://host/base` with its bearer `token` and a SQL URL for the `local` store.
+    pub fn parse_with(url: &str, token: Option<&str>, local: &str) -> Result<Self, StoreError> {
+        let Some(rest) = url.strip_prefix("scim+") else {
+            return Self::parse(url);
+        };
+        let bad = |reason: &str| StoreError::Url {
+            url: redact(url),
+            reason: reason.to_string(),
+        };
+        let parsed = url::Url::parse(rest).map_err(|e| bad(&e.to_string()))?;
+        let loopback = matches!(parsed.host(), Some(url::Host::Domain("localhost")))
+            || matches!(parsed.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+            || matches!(parsed.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback());
+        match parsed.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => {
+                return Err(bad(
+                    "scim+http:// sends the bearer token in clear text; it is only allowed on loopback, use scim+https://",
+                ));
+            }
+            other => return Err(bad(&format!("unsupported SCIM scheme {other:?}"))),
+        }
+        if parsed.password().is_some() || !parsed.username().is_empty() {
+            return Err(bad(
+                "put no credentials in the URL; the bearer token comes from USHER_STORE_TOKEN",
+            ));
+        }
+        let token = token
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                bad("a SCIM store needs a bearer token: set USHER_STORE_TOKEN (from a Secret)")
+            })?;
+        let local = Self::parse(local).map_err(|e| StoreError::Url {
+            url: redact(local),
+            reason: format!("the local store for invitations: {e}"),
+        })?;
+        Ok(Self::Scim {
+            base: rest.to_string(),
+            token: token.to_string(),
+            local: Box::new(local),
+            page_size: 100,
+        })
+    }
+
+    /// Read a SQL store URL (see [`StoreConfig::parse_with`]).
     pub fn parse(url: &str) -> Result<Self, StoreError> {
         let bad = |reason: &str| StoreError::Url {
             url: redact(url),
@@ -194,15 +262,30 @@ impl StoreConfig {
         }
         let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
         Err(bad(&format!(
-            "unsupported scheme {scheme:?}; use sqlite://PATH or postgres://HOST/DB"
+            "unsupported scheme {scheme:?}; use sqlite://PATH, postgres://HOST/DB or scim+https://HOST/BASE"
         )))
     }
 
     /// Connect (and migrate). Fails while the store is unreachable; the caller retries.
     pub async fn open(&self) -> Result<Arc<dyn UserStore>, StoreError> {
-        match self {
-            Self::Sql { url, dialect } => Ok(Arc::new(SqlStore::connect(url, *dialect).await?)),
-        }
+        Ok(match self {
+            Self::Sql { url, dialect } => Arc::new(SqlStore::connect(url, *dialect).await?),
+            Self::Scim {
+                base,
+                token,
+                local,
+                page_size,
+            } => {
+                let Self::Sql { url, dialect } = &**local else {
+                    return Err(StoreError::Url {
+                        url: base.clone(),
+                        reason: "the local store must be SQL".into(),
+                    });
+                };
+                let local = SqlStore::connect(url, *dialect).await?;
+                Arc::new(ScimStore::connect(base, token, local, *page_size).await?)
+            }
+        })
     }
 }
 

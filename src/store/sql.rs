@@ -78,6 +78,58 @@ impl SqlStore {
     pub async fn memory() -> Result<Self, StoreError> {
         Self::connect("sqlite::memory:", Dialect::Sqlite).await
     }
+
+    /// Record an account under an id another system gave it (the SCIM store's local shadow),
+    /// replacing any earlier row for the same SystemUser — its account is gone from there.
+    pub(super) async fn adopt_user(&self, id: &str, fields: &UserFields) -> Result<(), StoreError> {
+        let now = micros(Timestamp::now());
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM users WHERE external_id = $1 AND id != $2")
+            .bind(&fields.external_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO users (id, tenant, external_id, email, email_lower, profile, active,
+             created_us, updated_us) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant,
+             external_id = excluded.external_id, email = excluded.email,
+             email_lower = excluded.email_lower, profile = excluded.profile,
+             updated_us = excluded.updated_us",
+        )
+        .bind(id)
+        .bind(&fields.tenant)
+        .bind(&fields.external_id)
+        .bind(&fields.email)
+        .bind(fields.email.to_lowercase())
+        .bind(profile_json(fields)?)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An account by id.
+    pub(super) async fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
+    }
+
+    /// The account holding a RoleBinding's assignment.
+    pub(super) async fn holder_of(&self, binding: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT user_id FROM role_assignments WHERE binding = $1")
+            .bind(binding)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("user_id")).transpose()?)
+    }
 }
 
 fn user_from_row(row: &AnyRow) -> Result<UserRecord, StoreError> {

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use peers::{ChromeDriver, Smtp, SmtpTls, scratch_dir, venv_python};
+pub use peers::{ChromeDriver, Scim, Smtp, SmtpTls, scratch_dir, venv_python};
 pub use postgres::{Postgres, postgres};
 pub use process::Supervised;
 

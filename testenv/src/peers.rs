@@ -169,6 +169,84 @@ impl Smtp {
     }
 }
 
+/// A SCIM 2.0 server on loopback (scim2-server, from PyPI, in `target/venv`), in memory.
+pub struct Scim {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The bearer token it accepts.
+    pub token: String,
+    _process: Supervised,
+}
+
+impl Scim {
+    /// Start scim2-server. With `extension`, it also declares usher's User extension
+    /// (`deploy/scim/usher-user-extension.json`), as a product would that stores it.
+    pub fn start(extension: bool) -> Result<Self, Error> {
+        let server = repo_root().join("target/venv/bin/scim2-server");
+        if !server.exists() {
+            return Err(Error::Build(format!(
+                "{} is missing; run `make test-peers` (a Python venv with scim2-server)",
+                server.display()
+            )));
+        }
+        let dir = scratch_dir("scim")?;
+        let port = free_port()?;
+        let token = format!("t-{port}-{}", std::process::id());
+        let mut cmd = Command::new(&server);
+        cmd.args(["--hostname", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--bearer-token", &token]);
+        if extension {
+            // The server's defaults plus usher's extension, declared on the User type.
+            let script = r#"
+import json, os, sys, scim2_server
+res = os.path.join(os.path.dirname(scim2_server.__file__), "resources")
+ext = json.load(open(sys.argv[1]))
+schemas = json.load(open(os.path.join(res, "default-schemas.json"))) + [ext]
+types = json.load(open(os.path.join(res, "default-resource-types.json")))
+for t in types:
+    if t["id"] == "User":
+        t.setdefault("schemaExtensions", []).append({"schema": ext["id"], "required": False})
+json.dump(schemas, open(sys.argv[2], "w"))
+json.dump(types, open(sys.argv[3], "w"))
+"#;
+            let (schemas, types) = (dir.join("schemas.json"), dir.join("resource-types.json"));
+            let out = Command::new(venv_python())
+                .arg("-c")
+                .arg(script)
+                .arg(repo_root().join("deploy/scim/usher-user-extension.json"))
+                .arg(&schemas)
+                .arg(&types)
+                .output()
+                .map_err(io("preparing the SCIM schemas"))?;
+            if !out.status.success() {
+                return Err(Error::Build(format!(
+                    "preparing the SCIM schemas: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+            cmd.arg("--schema").arg(&schemas);
+            cmd.arg("--resource-type").arg(&types);
+        }
+        let process = Supervised::spawn("scim2-server", &mut cmd, &dir)?;
+        wait_for_port(&process, port, Duration::from_secs(30))?;
+        Ok(Self {
+            port,
+            token,
+            _process: process,
+        })
+    }
+
+    /// The server's base, `http://127.0.0.1:<port>/v2`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}/v2", self.port)
+    }
+
+    /// The store URL usher takes: `scim+http://127.0.0.1:<port>/v2`.
+    pub fn url(&self) -> String {
+        format!("scim+{}", self.base())
+    }
+}
+
 /// chromedriver on loopback, driving Debian's headless Chromium.
 pub struct ChromeDriver {
     /// Its WebDriver URL.

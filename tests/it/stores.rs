@@ -475,3 +475,188 @@ async fn bad_store_urls_say_what_is_wrong() {
         assert!(err.contains(needle), "{url}: {err}");
     }
 }
+
+async fn scim_store(scim: &usher_testenv::Scim, page_size: u32) -> Arc<dyn UserStore> {
+    let local = usher_testenv::scratch_dir("scim-local").unwrap();
+    let mut config = usher::store::StoreConfig::parse_with(
+        &scim.url(),
+        Some(&scim.token),
+        &format!("sqlite://{}", local.join("local.db").display()),
+    )
+    .unwrap();
+    if let usher::store::StoreConfig::Scim { page_size: p, .. } = &mut config {
+        *p = page_size;
+    }
+    config.open().await.unwrap()
+}
+
+/// What the SCIM server itself holds, read through its own API.
+async fn scim_get(scim: &usher_testenv::Scim, path: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{}{path}", scim.base()))
+        .bearer_auth(&scim.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scim_passes_the_contract_with_and_without_the_extension() {
+    for extension in [true, false] {
+        let scim = usher_testenv::Scim::start(extension).unwrap();
+        // A page of 2 makes every listing page through the server's results.
+        contract(scim_store(&scim, 2).await).await;
+    }
+}
+
+#[tokio::test]
+async fn scim_holds_users_by_external_id_and_roles_as_groups() {
+    let scim = usher_testenv::Scim::start(true).unwrap();
+    let store = scim_store(&scim, 100).await;
+    let mut kim = fields("kim");
+    kim.profile.last_name = Some("Lee".into());
+    kim.profile.phone = Some("+1 555 0100".into());
+    kim.profile.address = Some(usher::crd::Address {
+        street: Some("1 Main St".into()),
+        city: Some("Fresno".into()),
+        region: Some("CA".into()),
+        postal_code: Some("93650".into()),
+        country: Some("US".into()),
+    });
+    let created = store.create_user(&kim).await.unwrap();
+    let found = scim_get(&scim, "/Users?filter=externalId%20eq%20%22acme%2Fkim%22").await;
+    assert_eq!(found["totalResults"], 1, "{found}");
+    let u = &found["Resources"][0];
+    assert_eq!(u["id"], created.id.as_str());
+    assert_eq!(u["userName"], "kim@acme.example");
+    assert_eq!(
+        u["active"], false,
+        "inactive until the invitation is redeemed"
+    );
+    assert_eq!(u["name"]["familyName"], "Lee");
+    assert_eq!(u["phoneNumbers"][0]["value"], "+1 555 0100");
+    assert_eq!(u["addresses"][0]["locality"], "Fresno");
+    let ext = &u[usher::store::USER_EXTENSION];
+    assert_eq!(ext["tenant"], "acme/acme");
+    assert_eq!(ext["locations"][0], "fresno-01");
+    // Read back, it is what was written: no update is due.
+    let read = store
+        .user_by_external_id("acme/kim")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(read.matches(&kim), "{read:?}");
+
+    // A redemption activates the SCIM User.
+    let token = Token::generate().unwrap();
+    store
+        .record_invitation(&invitation(&created.id, 1, &token, 3600))
+        .await
+        .unwrap();
+    store
+        .redeem(&token.hash(), Timestamp::now())
+        .await
+        .unwrap()
+        .unwrap();
+    let u = scim_get(&scim, &format!("/Users/{}", created.id)).await;
+    assert_eq!(u["active"], true);
+
+    // A role is a Group whose members are the people holding it.
+    store
+        .set_assignments(
+            &created.id,
+            &[Assignment {
+                binding: "acme/kim-tech".into(),
+                role: "Technician".into(),
+                group: None,
+            }],
+        )
+        .await
+        .unwrap();
+    let groups = scim_get(
+        &scim,
+        "/Groups?filter=externalId%20eq%20%22role%2Facme%2Facme%2FTechnician%22",
+    )
+    .await;
+    assert_eq!(groups["totalResults"], 1, "{groups}");
+    assert_eq!(
+        groups["Resources"][0]["displayName"],
+        "acme/acme: Technician"
+    );
+    assert_eq!(
+        groups["Resources"][0]["members"][0]["value"],
+        created.id.as_str()
+    );
+
+    // Offboarding with Delete: the User goes, and so does its membership.
+    store.delete_user(&created.id).await.unwrap();
+    let gone = reqwest::Client::new()
+        .get(format!("{}/Users/{}", scim.base(), created.id))
+        .bearer_auth(&scim.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let group = &scim_get(
+        &scim,
+        "/Groups?filter=externalId%20eq%20%22role%2Facme%2Facme%2FTechnician%22",
+    )
+    .await["Resources"][0];
+    assert!(
+        group["members"].as_array().is_none_or(|m| m.is_empty()),
+        "{group}"
+    );
+}
+
+#[tokio::test]
+async fn scim_refusals_and_a_bad_token_say_what_the_server_said() {
+    let scim = usher_testenv::Scim::start(false).unwrap();
+    let store = scim_store(&scim, 100).await;
+    // Someone else already has this userName in the product.
+    store.create_user(&fields("lou")).await.unwrap();
+    let mut twin = fields("lou");
+    twin.external_id = "acme/lou-2".into();
+    let err = store.create_user(&twin).await.unwrap_err().to_string();
+    assert!(err.contains("409") && err.contains("uniqueness"), "{err}");
+
+    let local = usher_testenv::scratch_dir("scim-local").unwrap();
+    let wrong = usher::store::StoreConfig::parse_with(
+        &scim.url(),
+        Some("not-the-token"),
+        &format!("sqlite://{}", local.join("local.db").display()),
+    )
+    .unwrap();
+    let err = wrong
+        .open()
+        .await
+        .err()
+        .expect("a wrong token is refused")
+        .to_string();
+    assert!(err.contains("401"), "{err}");
+    for (url, token, needle) in [
+        (
+            "scim+http://scim.example.com/v2",
+            Some("t"),
+            "only allowed on loopback",
+        ),
+        (
+            "scim+https://scim.example.com/v2",
+            None,
+            "USHER_STORE_TOKEN",
+        ),
+        (
+            "scim+https://u:p@scim.example.com/v2",
+            Some("t"),
+            "no credentials in the URL",
+        ),
+    ] {
+        let err = usher::store::StoreConfig::parse_with(url, token, "sqlite::memory:")
+            .err()
+            .unwrap_or_else(|| panic!("{url} accepted"))
+            .to_string();
+        assert!(err.contains(needle), "{url}: {err}");
+    }
+}
