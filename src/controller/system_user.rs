@@ -29,6 +29,7 @@ use crate::plan::system_user::{
     self as plan, AccessAction, AccountAction, Blocked, InvitationAction, InvitationSettings, Peer,
     StatusInput,
 };
+use crate::store::StoreError;
 use crate::token::Token;
 
 #[tracing::instrument(skip_all, fields(kind = "SystemUser", namespace = user.namespace().unwrap_or_default(), object = user.name_any()))]
@@ -72,7 +73,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
             created: u.metadata.creation_timestamp.as_ref().map(|t| t.0),
         })
         .collect();
-    let blocked = plan::blocked(user, tenant.as_deref(), &peers);
+    let mut blocked = plan::blocked(user, tenant.as_deref(), &peers);
 
     let mut account = None;
     let mut latest = None;
@@ -119,6 +120,10 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
             Ok(()) => {}
             // The status still tells what happened; the error then drives the backoff.
             Err(e @ Error::Mail(_)) => failure = Some(e),
+            Err(Error::Store(e @ StoreError::Refused { .. })) => {
+                blocked = Some(Blocked::StoreRefused(e.to_string()));
+                failure = Some(Error::Store(e));
+            }
             Err(e) => return Err(e),
         }
         let pending = latest.as_ref().is_some_and(|i| {
@@ -194,7 +199,8 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         now,
     });
     status.roles = roles;
-    if let Some(err) = &failure
+    // A refusal is the condition already; a mail failure is added to it.
+    if let Some(err @ Error::Mail(_)) = &failure
         && let Some(c) = status.conditions.first_mut()
     {
         c.message = format!("{}: {err}", c.message);

@@ -26,6 +26,8 @@ pub enum Blocked {
         /// The domains the tenant allows.
         allowed: Vec<String>,
     },
+    /// The user store refused the account (a SCIM 4xx); what it said.
+    StoreRefused(String),
 }
 
 impl Blocked {
@@ -35,6 +37,7 @@ impl Blocked {
             Self::TenantNotFound(_) => "TenantNotFound",
             Self::DuplicateEmail { .. } => "DuplicateEmail",
             Self::EmailDomainNotAllowed { .. } => "EmailDomainNotAllowed",
+            Self::StoreRefused(_) => "StoreRefused",
         }
     }
 
@@ -50,6 +53,9 @@ impl Blocked {
             Self::EmailDomainNotAllowed { allowed } => format!(
                 "the tenant only invites addresses in {}; {email} is not one of them",
                 allowed.join(", ")
+            ),
+            Self::StoreRefused(said) => format!(
+                "{said}; no invitation was sent. usher retries; fix the account in the product or this SystemUser"
             ),
         }
     }

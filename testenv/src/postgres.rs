@@ -154,9 +154,13 @@ impl Postgres {
             .is_ok_and(|o| o.status.success())
     }
 
-    /// A new, empty database; its URL.
+    /// A new, empty database with a fresh name; its URL.
     pub fn database(&self, prefix: &str) -> Result<String, Error> {
-        let name = format!("{prefix}_{}", free_port()?);
+        self.create(&format!("{prefix}_{}", free_port()?))
+    }
+
+    /// Create database `name`; its URL.
+    pub fn create(&self, name: &str) -> Result<String, Error> {
         let out = Command::new(self.bin.join("createdb"))
             .args([
                 "-h",
@@ -166,7 +170,7 @@ impl Postgres {
                 "-U",
                 "postgres",
             ])
-            .arg(&name)
+            .arg(name)
             .output()
             .map_err(io("running createdb"))?;
         if !out.status.success() {
@@ -175,7 +179,7 @@ impl Postgres {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
-        Ok(self.url(&name))
+        Ok(self.url(name))
     }
 
     /// The URL of database `name`.

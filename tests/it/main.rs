@@ -4,6 +4,7 @@
 mod support;
 
 mod admission;
+mod backends;
 mod browser;
 mod control_plane;
 mod crds;

@@ -239,6 +239,7 @@ pub struct Usher {
     env: Vec<(String, String)>,
     dir: PathBuf,
     process: Option<usher_testenv::Supervised>,
+    wait_ready: bool,
 }
 
 impl Usher {
@@ -247,12 +248,33 @@ impl Usher {
         Self::start_with_env(namespace, mail, extra, &[]).await
     }
 
-    /// Start usher with extra environment variables.
+    /// Start usher with extra environment variables. A `--store` in `extra` replaces the
+    /// per-test SQLite file.
     pub async fn start_with_env(
         namespace: &str,
         mail: &str,
         extra: &[&str],
         env: &[(&str, &str)],
+    ) -> Self {
+        Self::launch(namespace, mail, extra, env, true).await
+    }
+
+    /// Start usher without waiting for it to be ready (its store may be down).
+    pub async fn start_unready(
+        namespace: &str,
+        mail: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::launch(namespace, mail, extra, env, false).await
+    }
+
+    async fn launch(
+        namespace: &str,
+        mail: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        wait_ready: bool,
     ) -> Self {
         let dir = usher_testenv::scratch_dir("usher").expect("scratch dir");
         let port = usher_testenv::free_port().expect("free port");
@@ -269,6 +291,7 @@ impl Usher {
                 .collect(),
             dir,
             process: None,
+            wait_ready,
         };
         usher.restart().await;
         usher
@@ -280,15 +303,21 @@ impl Usher {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usher"));
         cmd.env("KUBECONFIG", &shared.kubeconfig)
             .env("RUST_LOG", "info,kube_runtime=warn")
-            .args(["run", "--namespace", &self.namespace])
-            .args(["--store", &format!("sqlite://{}", self.db.display())])
-            .args(["--mail", &self.mail])
+            .args(["run", "--namespace", &self.namespace]);
+        if !self.extra.iter().any(|a| a == "--store") {
+            cmd.args(["--store", &format!("sqlite://{}", self.db.display())]);
+        }
+        cmd.args(["--mail", &self.mail])
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--public-url", &self.url])
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         let process =
             usher_testenv::Supervised::spawn("usher", &mut cmd, &self.dir).expect("usher starts");
+        if !self.wait_ready {
+            self.process = Some(process);
+            return;
+        }
         let url = format!("{}/readyz", self.url);
         let ready = eventually(Duration::from_secs(30), || async {
             process.check_alive().ok()?;
