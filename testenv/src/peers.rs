@@ -146,6 +146,15 @@ impl Smtp {
         self.spawn(&dir)
     }
 
+    /// How many messages arrived so far (cheaper than reading them).
+    pub fn count(&self) -> usize {
+        ["new", "cur"]
+            .iter()
+            .filter_map(|sub| std::fs::read_dir(self.maildir.join(sub)).ok())
+            .map(|d| d.count())
+            .sum()
+    }
+
     /// Every message received so far, raw, oldest first.
     pub fn messages(&self) -> Vec<Vec<u8>> {
         let mut files: Vec<(std::time::SystemTime, PathBuf)> = ["new", "cur"]

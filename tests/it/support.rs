@@ -297,13 +297,22 @@ impl Usher {
         usher
     }
 
+    /// Replace the extra arguments of the next `restart`.
+    pub fn set_args(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Start again (after `kill` or `stop`) with the same store, port and settings.
     pub async fn restart(&mut self) {
         let shared = usher_testenv::shared();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usher"));
         cmd.env("KUBECONFIG", &shared.kubeconfig)
             .env("RUST_LOG", "info,kube_runtime=warn")
-            .args(["run", "--namespace", &self.namespace]);
+            .arg("run");
+        // An empty namespace: every namespace.
+        if !self.namespace.is_empty() {
+            cmd.args(["--namespace", &self.namespace]);
+        }
         if !self.extra.iter().any(|a| a == "--store") {
             cmd.args(["--store", &format!("sqlite://{}", self.db.display())]);
         }
