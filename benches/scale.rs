@@ -66,28 +66,40 @@ fn objects(prefix: &str, n: usize) -> Vec<(String, serde_json::Value)> {
     let mut out = Vec::new();
     for k in 0..TENANTS {
         let ns = format!("{prefix}-{k:02}");
-        out.push((ns.clone(), json!({"apiVersion": "usher.dev/v1alpha1", "kind": "Tenant",
-            "metadata": {"name": "t"}, "spec": {"displayName": format!("Tenant {k}")}})));
+        out.push((
+            ns.clone(),
+            json!({"apiVersion": "usher.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "t"}, "spec": {"displayName": format!("Tenant {k}")}}),
+        ));
         for g in 0..GROUPS_PER_TENANT {
             let mut spec = json!({"tenantRef": {"name": "t"}, "displayName": format!("Group {g}")});
             if g > 0 {
                 spec["parentRef"] = json!({"name": "g0"});
             }
-            out.push((ns.clone(), json!({"apiVersion": "usher.dev/v1alpha1", "kind": "LocationGroup",
-                "metadata": {"name": format!("g{g}")}, "spec": spec})));
+            out.push((
+                ns.clone(),
+                json!({"apiVersion": "usher.dev/v1alpha1", "kind": "LocationGroup",
+                "metadata": {"name": format!("g{g}")}, "spec": spec}),
+            ));
         }
     }
     for i in 0..n {
         let k = i % TENANTS;
         let ns = format!("{prefix}-{k:02}");
-        out.push((ns.clone(), json!({"apiVersion": "usher.dev/v1alpha1", "kind": "SystemUser",
+        out.push((
+            ns.clone(),
+            json!({"apiVersion": "usher.dev/v1alpha1", "kind": "SystemUser",
             "metadata": {"name": format!("u{i}")},
             "spec": {"tenantRef": {"name": "t"}, "email": format!("u{i}@t{k}.example"),
-                     "firstName": "User", "lastName": format!("{i}")}})));
-        out.push((ns, json!({"apiVersion": "usher.dev/v1alpha1", "kind": "RoleBinding",
+                     "firstName": "User", "lastName": format!("{i}")}}),
+        ));
+        out.push((
+            ns,
+            json!({"apiVersion": "usher.dev/v1alpha1", "kind": "RoleBinding",
             "metadata": {"name": format!("b{i}")},
             "spec": {"userRef": {"name": format!("u{i}")}, "role": "Manager",
-                     "scope": {"locationGroup": format!("g{}", 1 + i % (GROUPS_PER_TENANT - 1))}}})));
+                     "scope": {"locationGroup": format!("g{}", 1 + i % (GROUPS_PER_TENANT - 1))}}}),
+        ));
     }
     out
 }
@@ -174,11 +186,19 @@ async fn floor(client: &Client, n: usize) -> Duration {
     // Gone before usher starts, so that it never sees them.
     let api: Api<Namespace> = Api::all(client.clone());
     for k in 0..TENANTS {
-        let _ = api.delete(&format!("floor-{k:02}"), &DeleteParams::default()).await;
+        let _ = api
+            .delete(&format!("floor-{k:02}"), &DeleteParams::default())
+            .await;
     }
     let gone = eventually(Duration::from_secs(600), || async {
         let left = api.list(&ListParams::default()).await.ok()?;
-        (!left.items.iter().any(|n| n.metadata.name.as_deref().is_some_and(|x| x.starts_with("floor-")))).then_some(())
+        (!left.items.iter().any(|n| {
+            n.metadata
+                .name
+                .as_deref()
+                .is_some_and(|x| x.starts_with("floor-"))
+        }))
+        .then_some(())
     })
     .await;
     assert!(gone.is_some(), "the floor's namespaces went away");
@@ -188,8 +208,12 @@ async fn floor(client: &Client, n: usize) -> Duration {
 async fn namespaces(client: &Client, prefix: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
     for k in 0..TENANTS {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": format!("{prefix}-{k:02}")}})).unwrap();
-        api.create(&PostParams::default(), &ns).await.expect("namespace");
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": format!("{prefix}-{k:02}")}}))
+                .unwrap();
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace");
     }
 }
 
@@ -199,9 +223,15 @@ fn phase_counter(client: &Client) -> Arc<std::sync::Mutex<HashMap<String, Option
     let s = seen.clone();
     let api: Api<SystemUser> = Api::all(client.clone());
     tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default()).applied_objects().boxed();
+        let mut events = watcher(api, watcher::Config::default())
+            .applied_objects()
+            .boxed();
         while let Ok(Some(u)) = events.try_next().await {
-            let key = format!("{}/{}", u.metadata.namespace.clone().unwrap_or_default(), u.metadata.name.clone().unwrap_or_default());
+            let key = format!(
+                "{}/{}",
+                u.metadata.namespace.clone().unwrap_or_default(),
+                u.metadata.name.clone().unwrap_or_default()
+            );
             let phase = u.status.and_then(|s| s.phase);
             s.lock().unwrap().insert(key, phase);
         }
@@ -210,7 +240,11 @@ fn phase_counter(client: &Client) -> Arc<std::sync::Mutex<HashMap<String, Option
 }
 
 fn count(seen: &std::sync::Mutex<HashMap<String, Option<UserPhase>>>, phase: UserPhase) -> usize {
-    seen.lock().unwrap().values().filter(|p| **p == Some(phase)).count()
+    seen.lock()
+        .unwrap()
+        .values()
+        .filter(|p| **p == Some(phase))
+        .count()
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -223,7 +257,12 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 async fn metrics(usher: &Usher) -> HashMap<String, f64> {
-    let text = reqwest::get(format!("{}/metrics", usher.url)).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("{}/metrics", usher.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     parse_metrics(&text).into_iter().collect()
 }
 
@@ -266,7 +305,10 @@ async fn run(args: Args) {
     let client = client().await;
     let smtp = Smtp::start().expect("SMTP sink");
     let mut rows: Vec<(String, String)> = Vec::new();
-    eprintln!("bench: N = {n}, {TENANTS} tenants, {} groups", TENANTS * GROUPS_PER_TENANT);
+    eprintln!(
+        "bench: N = {n}, {TENANTS} tenants, {} groups",
+        TENANTS * GROUPS_PER_TENANT
+    );
 
     // 1. The floor.
     let floor = floor(&client, n).await;
@@ -289,10 +331,16 @@ async fn run(args: Args) {
             break;
         }
         if last.elapsed() > Duration::from_secs(10) {
-            eprintln!("bench: {:?}: {pending} Pending, {mails} mails", started.elapsed());
+            eprintln!(
+                "bench: {:?}: {pending} Pending, {mails} mails",
+                started.elapsed()
+            );
             last = Instant::now();
         }
-        assert!(started.elapsed() < Duration::from_secs(3600), "onboarding did not finish in an hour");
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "onboarding did not finish in an hour"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let onboarding = started.elapsed();
@@ -313,9 +361,12 @@ async fn run(args: Args) {
     for i in 0..samples {
         let name = format!("late{i}");
         let u: SystemUser = serde_json::from_value(json!({"metadata": {"name": name},
-            "spec": {"tenantRef": {"name": "t"}, "email": format!("late{i}@t0.example")}})).unwrap();
+            "spec": {"tenantRef": {"name": "t"}, "email": format!("late{i}@t0.example")}}))
+        .unwrap();
         let t = Instant::now();
-        api.create(&PostParams::default(), &u).await.expect("create");
+        api.create(&PostParams::default(), &u)
+            .await
+            .expect("create");
         wait_phase(&api, &name, UserPhase::Pending).await;
         apply.push(t.elapsed());
     }
@@ -331,8 +382,16 @@ async fn run(args: Args) {
     .await
     .expect("the late users' mails");
     let mut redeem = Vec::new();
-    for m in smtp.messages().iter().filter(|m| support::recipient(m).starts_with("late")) {
-        let name = support::recipient(m).split('@').next().unwrap_or_default().to_string();
+    for m in smtp
+        .messages()
+        .iter()
+        .filter(|m| support::recipient(m).starts_with("late"))
+    {
+        let name = support::recipient(m)
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let token = invitation_in(m).1;
         let t = Instant::now();
         assert_eq!(usher.redeem(&token).await.0, 200);
@@ -342,11 +401,19 @@ async fn run(args: Args) {
     drop(late_tokens);
     rows.push((
         format!("latency, {samples} samples with the {n} in place: kubectl apply → Pending"),
-        format!("p50 {}, p99 {}", ms(percentile(&mut apply, 0.5)), ms(percentile(&mut apply, 0.99))),
+        format!(
+            "p50 {}, p99 {}",
+            ms(percentile(&mut apply, 0.5)),
+            ms(percentile(&mut apply, 0.99))
+        ),
     ));
     rows.push((
         format!("latency, {samples} samples: redeem → Active"),
-        format!("p50 {}, p99 {}", ms(percentile(&mut redeem, 0.5)), ms(percentile(&mut redeem, 0.99))),
+        format!(
+            "p50 {}, p99 {}",
+            ms(percentile(&mut redeem, 0.5)),
+            ms(percentile(&mut redeem, 0.99))
+        ),
     ));
 
     // 4. Redemption API throughput, clients on distinct loopback addresses (each within the
@@ -368,12 +435,21 @@ async fn run(args: Args) {
             let done = done.clone();
             let chunk = chunk.to_vec();
             async move {
-                let local = std::net::IpAddr::from([127, 0, 1 + (c / 250) as u8, 1 + (c % 250) as u8]);
-                let http = reqwest::Client::builder().local_address(local).build().unwrap();
+                let local =
+                    std::net::IpAddr::from([127, 0, 1 + (c / 250) as u8, 1 + (c % 250) as u8]);
+                let http = reqwest::Client::builder()
+                    .local_address(local)
+                    .build()
+                    .unwrap();
                 let mut lat = Vec::new();
                 for token in chunk {
                     let t = Instant::now();
-                    let r = http.post(&url).json(&json!({"token": token})).send().await.unwrap();
+                    let r = http
+                        .post(&url)
+                        .json(&json!({"token": token}))
+                        .send()
+                        .await
+                        .unwrap();
                     assert_eq!(r.status(), 200, "redeem");
                     lat.push(t.elapsed());
                     done.fetch_add(1, Ordering::SeqCst);
@@ -388,7 +464,11 @@ async fn run(args: Args) {
     let took = t.elapsed();
     rows.push((
         format!("redemption API: {m} tokens, 32 clients in parallel on loopback"),
-        format!("{:.0} redemptions/s, p99 {}", m as f64 / took.as_secs_f64(), ms(percentile(&mut latencies, 0.99))),
+        format!(
+            "{:.0} redemptions/s, p99 {}",
+            m as f64 / took.as_secs_f64(),
+            ms(percentile(&mut latencies, 0.99))
+        ),
     ));
     // Every redeemed person Active before the restart, so that the restart has nothing to write.
     let active_goal = m + samples;
@@ -409,7 +489,10 @@ async fn run(args: Args) {
     usher.restart().await;
     loop {
         let m = metrics(&usher).await;
-        let reconciled = m.get("usher_reconciles_total{kind=\"SystemUser\",result=\"ok\"}").copied().unwrap_or(0.0);
+        let reconciled = m
+            .get("usher_reconciles_total{kind=\"SystemUser\",result=\"ok\"}")
+            .copied()
+            .unwrap_or(0.0);
         if reconciled >= total as f64 {
             break;
         }
@@ -420,7 +503,10 @@ async fn run(args: Args) {
     // The resync: every SystemUser reconciled a second time.
     loop {
         let m = metrics(&usher).await;
-        let reconciled = m.get("usher_reconciles_total{kind=\"SystemUser\",result=\"ok\"}").copied().unwrap_or(0.0);
+        let reconciled = m
+            .get("usher_reconciles_total{kind=\"SystemUser\",result=\"ok\"}")
+            .copied()
+            .unwrap_or(0.0);
         if reconciled >= 2.0 * total as f64 {
             break;
         }
@@ -433,15 +519,24 @@ async fn run(args: Args) {
     let mails = smtp.count() - mails_before;
     let events = events_in(&client).await.saturating_sub(events_before);
     rows.push((
-        format!("cold start: process start → all {total} SystemUsers reconciled once, nothing to write"),
-        format!("{} ({} API writes, {} store writes at that point)", secs(cold),
-            get(&after_start, "usher_api_writes_total"), get(&after_start, "usher_store_writes_total")),
+        format!(
+            "cold start: process start → all {total} SystemUsers reconciled once, nothing to write"
+        ),
+        format!(
+            "{} ({} API writes, {} store writes at that point)",
+            secs(cold),
+            get(&after_start, "usher_api_writes_total"),
+            get(&after_start, "usher_store_writes_total")
+        ),
     ));
     rows.push((
         format!("no-op: restart + one full resync of all {total} SystemUsers and their bindings, groups, tenants"),
         format!("{api_writes} API writes, {store_writes} store writes, {events} Events, {mails} mails"),
     ));
-    rows.push((format!("peak RSS of usher run at N = {n}"), format!("{peak:.0} MiB")));
+    rows.push((
+        format!("peak RSS of usher run at N = {n}"),
+        format!("{peak:.0} MiB"),
+    ));
 
     let table = render(&rows);
     println!("{table}");
@@ -465,7 +560,9 @@ fn render(rows: &[(String, String)]) -> String {
 }
 
 fn chrono_now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%d %H:%M UTC")
+        .to_string()
 }
 
 fn machine() -> String {

@@ -320,9 +320,15 @@ async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
                     offboarding::ALLOW_ANNOTATION
                 )));
             }
-            ctx.store.record_offboarding(&tenant_key, now).await?;
         }
         let what = offboard_account(ctx, &account, policy).await?;
+        // Counted once it is done: a failed attempt that is retried must not count twice.
+        if let Some(tenant) = &tenant {
+            let tenant_key = object_key(&ns, &tenant.name_any());
+            ctx.store
+                .record_offboarding(&tenant_key, Timestamp::now())
+                .await?;
+        }
         publish(
             ctx,
             user,

@@ -155,8 +155,9 @@ pub trait UserStore: Send + Sync + 'static {
 }
 
 /// Where the user store is, checked before anything connects: a malformed URL or a missing
-/// credential stops `usher run` at once, while a store that is down is retried.
-#[derive(Clone, Debug)]
+/// credential stops `usher run` at once, while a store that is down is retried. Its Debug output
+/// shows no credential.
+#[derive(Clone)]
 pub enum StoreConfig {
     /// SQLite or PostgreSQL.
     Sql {
@@ -176,6 +177,24 @@ pub enum StoreConfig {
         /// Resources asked per page when listing.
         page_size: u32,
     },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sql { url, dialect } => f
+                .debug_struct("Sql")
+                .field("url", &redact(url))
+                .field("dialect", dialect)
+                .finish(),
+            Self::Scim { base, local, .. } => f
+                .debug_struct("Scim")
+                .field("base", base)
+                .field("token", &"***")
+                .field("local", local)
+                .finish(),
+        }
+    }
 }
 
 impl StoreConfig {
@@ -219,6 +238,11 @@ impl StoreConfig {
             url: redact(local),
             reason: format!("the local store for invitations: {e}"),
         })?;
+        if matches!(&local, Self::Sql { url, .. } if url == "sqlite::memory:") {
+            return Err(bad(
+                "the local store of a SCIM store must outlive the process (it holds the invitations); use sqlite://PATH or postgres://…",
+            ));
+        }
         Ok(Self::Scim {
             base: rest.to_string(),
             token: token.to_string(),
@@ -294,14 +318,39 @@ pub async fn open(url: &str) -> Result<Arc<dyn UserStore>, StoreError> {
     StoreConfig::parse(url)?.open().await
 }
 
-/// A URL with any password replaced, fit for logs and errors.
+/// A URL with any password (in the authority or a `password=` parameter) replaced, fit for logs
+/// and errors. A URL that does not parse keeps only its scheme: it may hold a password anywhere.
 pub fn redact(url: &str) -> String {
+    if url == "sqlite::memory:" {
+        return url.to_string();
+    }
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            if u.query_pairs()
+                .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+            {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k.eq_ignore_ascii_case("password") {
+                            "***".to_string()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
-        _ => url.to_string(),
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…"),
+            None => "…".to_string(),
+        },
     }
 }
 
@@ -321,4 +370,33 @@ pub(crate) fn micros(ts: Timestamp) -> i64 {
 pub(crate) fn from_micros(us: i64) -> Result<Timestamp, StoreError> {
     Timestamp::from_microsecond(us)
         .map_err(|e| StoreError::Backend(format!("bad stored time: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_leave_in_a_url() {
+        for (url, secret) in [
+            ("postgres://usher:s3cret@db:5432/usher", "s3cret"),
+            (
+                "postgres://usher@db/usher?password=s3cret&sslmode=require",
+                "s3cret",
+            ),
+            // Does not parse (bad port): nothing after the scheme is shown.
+            ("postgres://usher:s3cret@db:54x2/usher", "s3cret"),
+        ] {
+            let shown = redact(url);
+            assert!(!shown.contains(secret), "{url} -> {shown}");
+            assert!(shown.starts_with("postgres://"), "{shown}");
+        }
+        let config = StoreConfig::parse_with(
+            "scim+https://scim.example.com/v2",
+            Some("bearer-s3cret"),
+            "sqlite://local.db",
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("bearer-s3cret"));
+    }
 }

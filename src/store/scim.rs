@@ -51,6 +51,8 @@ pub struct ScimStore {
     extension: bool,
     /// The server supports ETags: updates are conditional (`If-Match`).
     etags: bool,
+    /// Group writes one at a time: two reconciles must not both create the same Group.
+    groups: tokio::sync::Mutex<()>,
     page_size: u32,
 }
 
@@ -82,6 +84,17 @@ fn refusal(status: StatusCode, body: &Value) -> StoreError {
         status: status.as_u16(),
         detail,
     }
+}
+
+/// The `id` of a resource the server returned; an answer without one is an error, not "".
+fn id_of(resource: &Value) -> Result<String, StoreError> {
+    resource["id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            StoreError::Backend("the SCIM server returned a resource without an id".into())
+        })
 }
 
 /// A filter value as a SCIM string literal.
@@ -126,6 +139,7 @@ impl ScimStore {
             local,
             extension: false,
             etags: false,
+            groups: tokio::sync::Mutex::new(()),
             page_size: page_size.max(1),
         };
         let config = store
@@ -184,8 +198,13 @@ impl ScimStore {
             let wait = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
+                    // A POST that may have been carried out is not repeated (it would create a
+                    // second resource); 429 and 503 say it was not.
                     let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                        || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED);
+                        || status == StatusCode::SERVICE_UNAVAILABLE
+                        || (status.is_server_error()
+                            && status != StatusCode::NOT_IMPLEMENTED
+                            && method != Method::POST);
                     let etag = resp
                         .headers()
                         .get(reqwest::header::ETAG)
@@ -202,6 +221,9 @@ impl ScimStore {
                 }
                 Err(e) => {
                     last = format!("SCIM server unreachable: {e}");
+                    if method == Method::POST && !e.is_connect() {
+                        break;
+                    }
                     backoff
                 }
             };
@@ -211,7 +233,7 @@ impl ScimStore {
             }
         }
         Err(StoreError::Backend(format!(
-            "{method} {path} failed {TRIES} times: {last}"
+            "{method} {path} failed: {last}"
         )))
     }
 
@@ -361,7 +383,17 @@ impl ScimStore {
                 .or_else(|| text(&ext["tenant"]))
                 .unwrap_or_default(),
             external_id: text(&scim["externalId"]).unwrap_or_default(),
-            email: text(&scim["userName"]).unwrap_or_default(),
+            // The address usher wrote; a product may normalise userName's case.
+            email: scim["emails"]
+                .as_array()
+                .and_then(|e| {
+                    e.iter()
+                        .find(|m| m["primary"] == true)
+                        .or(e.first())
+                        .and_then(|m| text(&m["value"]))
+                })
+                .or_else(|| text(&scim["userName"]))
+                .unwrap_or_default(),
             profile,
             active: scim["active"].as_bool().unwrap_or(false),
             activated_at: shadow.and_then(|s| s.activated_at),
@@ -371,11 +403,17 @@ impl ScimStore {
     /// The record of a SCIM User, making sure the local store has its shadow (after a crash
     /// between creating it there and here, or a lost local store).
     async fn known(&self, scim: &Value) -> Result<UserRecord, StoreError> {
-        let id = scim["id"].as_str().unwrap_or_default();
-        let shadow = self.local.user(id).await?;
-        let record = self.record(scim, shadow.as_ref());
+        let id = id_of(scim)?;
+        let shadow = self.local.user(&id).await?;
+        let mut record = self.record(scim, shadow.as_ref());
         if shadow.is_none() {
-            self.local.adopt_user(id, &fields_of(&record)).await?;
+            // An active User had accepted (usher only activates on a redemption): it keeps its
+            // access rather than being deactivated and invited again.
+            let accepted = record.active.then(Timestamp::now);
+            self.local
+                .adopt_user(&id, &fields_of(&record), accepted)
+                .await?;
+            record.activated_at = accepted;
         }
         Ok(record)
     }
@@ -432,6 +470,18 @@ impl ScimStore {
         if p.address.is_none() {
             remove("addresses");
         }
+        // A replace merges key by key: what git no longer says must be removed.
+        if self.extension {
+            for (key, value) in [
+                ("company", &p.company),
+                ("accountingId", &p.accounting_id),
+                ("comments", &p.comments),
+            ] {
+                if value.is_none() {
+                    remove(&format!("{USER_EXTENSION}:{key}"));
+                }
+            }
+        }
         ops
     }
 
@@ -444,16 +494,14 @@ impl ScimStore {
         .map(|_| ())
     }
 
-    async fn find_group(&self, external_id: &str) -> Result<Option<Value>, StoreError> {
-        Ok(self
-            .list(
-                "/Groups",
-                &format!("externalId eq {}", quoted(external_id)),
-                "&excludedAttributes=members",
-            )
-            .await?
-            .into_iter()
-            .next())
+    /// Every Group with this externalId (servers need not keep it unique).
+    async fn find_groups(&self, external_id: &str) -> Result<Vec<Value>, StoreError> {
+        self.list(
+            "/Groups",
+            &format!("externalId eq {}", quoted(external_id)),
+            "&excludedAttributes=members",
+        )
+        .await
     }
 
     /// The Group's id, creating it (with `members`) when missing; whether it was created.
@@ -463,8 +511,8 @@ impl ScimStore {
         display: &str,
         members: &[&str],
     ) -> Result<(String, bool), StoreError> {
-        if let Some(g) = self.find_group(external_id).await? {
-            let id = g["id"].as_str().unwrap_or_default().to_string();
+        if let Some(g) = self.find_groups(external_id).await?.into_iter().next() {
+            let id = id_of(&g)?;
             if g["displayName"].as_str() != Some(display) {
                 self.patch_group(
                     &id,
@@ -485,30 +533,30 @@ impl ScimStore {
             .send(Method::POST, "/Groups", Some(&body), None)
             .await?
             .ok()?;
-        Ok((created["id"].as_str().unwrap_or_default().to_string(), true))
+        Ok((id_of(&created)?, true))
     }
 
-    async fn patch_group(&self, id: &str, op: Value) -> Result<(), StoreError> {
+    /// PATCH a Group; false when it is gone.
+    async fn patch_group(&self, id: &str, op: Value) -> Result<bool, StoreError> {
         let body = json!({"schemas": [PATCH_OP], "Operations": [op]});
         let reply = self
             .send(Method::PATCH, &format!("/Groups/{id}"), Some(&body), None)
             .await?;
         if reply.status == StatusCode::NOT_FOUND {
-            return Ok(());
+            return Ok(false);
         }
-        reply.ok().map(|_| ())
+        reply.ok().map(|_| true)
     }
 
-    async fn delete_groups(&self, prefix: &str) -> Result<(), StoreError> {
+    /// Delete the Groups matching a filter (`externalId eq …` or `sw …`).
+    async fn delete_groups(&self, filter: &str) -> Result<(), StoreError> {
+        let _one_at_a_time = self.groups.lock().await;
         let groups = self
-            .list(
-                "/Groups",
-                &format!("externalId sw {}", quoted(prefix)),
-                "&excludedAttributes=members",
-            )
+            .list("/Groups", filter, "&excludedAttributes=members")
             .await?;
         for g in groups {
-            let id = g["id"].as_str().unwrap_or_default();
+            let id = id_of(&g)?;
+            let id = id.as_str();
             let reply = self
                 .send(Method::DELETE, &format!("/Groups/{id}"), None, None)
                 .await?;
@@ -536,12 +584,12 @@ impl ScimStore {
                 .collect()
         };
         let (old, new) = (pairs(before), pairs(after));
+        let _one_at_a_time = self.groups.lock().await;
         for (role, group) in old.difference(&new) {
             let external = role_group_id(&tenant, role, group.as_deref());
-            if let Some(g) = self.find_group(&external).await? {
-                let id = g["id"].as_str().unwrap_or_default();
+            for g in self.find_groups(&external).await? {
                 let path = format!("members[value eq {}]", quoted(user_id));
-                self.patch_group(id, json!({"op": "remove", "path": path}))
+                self.patch_group(&id_of(&g)?, json!({"op": "remove", "path": path}))
                     .await?;
             }
         }
@@ -560,13 +608,11 @@ impl ScimStore {
                 Some(path) => format!("{tenant}: {role} @ {path}"),
                 None => format!("{tenant}: {role}"),
             };
+            let add = json!({"op": "add", "path": "members", "value": [{"value": user_id}]});
             let (id, created) = self.ensure_group(&external, &display, &[user_id]).await?;
-            if !created {
-                self.patch_group(
-                    &id,
-                    json!({"op": "add", "path": "members", "value": [{"value": user_id}]}),
-                )
-                .await?;
+            // Deleted in the product between the lookup and now: create it again.
+            if !created && !self.patch_group(&id, add).await? {
+                self.ensure_group(&external, &display, &[user_id]).await?;
             }
         }
         Ok(())
@@ -638,8 +684,8 @@ impl UserStore for ScimStore {
         // Created before a crash, or by someone else for this person: take it over.
         let scim = match self.find_user(&fields.external_id).await? {
             Some(existing) => {
-                let id = existing["id"].as_str().unwrap_or_default().to_string();
-                self.patch_user(&id, self.update_operations(fields)).await?
+                self.patch_user(&id_of(&existing)?, self.update_operations(fields))
+                    .await?
             }
             None => {
                 let mut body = self.user_json(fields);
@@ -649,15 +695,15 @@ impl UserStore for ScimStore {
                     .ok()?
             }
         };
-        let id = scim["id"].as_str().unwrap_or_default().to_string();
-        self.local.adopt_user(&id, fields).await?;
+        let id = id_of(&scim)?;
+        self.local.adopt_user(&id, fields, None).await?;
         let shadow = self.local.user(&id).await?;
         Ok(self.record(&scim, shadow.as_ref()))
     }
 
     async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError> {
         let scim = self.patch_user(id, self.update_operations(fields)).await?;
-        self.local.adopt_user(id, fields).await?;
+        self.local.adopt_user(id, fields, None).await?;
         let shadow = self.local.user(id).await?;
         let mut record = self.record(&scim, shadow.as_ref());
         // A 204 answer carried the User as it was before: what was written is `fields`.
@@ -680,10 +726,18 @@ impl UserStore for ScimStore {
             .into_iter()
             .filter_map(|u| Some((u["id"].as_str()?.to_string(), u)))
             .collect();
-        Ok(shadows
+        let mut out: Vec<UserRecord> = shadows
             .iter()
             .filter_map(|s| scim.get(&s.id).map(|u| self.record(u, Some(s))))
-            .collect())
+            .collect();
+        // People of this tenant the local store lost (the extension names their tenant).
+        for (id, u) in &scim {
+            if shadows.iter().all(|s| &s.id != id) && u[USER_EXTENSION]["tenant"] == tenant {
+                out.push(self.known(u).await?);
+            }
+        }
+        out.sort_by(|a, b| a.external_id.cmp(&b.external_id));
+        Ok(out)
     }
 
     async fn user_by_email(
@@ -714,7 +768,8 @@ impl UserStore for ScimStore {
     }
 
     async fn delete_tenant(&self, key: &str) -> Result<(), StoreError> {
-        self.delete_groups(&format!("role/{key}/")).await?;
+        let filter = format!("externalId sw {}", quoted(&format!("role/{key}/")));
+        self.delete_groups(&filter).await?;
         self.local.delete_tenant(key).await
     }
 
@@ -746,8 +801,9 @@ impl UserStore for ScimStore {
     }
 
     async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
-        self.set_scim_active(id, active).await?;
-        self.local.set_active(id, active, now).await
+        // Local first: a redemption racing a deactivation reads it and leaves SCIM alone.
+        self.local.set_active(id, active, now).await?;
+        self.set_scim_active(id, active).await
     }
 
     async fn latest_invitation(
@@ -787,13 +843,17 @@ impl UserStore for ScimStore {
 
     async fn put_group(&self, group: &GroupRecord) -> Result<(), StoreError> {
         let display = format!("{}: location {}", group.tenant, group.path);
-        self.ensure_group(&format!("location/{}", group.key), &display, &[])
-            .await?;
+        {
+            let _one_at_a_time = self.groups.lock().await;
+            self.ensure_group(&format!("location/{}", group.key), &display, &[])
+                .await?;
+        }
         self.local.put_group(group).await
     }
 
     async fn delete_group(&self, key: &str) -> Result<(), StoreError> {
-        self.delete_groups(&format!("location/{key}")).await?;
+        let filter = format!("externalId eq {}", quoted(&format!("location/{key}")));
+        self.delete_groups(&filter).await?;
         self.local.delete_group(key).await
     }
 
@@ -831,7 +891,12 @@ impl UserStore for ScimStore {
         // Single use is decided locally, in one transaction; the account follows in SCIM. Should
         // that fail, the reconcile this redemption wakes activates it (accepted but inactive).
         let outcome = self.local.redeem(hash, now).await?;
-        if let Ok(r) = &outcome
+        // Deactivated (suspended, offboarded) since the redemption committed: leave it.
+        let still = match &outcome {
+            Ok(r) => self.local.user(&r.user_id).await?.is_some_and(|u| u.active),
+            Err(_) => false,
+        };
+        if let (Ok(r), true) = (&outcome, still)
             && let Err(e) = self.set_scim_active(&r.user_id, true).await
         {
             tracing::warn!(error = %e, "activating the SCIM User after a redemption failed; the reconcile retries");

@@ -81,7 +81,12 @@ impl SqlStore {
 
     /// Record an account under an id another system gave it (the SCIM store's local shadow),
     /// replacing any earlier row for the same SystemUser — its account is gone from there.
-    pub(super) async fn adopt_user(&self, id: &str, fields: &UserFields) -> Result<(), StoreError> {
+    pub(super) async fn adopt_user(
+        &self,
+        id: &str,
+        fields: &UserFields,
+        accepted: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
         let now = micros(Timestamp::now());
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM users WHERE external_id = $1 AND id != $2")
@@ -91,7 +96,7 @@ impl SqlStore {
             .await?;
         sqlx::query(
             "INSERT INTO users (id, tenant, external_id, email, email_lower, profile, active,
-             created_us, updated_us) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8)
+             activated_us, created_us, updated_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant,
              external_id = excluded.external_id, email = excluded.email,
              email_lower = excluded.email_lower, profile = excluded.profile,
@@ -103,6 +108,8 @@ impl SqlStore {
         .bind(&fields.email)
         .bind(fields.email.to_lowercase())
         .bind(profile_json(fields)?)
+        .bind(i64::from(accepted.is_some()))
+        .bind(accepted.map(micros))
         .bind(now)
         .bind(now)
         .execute(&mut *tx)

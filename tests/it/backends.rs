@@ -372,11 +372,12 @@ async fn a_busy_scim_server_is_retried_honouring_retry_after() {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
+    let local = usher_testenv::scratch_dir("local").unwrap();
     let started = std::time::Instant::now();
     let config = usher::store::StoreConfig::parse_with(
         &format!("scim+http://127.0.0.1:{port}/v2"),
         Some(&scim.token),
-        "sqlite::memory:",
+        &format!("sqlite://{}", local.join("local.db").display()),
     )
     .unwrap();
     let store = config

@@ -563,6 +563,17 @@ async fn scim_holds_users_by_external_id_and_roles_as_groups() {
         .unwrap();
     let u = scim_get(&scim, &format!("/Users/{}", created.id)).await;
     assert_eq!(u["active"], true);
+    // The local store lost (a new volume): the people are found again, and whoever was active
+    // stays accepted rather than being deactivated and invited anew.
+    let fresh = scim_store(&scim, 100).await;
+    let again = fresh
+        .user_by_external_id("acme/kim")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.id, created.id);
+    assert!(again.active && again.activated_at.is_some(), "{again:?}");
+    assert_eq!(fresh.users_of_tenant("acme/acme").await.unwrap().len(), 1);
 
     // A role is a Group whose members are the people holding it.
     store

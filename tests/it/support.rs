@@ -297,7 +297,8 @@ impl Usher {
         usher
     }
 
-    /// Replace the extra arguments of the next `restart`.
+    /// Replace the extra arguments of the next `restart` (the benchmark restarts with others).
+    #[allow(dead_code)]
     pub fn set_args(&mut self, extra: &[&str]) {
         self.extra = extra.iter().map(|s| s.to_string()).collect();
     }
