@@ -46,6 +46,14 @@ test-peers: ## The real servers tests talk to: aiosmtpd + scim2-server (venv in 
 test: k8s-bins test-peers ## Every test, unit and integration, against a real control plane and real peers
 	$(CARGO) test --workspace --no-fail-fast
 
+.PHONY: bench
+bench: k8s-bins test-peers ## N = 10,000 users on a real control plane; prints the table and writes BENCHMARKS.md
+	$(CARGO) bench --bench scale -- --users 10000 --write BENCHMARKS.md
+
+.PHONY: bench-quick
+bench-quick: k8s-bins test-peers ## The same at N = 1,000, a smoke run (CI); prints the table only
+	$(CARGO) bench --bench scale -- --users 1000
+
 ##@ Run
 .PHONY: run
 run: k8s-bins ## Throwaway control plane + CRDs + examples/ + `usher run` with embedded defaults (Ctrl-C stops all)

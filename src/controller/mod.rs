@@ -17,7 +17,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
@@ -195,6 +195,64 @@ where
         })
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)))
+    }
+    .await;
+    observe(ctx, kind, &*obj, started, result).await
+}
+
+/// One reconcile of a kind that needs no cleanup of its own (its store state is derived by
+/// another kind's reconcile): no finalizer is added, and one left by an earlier version is
+/// released on deletion, so that the object can go.
+async fn reconcile_plain<K, A, FA>(
+    kind: &'static str,
+    obj: Arc<K>,
+    ctx: &Context,
+    apply: A,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    A: FnOnce(Arc<K>) -> FA,
+    FA: std::future::Future<Output = Result<Action, Error>>,
+{
+    let started = std::time::Instant::now();
+    if !ctx.caches_ready() {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    let result = async {
+        let meta = obj.meta();
+        let held = meta
+            .finalizers
+            .as_ref()
+            .and_then(|f| f.iter().position(|f| f == FINALIZER));
+        match (meta.deletion_timestamp.is_some(), held) {
+            (true, Some(index)) => {
+                let ns = meta
+                    .namespace
+                    .clone()
+                    .ok_or(Error::Malformed("no namespace"))?;
+                let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+                let path = format!("/metadata/finalizers/{index}");
+                // The test guards against removing another controller's finalizer.
+                let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+                    {"op": "test", "path": path, "value": FINALIZER},
+                    {"op": "remove", "path": path},
+                ]))
+                .map_err(|_| Error::Malformed("finalizer patch"))?;
+                api.patch(
+                    &obj.name_any(),
+                    &PatchParams::default(),
+                    &Patch::<()>::Json(patch),
+                )
+                .await?;
+                Ok(Action::await_change())
+            }
+            (true, None) => Ok(Action::await_change()),
+            (false, _) => apply(obj.clone()).await,
+        }
     }
     .await;
     observe(ctx, kind, &*obj, started, result).await

@@ -10,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use super::snapshot::snapshot;
-use super::{Context, Error, apply_status, publish, reconcile_with};
+use super::{Context, Error, apply_status, publish, reconcile_plain};
 use crate::crd::{BindingPhase, RoleBinding, RoleBindingStatus};
 use crate::plan::condition::ready;
 
@@ -19,32 +19,15 @@ pub(super) async fn reconcile(
     binding: Arc<RoleBinding>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    reconcile_with(
-        "RoleBinding",
-        binding,
-        &ctx,
-        |o| {
-            let ctx = &ctx;
-            async move { apply(&o, ctx).await }
-        },
-        |o| {
-            let ctx = &ctx;
-            async move { cleanup(&o, ctx).await }
-        },
-    )
+    // No finalizer: the person's assignments are derived by their SystemUser reconcile, which a
+    // binding's deletion wakes (and which runs for everyone at start), so a binding deleted
+    // while usher is down is also taken out of the store. One write and one reconcile fewer
+    // per binding.
+    reconcile_plain("RoleBinding", binding, &ctx, |o| {
+        let ctx = &ctx;
+        async move { apply(&o, ctx).await }
+    })
     .await
-}
-
-/// Gone from git: its assignment leaves the store now; the user's other bindings are
-/// re-evaluated (the next one may be promoted) through the watches.
-async fn cleanup(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> {
-    let ns = binding
-        .namespace()
-        .ok_or(Error::Malformed("no namespace"))?;
-    ctx.store
-        .remove_assignment(&crate::plan::records::object_key(&ns, &binding.name_any()))
-        .await?;
-    Ok(Action::await_change())
 }
 
 async fn apply(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> {

@@ -93,6 +93,11 @@ fn screen<K>(
 where
     K: Resource<DynamicType = ()> + Clone,
 {
+    // managedFields is most of an object's size and usher never reads it.
+    let lean = |mut o: K| {
+        o.meta_mut().managed_fields = None;
+        o
+    };
     let gone = |bad: InvalidObject| {
         invalid(&bad);
         let key = ObjectRef::<K>::new(bad.metadata.name.as_deref().unwrap_or_default());
@@ -104,16 +109,16 @@ where
     };
     match event {
         watcher::Event::Apply(DeserializeGuard(o)) => match o {
-            Ok(o) => Some(watcher::Event::Apply(o)),
+            Ok(o) => Some(watcher::Event::Apply(lean(o))),
             Err(bad) => gone(bad).map(watcher::Event::Delete),
         },
         watcher::Event::Delete(DeserializeGuard(o)) => match o {
-            Ok(o) => Some(watcher::Event::Delete(o)),
+            Ok(o) => Some(watcher::Event::Delete(lean(o))),
             Err(bad) => gone(bad).map(watcher::Event::Delete),
         },
         // Left out of a relist, it is left out of the cache the relist rebuilds.
         watcher::Event::InitApply(DeserializeGuard(o)) => match o {
-            Ok(o) => Some(watcher::Event::InitApply(o)),
+            Ok(o) => Some(watcher::Event::InitApply(lean(o))),
             Err(bad) => {
                 invalid(&bad);
                 None
@@ -276,6 +281,15 @@ where
         .map(|o| ObjectRef::from_obj(&*o))
 }
 
+/// Reconciles of one kind at a time at most `concurrency`, and a burst of triggers for one object
+/// (its creation, its binding's, the finalizer, …) folded into one reconcile. Unbounded, a bulk
+/// import had hundreds of reconciles queueing for the store's few connections.
+fn tuned(concurrency: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default()
+        .debounce(std::time::Duration::from_millis(200))
+        .concurrency(concurrency)
+}
+
 /// Run the four controllers until shutdown. `wake` carries the SystemUsers whose invitation was
 /// just redeemed, so they turn Active at once.
 pub async fn run(
@@ -362,6 +376,7 @@ pub async fn run(
         },
     )
     .reconcile_on(wake)
+    .with_config(tuned(32))
     .shutdown_on_signal()
     .run(system_user::reconcile, error_policy, ctx.clone())
     .for_each(|_| futures::future::ready(()));
@@ -384,6 +399,7 @@ pub async fn run(
                 .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
         },
     )
+    .with_config(tuned(4))
     .shutdown_on_signal()
     .run(tenant::reconcile, error_policy, ctx.clone())
     .for_each(|_| futures::future::ready(()));
@@ -402,6 +418,7 @@ pub async fn run(
                 changes(take(&mut tenants_subs), lifecycle),
                 move |t: Tenant| in_namespace(&g2, t.namespace(), |_| true).collect::<Vec<_>>(),
             )
+            .with_config(tuned(8))
             .shutdown_on_signal()
             .run(location_group::reconcile, error_policy, ctx.clone())
             .for_each(|_| futures::future::ready(()));
@@ -445,6 +462,7 @@ pub async fn run(
         changes(take(&mut tenants_subs), lifecycle),
         move |t: Tenant| in_namespace(&b4, t.namespace(), |_| true).collect::<Vec<_>>(),
     )
+    .with_config(tuned(16))
     .shutdown_on_signal()
     .run(role_binding::reconcile, error_policy, ctx)
     .for_each(|_| futures::future::ready(()));
