@@ -5,11 +5,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use usher::crd::{BindingPhase, LocationGroup, RoleBinding, SystemUser, Tenant, UserPhase};
 
 use crate::support::{
-    Usher, apply, apply_yaml, client, discovery, documents, namespace, repo, wait_for, yaml_files,
+    Usher, apply, apply_yaml, client, discovery, documents, eventually, namespace, repo, wait_for,
+    yaml_files,
 };
 
 fn ready_reason<K>(
@@ -193,6 +194,84 @@ async fn the_older_technician_binding_wins_and_its_deletion_promotes_the_manager
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(promoted, ["Manager@tenant"]);
+}
+
+#[tokio::test]
+async fn a_binding_deleted_while_usher_is_down_leaves_the_store_at_restart() {
+    let client = client().await;
+    let ns = namespace(&client, "binding-down").await;
+    apply_yaml(
+        &client,
+        &ns,
+        "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {displayName: Acme}\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: alice}\nspec: {tenantRef: {name: acme}, email: alice@acme.example}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: alice-admin}\nspec: {userRef: {name: alice}, role: Administrator}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: alice-manager}\nspec: {userRef: {name: alice}, role: Manager}\n",
+    )
+    .await;
+    let dir = usher_testenv::scratch_dir("mail").unwrap();
+    let mut usher = Usher::start(&ns, &format!("file://{}", dir.display()), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    wait_for(&users, "alice", "two roles", |u| {
+        u.status.as_ref().is_some_and(|s| s.roles.len() == 2)
+    })
+    .await;
+    assert!(
+        bindings
+            .get("alice-admin")
+            .await
+            .unwrap()
+            .metadata
+            .finalizers
+            .is_none_or(|f| f.is_empty()),
+        "a RoleBinding carries no finalizer"
+    );
+    // One left by an earlier version of usher is released when the binding is deleted.
+    bindings
+        .patch(
+            "alice-manager",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"finalizers": ["usher.dev/cleanup"]}})),
+        )
+        .await
+        .unwrap();
+    bindings
+        .delete("alice-manager", &DeleteParams::default())
+        .await
+        .unwrap();
+    let released = eventually(Duration::from_secs(20), || async {
+        bindings
+            .get_opt("alice-manager")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(released.is_some(), "the leftover finalizer was released");
+
+    usher.stop();
+    bindings
+        .delete("alice-admin", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(
+        bindings.get_opt("alice-admin").await.unwrap().is_none(),
+        "gone at once, usher or not"
+    );
+    assert_eq!(
+        assignments(&usher.db, &format!("{ns}/alice")),
+        ["Administrator@tenant"]
+    );
+    usher.restart().await;
+    let emptied = eventually(Duration::from_secs(20), || async {
+        assignments(&usher.db, &format!("{ns}/alice"))
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        emptied.is_some(),
+        "the restart took the deleted binding's role away"
+    );
 }
 
 /// Whether a namespace shows a problem: a group not Ready, a binding not Bound, a user
