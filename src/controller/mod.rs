@@ -1,9 +1,10 @@
 //! The controllers, one file per kind: read → decide (in [`crate::plan`]) → write the store →
 //! send mail → patch status (server-side apply, skipped when unchanged) → Events.
 
+pub mod index;
 mod location_group;
 mod role_binding;
-mod snapshot;
+pub mod snapshot;
 mod system_user;
 mod tenant;
 mod wiring;
@@ -24,6 +25,7 @@ use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
 use crate::mail::{MailError, Mailer};
 use crate::metrics::{KindLabels, Metrics, ReconcileLabels};
 use crate::store::{StoreError, UserStore};
+use index::{ByNamespace, Versions};
 
 /// An Api of a namespaced kind in `ns`, or across all namespaces.
 pub fn scoped_api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -71,6 +73,11 @@ pub struct Context {
     pub groups: Store<LocationGroup>,
     /// Every RoleBinding, from the controller's cache.
     pub bindings: Store<RoleBinding>,
+    /// The same caches by namespace.
+    pub by_ns: ByNs,
+    /// The last decided snapshot of each namespace, with the namespace version it was made at.
+    pub snapshots:
+        std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<snapshot::Snapshot>)>>,
     /// Publishes Events.
     pub recorder: Recorder,
     /// Metrics.
@@ -91,6 +98,40 @@ impl Context {
             && ready(self.tenants.wait_until_ready().now_or_never())
             && ready(self.groups.wait_until_ready().now_or_never())
             && ready(self.bindings.wait_until_ready().now_or_never())
+    }
+}
+
+/// The caches by namespace (see [`index`]).
+pub struct ByNs {
+    /// SystemUsers.
+    pub users: Arc<ByNamespace<SystemUser>>,
+    /// Tenants.
+    pub tenants: Arc<ByNamespace<Tenant>>,
+    /// LocationGroups.
+    pub groups: Arc<ByNamespace<LocationGroup>>,
+    /// RoleBindings.
+    pub bindings: Arc<ByNamespace<RoleBinding>>,
+    /// A version per namespace.
+    pub versions: Arc<Versions>,
+}
+
+impl ByNs {
+    /// Empty indexes sharing one set of versions.
+    pub fn new() -> Self {
+        let versions = Arc::new(Versions::default());
+        Self {
+            users: Arc::new(ByNamespace::new(versions.clone())),
+            tenants: Arc::new(ByNamespace::new(versions.clone())),
+            groups: Arc::new(ByNamespace::new(versions.clone())),
+            bindings: Arc::new(ByNamespace::new(versions.clone())),
+            versions,
+        }
+    }
+}
+
+impl Default for ByNs {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -2,6 +2,7 @@
 //! binding verdicts are computed for the whole namespace, the same way `usher validate` does.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use kube::ResourceExt;
 
@@ -19,32 +20,54 @@ pub struct Snapshot {
     pub verdicts: BTreeMap<String, Verdict>,
 }
 
-/// Decide groups and bindings for namespace `ns` from the caches.
-pub fn snapshot(ctx: &Context, ns: &str) -> Snapshot {
+/// The decided state of namespace `ns`: made again only when something there changed since the
+/// last time, so a burst of reconciles in a quiet namespace decides it once.
+pub fn snapshot(ctx: &Context, ns: &str) -> Arc<Snapshot> {
+    let version = ctx.by_ns.versions.of(ns);
+    let cache = |m: &mut std::collections::HashMap<String, (u64, Arc<Snapshot>)>| {
+        m.get(ns)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, s)| s.clone())
+    };
+    if let Some(hit) = cache(&mut ctx.snapshots.lock().unwrap_or_else(|p| p.into_inner())) {
+        return hit;
+    }
+    // Made outside the lock; a change meanwhile bumps the version and the next call remakes it.
+    let made = Arc::new(decide(ctx, ns));
+    ctx.snapshots
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(ns.to_string(), (version, made.clone()));
+    made
+}
+
+fn decide(ctx: &Context, ns: &str) -> Snapshot {
     // Objects being deleted no longer count: their finalizers clean up, the rest moves on.
-    let here = |o: &Option<String>| o.as_deref() == Some(ns);
     let live = |m: &kube::api::ObjectMeta| m.deletion_timestamp.is_none();
     let tenants: BTreeMap<String, Vec<crate::crd::Role>> = ctx
+        .by_ns
         .tenants
-        .state()
+        .list(ns)
         .iter()
-        .filter(|t| here(&t.namespace()) && live(&t.metadata))
+        .filter(|t| live(&t.metadata))
         .map(|t| (t.name_any(), t.catalogue()))
         .collect();
     let group_list: Vec<Group> = ctx
+        .by_ns
         .groups
-        .state()
+        .list(ns)
         .iter()
-        .filter(|g| here(&g.namespace()) && live(&g.metadata))
+        .filter(|g| live(&g.metadata))
         .map(|g| Group::from(&**g))
         .collect();
     let states = groups::resolve(&group_list, |t| tenants.contains_key(t));
     let groups: BTreeMap<String, (String, GroupState)> = groups::with_tenants(&group_list, &states);
     let users: BTreeMap<String, UserRef> = ctx
+        .by_ns
         .users
-        .state()
+        .list(ns)
         .iter()
-        .filter(|u| here(&u.namespace()) && live(&u.metadata))
+        .filter(|u| live(&u.metadata))
         .map(|u| {
             (
                 u.name_any(),
@@ -55,10 +78,11 @@ pub fn snapshot(ctx: &Context, ns: &str) -> Snapshot {
         })
         .collect();
     let binding_list: Vec<Binding> = ctx
+        .by_ns
         .bindings
-        .state()
+        .list(ns)
         .iter()
-        .filter(|b| here(&b.namespace()) && live(&b.metadata))
+        .filter(|b| live(&b.metadata))
         .map(|b| Binding::from(&**b))
         .collect();
     let verdicts = bindings::evaluate(&World {

@@ -62,10 +62,11 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         .tenants
         .get(&kube::runtime::reflector::ObjectRef::new(&user.spec.tenant_ref.name).within(&ns));
     let peers: Vec<Peer> = ctx
+        .by_ns
         .users
-        .state()
+        .list(&ns)
         .iter()
-        .filter(|u| u.namespace().as_deref() == Some(&ns) && u.uid() != user.uid())
+        .filter(|u| u.metadata.uid != user.metadata.uid)
         .map(|u| Peer {
             name: u.name_any(),
             tenant: u.spec.tenant_ref.name.clone(),

@@ -74,10 +74,11 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         ctx.store.put_roles(&desired.key, &roles).await?;
     }
     let members: Vec<_> = ctx
+        .by_ns
         .users
-        .state()
+        .list(&ns)
         .into_iter()
-        .filter(|u| u.namespace().as_deref() == Some(&ns) && u.spec.tenant_ref.name == name)
+        .filter(|u| u.spec.tenant_ref.name == name)
         .collect();
     let phases = members
         .iter()

@@ -19,6 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use super::index::ByNamespace;
 use super::{
     Context, MANAGER, Settings, error_policy, location_group, role_binding, scoped_api,
     system_user, tenant,
@@ -43,6 +44,7 @@ fn feed<K>(
     api: Api<DeserializeGuard<K>>,
     n: usize,
     invalid: impl Fn(&InvalidObject) + Send + 'static,
+    index: Arc<ByNamespace<K>>,
 ) -> (
     Store<K>,
     impl std::future::Future<Output = ()> + Send,
@@ -59,6 +61,7 @@ where
 {
     let (reader, writer) = reflector::store::<K>();
     let cached = reader.clone();
+    let indexed = reader.clone();
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded()).unzip();
     let driver = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -72,6 +75,7 @@ where
         .for_each(move |event| {
             match event {
                 Ok(event) => {
+                    index.observe(&event, &indexed);
                     for tx in &senders {
                         let _ = tx.unbounded_send(event.clone());
                     }
@@ -265,20 +269,20 @@ fn lifecycle<K: Resource>(o: &K) -> u64 {
     ))
 }
 
-fn in_namespace<'a, K>(
-    store: &'a Store<K>,
+fn in_namespace<K>(
+    index: &ByNamespace<K>,
     ns: Option<String>,
-    keep: impl Fn(&K) -> bool + 'a,
-) -> impl Iterator<Item = ObjectRef<K>> + 'a
+    keep: impl Fn(&K) -> bool,
+) -> Vec<ObjectRef<K>>
 where
-    K: Resource + Clone + 'a,
-    K::DynamicType: Default + Eq + Hash + Clone,
+    K: Resource<DynamicType = ()> + Clone,
 {
-    store
-        .state()
-        .into_iter()
-        .filter(move |o| o.namespace() == ns && keep(o))
-        .map(|o| ObjectRef::from_obj(&*o))
+    index
+        .list(ns.as_deref().unwrap_or_default())
+        .iter()
+        .filter(|o| keep(o))
+        .map(|o| ObjectRef::from_obj(&**o))
+        .collect()
 }
 
 /// Reconciles of one kind at a time at most `concurrency`, and a burst of triggers for one object
@@ -308,25 +312,30 @@ pub async fn run(
             instance: std::env::var("HOSTNAME").ok(),
         },
     );
+    let by_ns = super::ByNs::new();
     let (users, users_driver, mut users_subs) = feed(
         scoped_api::<DeserializeGuard<SystemUser>>(&client, namespace),
         3,
         report_invalid::<SystemUser>(client.clone(), recorder.clone(), metrics.clone()),
+        by_ns.users.clone(),
     );
     let (tenants, tenants_driver, mut tenants_subs) = feed(
         scoped_api::<DeserializeGuard<Tenant>>(&client, namespace),
         4,
         report_invalid::<Tenant>(client.clone(), recorder.clone(), metrics.clone()),
+        by_ns.tenants.clone(),
     );
     let (groups, groups_driver, mut groups_subs) = feed(
         scoped_api::<DeserializeGuard<LocationGroup>>(&client, namespace),
         3,
         report_invalid::<LocationGroup>(client.clone(), recorder.clone(), metrics.clone()),
+        by_ns.groups.clone(),
     );
     let (bindings, bindings_driver, mut bindings_subs) = feed(
         scoped_api::<DeserializeGuard<RoleBinding>>(&client, namespace),
         3,
         report_invalid::<RoleBinding>(client.clone(), recorder.clone(), metrics.clone()),
+        by_ns.bindings.clone(),
     );
 
     let ctx = Arc::new(Context {
@@ -339,12 +348,14 @@ pub async fn run(
         tenants: tenants.clone(),
         groups: groups.clone(),
         bindings: bindings.clone(),
+        by_ns,
+        snapshots: std::sync::Mutex::new(HashMap::new()),
         metrics,
         offboard_lock: tokio::sync::Mutex::new(()),
     });
 
     // SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings.
-    let (u1, u2) = (users.clone(), users.clone());
+    let (u1, u2) = (ctx.by_ns.users.clone(), ctx.by_ns.users.clone());
     let users_ctl = Controller::for_stream(
         changes(take(&mut users_subs), |u: &SystemUser| {
             hash((lifecycle(u), u.annotations().get(RESEND_ANNOTATION)))
@@ -358,7 +369,6 @@ pub async fn run(
         move |t: Tenant| {
             let name = t.name_any();
             in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
-                .collect::<Vec<_>>()
         },
     )
     .watches_stream(
@@ -372,7 +382,7 @@ pub async fn run(
         }),
         move |b: RoleBinding| {
             let user = b.spec.user_ref.name.clone();
-            in_namespace(&u2, b.namespace(), move |u| u.name_any() == user).collect::<Vec<_>>()
+            in_namespace(&u2, b.namespace(), move |u| u.name_any() == user)
         },
     )
     .reconcile_on(wake)
@@ -405,18 +415,16 @@ pub async fn run(
     .for_each(|_| futures::future::ready(()));
 
     // LocationGroup: any group's spec in the namespace (parents decide children); tenants.
-    let (g1, g2) = (groups.clone(), groups.clone());
+    let (g1, g2) = (ctx.by_ns.groups.clone(), ctx.by_ns.groups.clone());
     let groups_ctl =
         Controller::for_stream(changes(take(&mut groups_subs), lifecycle), groups.clone())
             .watches_stream(
                 changes(take(&mut groups_subs), lifecycle),
-                move |g: LocationGroup| {
-                    in_namespace(&g1, g.namespace(), |_| true).collect::<Vec<_>>()
-                },
+                move |g: LocationGroup| in_namespace(&g1, g.namespace(), |_| true),
             )
             .watches_stream(
                 changes(take(&mut tenants_subs), lifecycle),
-                move |t: Tenant| in_namespace(&g2, t.namespace(), |_| true).collect::<Vec<_>>(),
+                move |t: Tenant| in_namespace(&g2, t.namespace(), |_| true),
             )
             .with_config(tuned(8))
             .shutdown_on_signal()
@@ -425,10 +433,10 @@ pub async fn run(
 
     // RoleBinding: its spec; its siblings (same user); its user; groups; the catalogue.
     let (b1, b2, b3, b4) = (
-        bindings.clone(),
-        bindings.clone(),
-        bindings.clone(),
-        bindings.clone(),
+        ctx.by_ns.bindings.clone(),
+        ctx.by_ns.bindings.clone(),
+        ctx.by_ns.bindings.clone(),
+        ctx.by_ns.bindings.clone(),
     );
     let bindings_ctl = Controller::for_stream(
         changes(take(&mut bindings_subs), lifecycle),
@@ -439,7 +447,6 @@ pub async fn run(
         move |b: RoleBinding| {
             let user = b.spec.user_ref.name.clone();
             in_namespace(&b1, b.namespace(), move |o| o.spec.user_ref.name == user)
-                .collect::<Vec<_>>()
         },
     )
     .watches_stream(
@@ -449,18 +456,15 @@ pub async fn run(
         move |u: SystemUser| {
             let name = u.name_any();
             in_namespace(&b2, u.namespace(), move |o| o.spec.user_ref.name == name)
-                .collect::<Vec<_>>()
         },
     )
     .watches_stream(
         changes(take(&mut groups_subs), lifecycle),
-        move |g: LocationGroup| {
-            in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some()).collect::<Vec<_>>()
-        },
+        move |g: LocationGroup| in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some()),
     )
     .watches_stream(
         changes(take(&mut tenants_subs), lifecycle),
-        move |t: Tenant| in_namespace(&b4, t.namespace(), |_| true).collect::<Vec<_>>(),
+        move |t: Tenant| in_namespace(&b4, t.namespace(), |_| true),
     )
     .with_config(tuned(16))
     .shutdown_on_signal()
