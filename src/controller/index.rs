@@ -1,55 +1,68 @@
-//! The caches by namespace. Every decision is per namespace (a person's duplicates, a binding's
-//! siblings, a group's parents), so each reads its namespace only: with 10,000 people in 20
-//! namespaces a reconcile looks at 500, not 10,000. The index holds the reflector's own `Arc`s
-//! (no second copy of any object), and a version per namespace tells when its snapshot of
-//! decisions must be made again.
+//! The caches by namespace and by the keys reconciles look things up by (a person's email, a
+//! binding's person). A reconcile then reads the few objects its decision depends on — with
+//! 10,000 people a person's duplicates are found among those with the same email, not by a scan
+//! of everyone. The index holds the reflector's own `Arc`s: no second copy of any object.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
-/// A version per namespace, bumped by every change of any kind there.
-#[derive(Default)]
-pub struct Versions {
-    map: Mutex<HashMap<String, u64>>,
-}
+type Objects<K> = BTreeMap<String, Arc<K>>;
 
-impl Versions {
-    fn bump(&self, ns: &str) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry(ns.to_string()).or_default() += 1;
-    }
-
-    fn bump_all(&self) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.values_mut().for_each(|v| *v += 1);
-    }
-
-    /// The namespace's current version.
-    pub fn of(&self, ns: &str) -> u64 {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(ns).copied().unwrap_or_default()
-    }
-}
-
-/// One kind's objects by namespace and name.
+/// One kind's objects by namespace and name, and by namespace and a second key (a person's
+/// email, a binding's person) for the lookups a reconcile makes.
 pub struct ByNamespace<K> {
-    map: RwLock<HashMap<String, BTreeMap<String, Arc<K>>>>,
-    versions: Arc<Versions>,
+    map: RwLock<HashMap<String, Objects<K>>>,
+    by_key: RwLock<HashMap<(String, String), Objects<K>>>,
+    key: fn(&K) -> Option<String>,
 }
 
 impl<K> ByNamespace<K>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    /// An empty index bumping `versions`.
-    pub fn new(versions: Arc<Versions>) -> Self {
+    /// An empty index with a second key `key`.
+    pub fn new(key: fn(&K) -> Option<String>) -> Self {
         Self {
             map: RwLock::new(HashMap::new()),
-            versions,
+            by_key: RwLock::new(HashMap::new()),
+            key,
+        }
+    }
+
+    fn insert(&self, ns: &str, name: &str, o: Arc<K>) {
+        let old = self
+            .write()
+            .entry(ns.to_string())
+            .or_default()
+            .insert(name.to_string(), o.clone());
+        let mut by_key = self.by_key.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = old.as_deref().and_then(self.key)
+            && let Some(objects) = by_key.get_mut(&(ns.to_string(), k))
+        {
+            objects.remove(name);
+        }
+        if let Some(k) = (self.key)(&o) {
+            by_key
+                .entry((ns.to_string(), k))
+                .or_default()
+                .insert(name.to_string(), o);
+        }
+    }
+
+    fn remove(&self, ns: &str, name: &str) {
+        let old = self
+            .write()
+            .get_mut(ns)
+            .and_then(|objects| objects.remove(name));
+        if let Some(k) = old.as_deref().and_then(self.key) {
+            let mut by_key = self.by_key.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(objects) = by_key.get_mut(&(ns.to_string(), k)) {
+                objects.remove(name);
+            }
         }
     }
 
@@ -66,31 +79,23 @@ where
             watcher::Event::Apply(o) => {
                 let (ns, name) = key(o);
                 if let Some(cached) = store.get(&ObjectRef::from_obj(o)) {
-                    self.write()
-                        .entry(ns.clone())
-                        .or_default()
-                        .insert(name, cached);
+                    self.insert(&ns, &name, cached);
                 }
-                self.versions.bump(&ns);
             }
             watcher::Event::Delete(o) => {
                 let (ns, name) = key(o);
-                if let Some(objects) = self.write().get_mut(&ns) {
-                    objects.remove(&name);
-                }
-                self.versions.bump(&ns);
+                self.remove(&ns, &name);
             }
             // A (re)list is complete: take the reflector's new state whole.
             watcher::Event::InitDone => {
-                let mut fresh: HashMap<String, BTreeMap<String, Arc<K>>> = HashMap::new();
+                self.write().clear();
+                self.by_key
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 for o in store.state() {
                     let (ns, name) = key(&o);
-                    fresh.entry(ns).or_default().insert(name, o);
-                }
-                *self.write() = fresh;
-                self.versions.bump_all();
-                for ns in self.read().keys() {
-                    self.versions.bump(ns);
+                    self.insert(&ns, &name, o);
                 }
             }
             watcher::Event::Init | watcher::Event::InitApply(_) => {}
@@ -103,6 +108,21 @@ where
             .get(ns)
             .map(|objects| objects.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The objects of namespace `ns` whose second key is `key`.
+    pub fn with_key(&self, ns: &str, key: &str) -> Vec<Arc<K>> {
+        self.by_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(ns.to_string(), key.to_string()))
+            .map(|objects| objects.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One object by namespace and name.
+    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<K>> {
+        self.read().get(ns)?.get(name).cloned()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, BTreeMap<String, Arc<K>>>> {
@@ -129,9 +149,8 @@ mod tests {
     }
 
     #[test]
-    fn follows_the_reflector_per_namespace_and_versions_each() {
-        let versions = Arc::new(Versions::default());
-        let index = ByNamespace::<Tenant>::new(versions.clone());
+    fn follows_the_reflector_by_namespace_and_second_key() {
+        let index = ByNamespace::<Tenant>::new(|t| Some(t.spec.display_name.clone()));
         let (reader, mut writer) = kube::runtime::reflector::store::<Tenant>();
         let mut feed = |event: watcher::Event<Tenant>| {
             writer.apply_watcher_event(&event);
@@ -142,11 +161,9 @@ mod tests {
         feed(watcher::Event::InitApply(tenant("b", "two")));
         feed(watcher::Event::InitDone);
         assert_eq!(index.list("a").len(), 1);
-        let before = (versions.of("a"), versions.of("b"));
         feed(watcher::Event::Apply(tenant("a", "three")));
         assert_eq!(index.list("a").len(), 2);
-        assert!(versions.of("a") > before.0, "a changed");
-        assert_eq!(versions.of("b"), before.1, "b did not");
+        assert_eq!(index.list("b").len(), 1);
         feed(watcher::Event::Delete(tenant("a", "one")));
         let names: Vec<String> = index
             .list("a")
@@ -155,5 +172,12 @@ mod tests {
             .collect();
         assert_eq!(names, ["three"]);
         assert!(index.list("nowhere").is_empty());
+        // The second key follows changes: "three" renamed to "four" is found under "four" only.
+        let mut renamed = tenant("a", "three");
+        renamed.spec.display_name = "four".into();
+        feed(watcher::Event::Apply(renamed));
+        assert!(index.with_key("a", "three").is_empty());
+        assert_eq!(index.with_key("a", "four").len(), 1);
+        assert!(index.get("a", "three").is_some());
     }
 }

@@ -25,7 +25,7 @@ use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
 use crate::mail::{MailError, Mailer};
 use crate::metrics::{KindLabels, Metrics, ReconcileLabels};
 use crate::store::{StoreError, UserStore};
-use index::{ByNamespace, Versions};
+use index::ByNamespace;
 
 /// An Api of a namespaced kind in `ns`, or across all namespaces.
 pub fn scoped_api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -75,9 +75,6 @@ pub struct Context {
     pub bindings: Store<RoleBinding>,
     /// The same caches by namespace.
     pub by_ns: ByNs,
-    /// The last decided snapshot of each namespace, with the namespace version it was made at.
-    pub snapshots:
-        std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<snapshot::Snapshot>)>>,
     /// Publishes Events.
     pub recorder: Recorder,
     /// Metrics.
@@ -111,20 +108,17 @@ pub struct ByNs {
     pub groups: Arc<ByNamespace<LocationGroup>>,
     /// RoleBindings.
     pub bindings: Arc<ByNamespace<RoleBinding>>,
-    /// A version per namespace.
-    pub versions: Arc<Versions>,
 }
 
 impl ByNs {
-    /// Empty indexes sharing one set of versions.
+    /// Empty indexes.
     pub fn new() -> Self {
-        let versions = Arc::new(Versions::default());
         Self {
-            users: Arc::new(ByNamespace::new(versions.clone())),
-            tenants: Arc::new(ByNamespace::new(versions.clone())),
-            groups: Arc::new(ByNamespace::new(versions.clone())),
-            bindings: Arc::new(ByNamespace::new(versions.clone())),
-            versions,
+            // A person's duplicates share their email; a binding's siblings, their person.
+            users: Arc::new(ByNamespace::new(|u| Some(u.spec.email.to_lowercase()))),
+            tenants: Arc::new(ByNamespace::new(|_| None)),
+            groups: Arc::new(ByNamespace::new(|_| None)),
+            bindings: Arc::new(ByNamespace::new(|b| Some(b.spec.user_ref.name.clone()))),
         }
     }
 }

@@ -34,7 +34,7 @@ async fn apply(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> {
     let ns = binding
         .namespace()
         .ok_or(Error::Malformed("no namespace"))?;
-    let snap = snapshot(ctx, &ns);
+    let snap = snapshot(ctx, &ns, Some(&binding.spec.user_ref.name));
     let Some(verdict) = snap.verdicts.get(&binding.name_any()) else {
         return Ok(Action::await_change());
     };

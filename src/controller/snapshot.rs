@@ -1,8 +1,7 @@
 //! A namespace as the decisions see it, built from the controllers' caches: group states and
-//! binding verdicts are computed for the whole namespace, the same way `usher validate` does.
+//! binding verdicts, decided by the same functions `usher validate` uses.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use kube::ResourceExt;
 
@@ -20,28 +19,11 @@ pub struct Snapshot {
     pub verdicts: BTreeMap<String, Verdict>,
 }
 
-/// The decided state of namespace `ns`: made again only when something there changed since the
-/// last time, so a burst of reconciles in a quiet namespace decides it once.
-pub fn snapshot(ctx: &Context, ns: &str) -> Arc<Snapshot> {
-    let version = ctx.by_ns.versions.of(ns);
-    let cache = |m: &mut std::collections::HashMap<String, (u64, Arc<Snapshot>)>| {
-        m.get(ns)
-            .filter(|(v, _)| *v == version)
-            .map(|(_, s)| s.clone())
-    };
-    if let Some(hit) = cache(&mut ctx.snapshots.lock().unwrap_or_else(|p| p.into_inner())) {
-        return hit;
-    }
-    // Made outside the lock; a change meanwhile bumps the version and the next call remakes it.
-    let made = Arc::new(decide(ctx, ns));
-    ctx.snapshots
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(ns.to_string(), (version, made.clone()));
-    made
-}
-
-fn decide(ctx: &Context, ns: &str) -> Snapshot {
+/// The decided state of namespace `ns` as one decision needs it: every group, and the bindings
+/// of person `user` (None: no bindings). Exclusivity is decided between one person's bindings,
+/// so their verdicts are the same as when the whole namespace is decided, at the cost of that
+/// person's bindings rather than everyone's.
+pub fn snapshot(ctx: &Context, ns: &str, user: Option<&str>) -> Snapshot {
     // Objects being deleted no longer count: their finalizers clean up, the rest moves on.
     let live = |m: &kube::api::ObjectMeta| m.deletion_timestamp.is_none();
     let tenants: BTreeMap<String, Vec<crate::crd::Role>> = ctx
@@ -62,10 +44,8 @@ fn decide(ctx: &Context, ns: &str) -> Snapshot {
         .collect();
     let states = groups::resolve(&group_list, |t| tenants.contains_key(t));
     let groups: BTreeMap<String, (String, GroupState)> = groups::with_tenants(&group_list, &states);
-    let users: BTreeMap<String, UserRef> = ctx
-        .by_ns
-        .users
-        .list(ns)
+    let users: BTreeMap<String, UserRef> = user
+        .and_then(|name| ctx.by_ns.users.get(ns, name))
         .iter()
         .filter(|u| live(&u.metadata))
         .map(|u| {
@@ -77,10 +57,9 @@ fn decide(ctx: &Context, ns: &str) -> Snapshot {
             )
         })
         .collect();
-    let binding_list: Vec<Binding> = ctx
-        .by_ns
-        .bindings
-        .list(ns)
+    let binding_list: Vec<Binding> = user
+        .map(|name| ctx.by_ns.bindings.with_key(ns, name))
+        .unwrap_or_default()
         .iter()
         .filter(|b| live(&b.metadata))
         .map(|b| Binding::from(&**b))

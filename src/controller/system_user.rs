@@ -61,10 +61,11 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     let tenant = ctx
         .tenants
         .get(&kube::runtime::reflector::ObjectRef::new(&user.spec.tenant_ref.name).within(&ns));
+    // Only people with the same email can be duplicates.
     let peers: Vec<Peer> = ctx
         .by_ns
         .users
-        .list(&ns)
+        .with_key(&ns, &user.spec.email.to_lowercase())
         .iter()
         .filter(|u| u.metadata.uid != user.metadata.uid)
         .map(|u| Peer {
@@ -136,7 +137,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     }
 
     // Roles: the Bound bindings of this person, decided for the namespace as a whole.
-    let snap = snapshot(ctx, &ns);
+    let snap = snapshot(ctx, &ns, Some(&user.name_any()));
     let me = user.name_any();
     let roles = bound_roles(&me, &snap.bindings, &snap.verdicts);
     if let Some(acc) = account.as_ref().filter(|_| blocked.is_none()) {

@@ -349,7 +349,6 @@ pub async fn run(
         groups: groups.clone(),
         bindings: bindings.clone(),
         by_ns,
-        snapshots: std::sync::Mutex::new(HashMap::new()),
         metrics,
         offboard_lock: tokio::sync::Mutex::new(()),
     });
