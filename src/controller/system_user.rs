@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -252,9 +251,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         // The Tenant watch wakes us when it appears; this is only a safety net.
         return Ok(Action::requeue(ctx.settings.resync));
     }
-    let wait = plan::requeue_at(latest.as_ref(), now)
-        .map(|at| Duration::from_millis((at - now).get_milliseconds().max(0) as u64 + 500))
-        .map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync));
+    let wait = plan::requeue_after(latest.as_ref(), now, ctx.settings.resync);
     Ok(Action::requeue(wait))
 }
 

@@ -433,6 +433,20 @@ pub fn requeue_at(latest: Option<&InvitationRecord>, now: Timestamp) -> Option<T
         .map(|i| i.expires_at)
 }
 
+/// How long until the person needs looking at again without any change: just after the open
+/// invitation expires (so that Expired shows on time), and at the latest after `resync`.
+pub fn requeue_after(
+    latest: Option<&InvitationRecord>,
+    now: Timestamp,
+    resync: std::time::Duration,
+) -> std::time::Duration {
+    requeue_at(latest, now)
+        .and_then(|at| std::time::Duration::try_from(at.duration_since(now)).ok())
+        .map_or(resync, |d| {
+            (d + std::time::Duration::from_millis(500)).min(resync)
+        })
+}
+
 /// An Event to publish about a transition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
@@ -663,6 +677,22 @@ mod tests {
             matches!(p.account, AccountAction::Update(ref f) if f.profile.last_name.as_deref() == Some("Ng"))
         );
         assert_eq!(p.invitation, InvitationAction::Keep);
+    }
+
+    #[test]
+    fn a_pending_person_is_looked_at_again_when_the_invitation_expires_not_before() {
+        let resync = std::time::Duration::from_secs(600);
+        let mut inv = invitation(1);
+        inv.expires_at = now() + 2.hours();
+        // Two hours away: the resync comes first.
+        assert_eq!(requeue_after(Some(&inv), now(), resync), resync);
+        inv.expires_at = now() + 90.seconds();
+        let wait = requeue_after(Some(&inv), now(), resync);
+        assert!(
+            wait > std::time::Duration::from_secs(89) && wait <= std::time::Duration::from_secs(91),
+            "{wait:?}"
+        );
+        assert_eq!(requeue_after(None, now(), resync), resync);
     }
 
     #[test]
