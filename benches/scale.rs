@@ -549,6 +549,12 @@ async fn run(args: Args) {
     let store_writes = get(&after, "usher_store_writes_total");
     let mails = smtp.count() - mails_before;
     let events = events_in(&client).await.saturating_sub(events_before);
+    // Not a timing: a resync with nothing to do must write and send nothing, at any N.
+    assert_eq!(
+        (api_writes, store_writes, mails, events),
+        (0.0, 0.0, 0, 0),
+        "a no-op resync wrote or sent something"
+    );
     rows.push((
         format!(
             "cold start: process start → all {total} SystemUsers reconciled once, nothing to write"
