@@ -23,7 +23,7 @@ use serde_json::json;
 use usher::crd::{LocationGroup, RoleBinding, SystemUser, Tenant, UserPhase};
 use usher_testenv::Smtp;
 
-use support::{Usher, client, eventually, invitation_in, parse_metrics};
+use support::{Usher, client, eventually, invitation_in};
 
 const TENANTS: usize = 20;
 const GROUPS_PER_TENANT: usize = 10;
@@ -257,13 +257,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 async fn metrics(usher: &Usher) -> HashMap<String, f64> {
-    let text = reqwest::get(format!("{}/metrics", usher.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    parse_metrics(&text).into_iter().collect()
+    usher.samples().await.into_iter().collect()
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {

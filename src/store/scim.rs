@@ -264,7 +264,11 @@ impl ScimStore {
         }
     }
 
-    async fn find_user(&self, external_id: &str) -> Result<Option<Value>, StoreError> {
+    /// The User with this externalId, with its local shadow when usher has one.
+    async fn find_user(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<(Value, Option<UserRecord>)>, StoreError> {
         let found = self
             .list(
                 "/Users",
@@ -275,12 +279,12 @@ impl ScimStore {
         // externalId need not be unique on the server; prefer the account usher knows.
         for u in &found {
             if let Some(id) = u["id"].as_str()
-                && self.local.user(id).await?.is_some()
+                && let Some(shadow) = self.local.user(id).await?
             {
-                return Ok(Some(u.clone()));
+                return Ok(Some((u.clone(), Some(shadow))));
             }
         }
-        Ok(found.into_iter().next())
+        Ok(found.into_iter().next().map(|u| (u, None)))
     }
 
     async fn get_user(&self, id: &str) -> Result<Option<(Value, Option<String>)>, StoreError> {
@@ -400,11 +404,15 @@ impl ScimStore {
         }
     }
 
-    /// The record of a SCIM User, making sure the local store has its shadow (after a crash
-    /// between creating it there and here, or a lost local store).
-    async fn known(&self, scim: &Value) -> Result<UserRecord, StoreError> {
+    /// The record of a SCIM User and its local `shadow` (as the caller read it), making sure the
+    /// local store has one (after a crash between creating it there and here, or a lost local
+    /// store).
+    async fn known(
+        &self,
+        scim: &Value,
+        shadow: Option<UserRecord>,
+    ) -> Result<UserRecord, StoreError> {
         let id = id_of(scim)?;
-        let shadow = self.local.user(&id).await?;
         let mut record = self.record(scim, shadow.as_ref());
         if shadow.is_none() {
             // An active User had accepted (usher only activates on a redemption): it keeps its
@@ -675,7 +683,7 @@ impl UserStore for ScimStore {
         external_id: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
         match self.find_user(external_id).await? {
-            Some(u) => Ok(Some(self.known(&u).await?)),
+            Some((u, shadow)) => Ok(Some(self.known(&u, shadow).await?)),
             None => Ok(None),
         }
     }
@@ -683,7 +691,7 @@ impl UserStore for ScimStore {
     async fn create_user(&self, fields: &UserFields) -> Result<UserRecord, StoreError> {
         // Created before a crash, or by someone else for this person: take it over.
         let scim = match self.find_user(&fields.external_id).await? {
-            Some(existing) => {
+            Some((existing, _)) => {
                 self.patch_user(&id_of(&existing)?, self.update_operations(fields))
                     .await?
             }
@@ -733,7 +741,7 @@ impl UserStore for ScimStore {
         // People of this tenant the local store lost (the extension names their tenant).
         for (id, u) in &scim {
             if shadows.iter().all(|s| &s.id != id) && u[USER_EXTENSION]["tenant"] == tenant {
-                out.push(self.known(u).await?);
+                out.push(self.known(u, None).await?);
             }
         }
         out.sort_by(|a, b| a.external_id.cmp(&b.external_id));

@@ -175,6 +175,12 @@ fn invitation_from_row(row: &AnyRow) -> Result<InvitationRecord, StoreError> {
     })
 }
 
+/// A list in Rust's order, whatever the database's collation.
+fn sorted<T: Ord>(mut list: Vec<T>) -> Vec<T> {
+    list.sort();
+    list
+}
+
 fn profile_json(fields: &UserFields) -> Result<String, StoreError> {
     serde_json::to_string(&fields.profile)
         .map_err(|e| StoreError::Backend(format!("encoding a profile: {e}")))
@@ -583,10 +589,7 @@ impl UserStore for SqlStore {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()
-            .map(|mut list| {
-                list.sort();
-                list
-            })
+            .map(sorted)
     }
 
     async fn set_assignments(
@@ -636,10 +639,7 @@ impl UserStore for SqlStore {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()
-            .map(|mut list| {
-                list.sort();
-                list
-            })
+            .map(sorted)
     }
 
     async fn redeem(

@@ -11,7 +11,8 @@ use usher::crd::{SystemUser, UserPhase};
 use usher_testenv::{Scim, Smtp};
 
 use crate::support::{
-    Usher, apply_yaml, client, eventually, invitation_in, namespace, parse_metrics, wait_for,
+    Usher, apply_yaml, client, eventually, invitation_in, namespace, scim_filter, scim_get,
+    wait_for,
 };
 
 fn phase(u: &SystemUser) -> Option<UserPhase> {
@@ -20,36 +21,10 @@ fn phase(u: &SystemUser) -> Option<UserPhase> {
 
 const PEOPLE: &str = "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {displayName: Acme}\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: olga}\nspec: {tenantRef: {name: acme}, email: olga@acme.example, firstName: Olga, lastName: Berg, phone: '+1 555 0101', locations: [fresno-01]}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: olga-manager}\nspec: {userRef: {name: olga}, role: Manager}\n";
 
-async fn scim_json(scim: &Scim, path: &str) -> serde_json::Value {
-    reqwest::Client::new()
-        .get(format!("{}{path}", scim.base()))
-        .bearer_auth(&scim.token)
-        .send()
-        .await
-        .expect("SCIM answers")
-        .json()
-        .await
-        .expect("SCIM JSON")
-}
-
-fn filter(attr: &str, value: &str) -> String {
-    let f = format!("{attr} eq \"{value}\"");
-    format!(
-        "?filter={}",
-        url::form_urlencoded::byte_serialize(f.as_bytes()).collect::<String>()
-    )
-}
-
 /// Store calls by operation (`usher_store_duration_seconds_count`) and the ok reconciles of
 /// SystemUsers, from one scrape.
 async fn calls_and_reconciles(usher: &Usher) -> (std::collections::BTreeMap<String, f64>, f64) {
-    let text = reqwest::get(format!("{}/metrics", usher.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let samples = parse_metrics(&text);
+    let samples = usher.samples().await;
     let calls = samples
         .iter()
         .filter_map(|(s, v)| {
@@ -145,9 +120,9 @@ async fn the_invitation_and_offboarding_flows_run_against_a_scim_server() {
     );
 
     // In the product: the person by externalId, inactive, with the details from git.
-    let found = scim_json(
+    let found = scim_get(
         &scim,
-        &format!("/Users{}", filter("externalId", &format!("{ns}/olga"))),
+        &format!("/Users{}", scim_filter("externalId", &format!("{ns}/olga"))),
     )
     .await;
     assert_eq!(found["totalResults"], 1, "{found}");
@@ -162,11 +137,11 @@ async fn the_invitation_and_offboarding_flows_run_against_a_scim_server() {
         format!("{ns}/acme")
     );
     // The role as a Group with her as a member.
-    let role = scim_json(
+    let role = scim_get(
         &scim,
         &format!(
             "/Groups{}",
-            filter("externalId", &format!("role/{ns}/acme/Manager"))
+            scim_filter("externalId", &format!("role/{ns}/acme/Manager"))
         ),
     )
     .await;
@@ -189,7 +164,7 @@ async fn the_invitation_and_offboarding_flows_run_against_a_scim_server() {
     })
     .await;
     assert_eq!(
-        scim_json(&scim, &format!("/Users/{id}")).await["active"],
+        scim_get(&scim, &format!("/Users/{id}")).await["active"],
         true
     );
     quiet(&usher, "SCIM").await;
@@ -204,13 +179,13 @@ async fn the_invitation_and_offboarding_flows_run_against_a_scim_server() {
     })
     .await;
     assert!(gone.is_some(), "the SystemUser is released");
-    let u = scim_json(&scim, &format!("/Users/{id}")).await;
+    let u = scim_get(&scim, &format!("/Users/{id}")).await;
     assert_eq!(u["active"], false, "{u}");
-    let role = scim_json(
+    let role = scim_get(
         &scim,
         &format!(
             "/Groups{}",
-            filter("externalId", &format!("role/{ns}/acme/Manager"))
+            scim_filter("externalId", &format!("role/{ns}/acme/Manager"))
         ),
     )
     .await;

@@ -12,6 +12,8 @@ use usher::plan::records::{
 use usher::store::UserStore;
 use usher::token::{Token, TokenHash};
 
+use crate::support::{scim_filter, scim_get};
+
 fn fields(name: &str) -> UserFields {
     UserFields {
         tenant: "acme/acme".into(),
@@ -490,19 +492,6 @@ async fn scim_store(scim: &usher_testenv::Scim, page_size: u32) -> Arc<dyn UserS
     config.open().await.unwrap()
 }
 
-/// What the SCIM server itself holds, read through its own API.
-async fn scim_get(scim: &usher_testenv::Scim, path: &str) -> serde_json::Value {
-    reqwest::Client::new()
-        .get(format!("{}{path}", scim.base()))
-        .bearer_auth(&scim.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scim_passes_the_contract_with_and_without_the_extension() {
     for extension in [true, false] {
@@ -527,7 +516,11 @@ async fn scim_holds_users_by_external_id_and_roles_as_groups() {
         country: Some("US".into()),
     });
     let created = store.create_user(&kim).await.unwrap();
-    let found = scim_get(&scim, "/Users?filter=externalId%20eq%20%22acme%2Fkim%22").await;
+    let found = scim_get(
+        &scim,
+        &format!("/Users{}", scim_filter("externalId", "acme/kim")),
+    )
+    .await;
     assert_eq!(found["totalResults"], 1, "{found}");
     let u = &found["Resources"][0];
     assert_eq!(u["id"], created.id.as_str());
@@ -589,7 +582,10 @@ async fn scim_holds_users_by_external_id_and_roles_as_groups() {
         .unwrap();
     let groups = scim_get(
         &scim,
-        "/Groups?filter=externalId%20eq%20%22role%2Facme%2Facme%2FTechnician%22",
+        &format!(
+            "/Groups{}",
+            scim_filter("externalId", "role/acme/acme/Technician")
+        ),
     )
     .await;
     assert_eq!(groups["totalResults"], 1, "{groups}");
@@ -613,7 +609,10 @@ async fn scim_holds_users_by_external_id_and_roles_as_groups() {
     assert_eq!(gone.status(), 404);
     let group = &scim_get(
         &scim,
-        "/Groups?filter=externalId%20eq%20%22role%2Facme%2Facme%2FTechnician%22",
+        &format!(
+            "/Groups{}",
+            scim_filter("externalId", "role/acme/acme/Technician")
+        ),
     )
     .await["Resources"][0];
     assert!(

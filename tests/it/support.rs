@@ -365,18 +365,24 @@ impl Usher {
         std::fs::read_to_string(self.dir.join("usher.log")).unwrap_or_default()
     }
 
-    /// The value of a metric (summed over its labels), from /metrics.
-    pub async fn metric(&self, name: &str) -> f64 {
+    /// Every sample of /metrics, parsed.
+    pub async fn samples(&self) -> Vec<(String, f64)> {
         let text = reqwest::get(format!("{}/metrics", self.url))
             .await
             .expect("metrics answer")
             .text()
             .await
             .expect("metrics text");
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter(|l| l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        parse_metrics(&text)
+    }
+
+    /// The value of a metric (summed over its labels), from /metrics.
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.samples()
+            .await
+            .iter()
+            .filter(|(series, _)| series.split('{').next() == Some(name))
+            .map(|(_, v)| v)
             .sum()
     }
 
@@ -467,4 +473,26 @@ pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
             (series.to_string(), value)
         })
         .collect()
+}
+
+/// GET a path of a SCIM server's own API, as JSON: what landed there.
+pub async fn scim_get(scim: &usher_testenv::Scim, path: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{}{path}", scim.base()))
+        .bearer_auth(&scim.token)
+        .send()
+        .await
+        .expect("SCIM answers")
+        .json()
+        .await
+        .expect("SCIM JSON")
+}
+
+/// `?filter=<attr> eq "<value>"`, URL-encoded.
+pub fn scim_filter(attr: &str, value: &str) -> String {
+    let f = format!("{attr} eq \"{value}\"");
+    format!(
+        "?filter={}",
+        url::form_urlencoded::byte_serialize(f.as_bytes()).collect::<String>()
+    )
 }
