@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// Where mail goes: file://DIR (one .eml per message), smtp://host:port, smtps://host:port.
     #[arg(long, env = "USHER_MAIL", default_value = "file://outbox")]
     mail: String,
+    /// Invitation mails in flight at once. A crash duplicates each mail that the relay accepted
+    /// but usher had not yet marked sent, so 1 (the default) means at most one duplicate per
+    /// crash; raise it when a slow relay limits onboarding.
+    #[arg(long, env = "USHER_MAIL_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    mail_concurrency: u16,
     /// The From header when a tenant sets none.
     #[arg(
         long,
@@ -194,6 +199,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         local_store: args.local_store,
         mail: args.mail,
         mail_from: args.mail_from,
+        mail_concurrency: args.mail_concurrency.into(),
         listen: args.listen,
         public_url: args.public_url,
         namespace: args.namespace,

@@ -30,6 +30,13 @@ pub struct StoreLabels {
     pub op: &'static str,
 }
 
+/// Labels of a Kubernetes API request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// GET, POST, PATCH, PUT or DELETE (a watch is a GET).
+    pub method: String,
+}
+
 /// Every metric usher exports.
 pub struct Metrics {
     registry: Registry,
@@ -51,6 +58,8 @@ pub struct Metrics {
     pub store_writes: Counter,
     /// Writes to the Kubernetes API (status patches, Secrets, Events excluded).
     pub api_writes: Counter,
+    /// Every request to the Kubernetes API, reads and watches included, by method.
+    pub kube_requests: Family<MethodLabels, Counter>,
     /// Failed mail deliveries.
     pub mail_errors: Counter,
     /// Failed store calls.
@@ -81,6 +90,7 @@ impl Default for Metrics {
             invitations_expired: Counter::default(),
             store_writes: Counter::default(),
             api_writes: Counter::default(),
+            kube_requests: Family::default(),
             mail_errors: Counter::default(),
             store_errors: Counter::default(),
             drift_corrected: Counter::default(),
@@ -131,6 +141,11 @@ impl Default for Metrics {
             "api_writes",
             "Writes to the Kubernetes API",
             m.api_writes.clone(),
+        );
+        registry.register(
+            "kube_requests",
+            "Requests to the Kubernetes API by method",
+            m.kube_requests.clone(),
         );
         registry.register(
             "mail_errors",

@@ -26,6 +26,8 @@ pub struct Options {
     pub mail: String,
     /// Default From.
     pub mail_from: String,
+    /// Mails in flight at once.
+    pub mail_concurrency: usize,
     /// HTTP listen address.
     pub listen: SocketAddr,
     /// Base of links in mails.
@@ -56,11 +58,7 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
     let token = std::env::var("USHER_STORE_TOKEN").ok();
     let config = StoreConfig::parse_with(&opts.store, token.as_deref(), &opts.local_store)?;
     let store = StoreHandle::connect(config, metrics.clone());
-    let client = kube::Client::try_default().await.map_err(|e| {
-        CliError::Kube(format!(
-            "cannot reach Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster): {e}"
-        ))
-    })?;
+    let client = kube_client(&metrics).await?;
     let (redeemed_tx, redeemed_rx) = futures::channel::mpsc::unbounded();
     let state = Arc::new(AppState::new(store.clone(), redeemed_tx, metrics.clone()));
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -77,6 +75,7 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
         mail_from: opts.mail_from.clone(),
         public_url: opts.public_url.clone(),
         resync: opts.resync,
+        mail_concurrency: opts.mail_concurrency,
     };
     let controllers = controller::run(
         client.clone(),
@@ -109,6 +108,31 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
     work?;
     tracing::info!("usher stopped");
     Ok(())
+}
+
+/// A client whose every request is counted in `usher_kube_requests_total`: an outage must show
+/// whether usher backs off or hammers the API server.
+async fn kube_client(metrics: &Arc<Metrics>) -> Result<kube::Client, CliError> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        CliError::Kube(format!(
+            "cannot reach Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster): {e}"
+        ))
+    };
+    let config = kube::Config::infer().await.map_err(|e| unreachable(&e))?;
+    let metrics = metrics.clone();
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        metrics
+            .kube_requests
+            .get_or_create(&crate::metrics::MethodLabels {
+                method: req.method().as_str().to_string(),
+            })
+            .inc();
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| unreachable(&e))?
+        .with_layer(&count)
+        .build())
 }
 
 /// Wait until the four kinds are served (their CRDs installed and Established); false when a

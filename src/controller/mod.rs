@@ -53,6 +53,9 @@ pub struct Settings {
     pub public_url: String,
     /// How often an unchanged object is looked at again.
     pub resync: Duration,
+    /// Mails in flight at once. A crash can duplicate each one in flight (sent, but not yet
+    /// marked sent), so 1 bounds duplicates to one per crash; a slow relay may want more.
+    pub mail_concurrency: usize,
 }
 
 /// What every reconcile shares.
@@ -81,6 +84,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Serialises the offboarding guard's count-then-record.
     pub offboard_lock: tokio::sync::Mutex<()>,
+    /// Admits `Settings::mail_concurrency` mails at a time, from sending to marking sent.
+    pub mail_gate: tokio::sync::Semaphore,
+    /// Consecutive failed reconciles per object (`Kind/namespace/name`), for the backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
@@ -174,7 +181,10 @@ impl Error {
     }
 }
 
-pub(crate) fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy<K>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
     // Store and mail outages heal by themselves; back off rather than hammer them.
     let wait = match err {
         Error::Malformed(_) => Duration::from_secs(300),
@@ -186,9 +196,26 @@ pub(crate) fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> 
         {
             Duration::from_secs(30)
         }
-        _ => Duration::from_secs(15),
+        _ => {
+            let key = failure_key(K::kind(&()).as_ref(), &*obj);
+            let failures = ctx
+                .failures
+                .lock()
+                .map(|f| f.get(&key).copied().unwrap_or(1))
+                .unwrap_or(1);
+            crate::plan::retry::backoff(failures, &key)
+        }
     };
     Action::requeue(wait)
+}
+
+fn failure_key<K: Resource>(kind: &str, obj: &K) -> String {
+    let meta = obj.meta();
+    format!(
+        "{kind}/{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// One reconcile of any kind: wait until the caches are full, run `apply` — or `cleanup` for an
@@ -308,6 +335,15 @@ where
         Ok(_) => "ok",
         Err(e) => e.label(),
     };
+    if let Ok(mut failures) = ctx.failures.lock() {
+        let key = failure_key(kind, obj);
+        match &result {
+            Ok(_) => {
+                failures.remove(&key);
+            }
+            Err(_) => *failures.entry(key).or_insert(0) += 1,
+        }
+    }
     ctx.metrics
         .reconciles
         .get_or_create(&ReconcileLabels {

@@ -446,9 +446,17 @@ async fn execute(
     if settings.expose_token {
         write_secret(ctx, user, &token, expires_at).await?;
     }
+    // From the server's acceptance to the mark, a crash duplicates the mail: the gate keeps
+    // that window to `mail_concurrency` mails.
+    let permit = ctx
+        .mail_gate
+        .acquire()
+        .await
+        .map_err(|_| Error::Malformed("mail gate closed"))?;
     send(ctx, user, tenant, &token, expires_at).await?;
     let sent = Timestamp::now();
     store.mark_sent(&token.hash(), sent).await?;
+    drop(permit);
     if let Some(l) = latest.as_mut() {
         l.sent_at = Some(sent);
     }

@@ -338,6 +338,7 @@ pub async fn run(
         by_ns.bindings.clone(),
     );
 
+    let mail_gate = tokio::sync::Semaphore::new(settings.mail_concurrency.max(1));
     let ctx = Arc::new(Context {
         recorder,
         client: client.clone(),
@@ -351,6 +352,8 @@ pub async fn run(
         by_ns,
         metrics,
         offboard_lock: tokio::sync::Mutex::new(()),
+        mail_gate,
+        failures: Default::default(),
     });
 
     // SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings.

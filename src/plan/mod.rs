@@ -7,5 +7,6 @@ pub mod condition;
 pub mod groups;
 pub mod offboarding;
 pub mod records;
+pub mod retry;
 pub mod system_user;
 pub mod tenant;

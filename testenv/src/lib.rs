@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub use peers::{ChromeDriver, Scim, Smtp, SmtpTls, scratch_dir, venv_python};
-pub use postgres::{Postgres, postgres};
+pub use postgres::{OwnPostgres, Postgres, postgres};
 pub use process::Supervised;
 
 /// Everything that can go wrong bringing a control plane up.
@@ -109,7 +109,11 @@ pub struct ControlPlane {
     /// etcd's client URL, `http://127.0.0.1:<port>`, for tests that must write behind the API
     /// server's back (objects admission would refuse).
     pub etcd: String,
+    /// etcd, then the controller manager.
     children: Vec<Supervised>,
+    apiserver: Option<Supervised>,
+    apiserver_args: Vec<String>,
+    run: PathBuf,
 }
 
 impl ControlPlane {
@@ -184,42 +188,27 @@ impl ControlPlane {
         })?;
 
         let p = |name: &str| run.join(name).display().to_string();
-        let apiserver = Supervised::spawn(
-            "kube-apiserver",
-            Command::new(bin_dir().join("kube-apiserver")).args([
-                &format!("--etcd-servers={etcd_url}"),
-                &format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                &format!("--tls-cert-file={}", p("apiserver.crt")),
-                &format!("--tls-private-key-file={}", p("apiserver.key")),
-                &format!("--client-ca-file={}", p("ca.crt")),
-                &format!("--service-account-key-file={}", p("sa.pub")),
-                &format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                "--api-audiences=https://kubernetes.default.svc.cluster.local",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--authorization-mode=RBAC",
-                // Loopback is not a valid endpoint for the `kubernetes` Service; nothing needs it.
-                "--endpoint-reconciler-type=none",
-                "--allow-privileged=true",
-                &format!("--cert-dir={}", p("certs")),
-                "--v=0",
-            ]),
-            run,
-        )?;
-        children.push(apiserver);
-        let readyz = |kubeconfig: &Path| {
-            Command::new(kubectl())
-                .arg("--kubeconfig")
-                .arg(kubeconfig)
-                .args(["get", "--raw", "/readyz", "--request-timeout=2s"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        wait_until(&children[1], Duration::from_secs(90), || {
-            readyz(&kubeconfig)
-        })?;
+        let apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--secure-port={api_port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            "--api-audiences=https://kubernetes.default.svc.cluster.local".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            // Loopback is not a valid endpoint for the `kubernetes` Service; nothing needs it.
+            "--endpoint-reconciler-type=none".into(),
+            "--allow-privileged=true".into(),
+            format!("--cert-dir={}", p("certs")),
+            "--v=0".into(),
+        ];
+        let apiserver = Self::spawn_apiserver(&apiserver_args, run, &kubeconfig)?;
 
         let kcm = Supervised::spawn(
             "kube-controller-manager",
@@ -240,7 +229,7 @@ impl ControlPlane {
         // The controller manager has no cheap readiness signal we need; make sure it did not
         // exit at once on a bad flag.
         std::thread::sleep(Duration::from_millis(500));
-        children[2].check_alive()?;
+        children[1].check_alive()?;
 
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -248,11 +237,60 @@ impl ControlPlane {
             server,
             etcd: etcd_url,
             children,
+            apiserver: Some(apiserver),
+            apiserver_args,
+            run: run.to_path_buf(),
         })
+    }
+
+    fn spawn_apiserver(
+        args: &[String],
+        run: &Path,
+        kubeconfig: &Path,
+    ) -> Result<Supervised, Error> {
+        let apiserver = Supervised::spawn(
+            "kube-apiserver",
+            Command::new(bin_dir().join("kube-apiserver")).args(args),
+            run,
+        )?;
+        let readyz = || {
+            Command::new(kubectl())
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args(["get", "--raw", "/readyz", "--request-timeout=2s"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        wait_until(&apiserver, Duration::from_secs(90), readyz)?;
+        Ok(apiserver)
+    }
+
+    /// Stop the API server only (an outage of the control plane; etcd keeps the state).
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut p) = self.apiserver.take() {
+            p.stop();
+        }
+    }
+
+    /// Start the API server again after `stop_apiserver`, on the same port, and wait until it
+    /// is ready.
+    pub fn start_apiserver(&mut self) -> Result<(), Error> {
+        if self.apiserver.is_none() {
+            self.apiserver = Some(Self::spawn_apiserver(
+                &self.apiserver_args,
+                &self.run,
+                &self.kubeconfig,
+            )?);
+        }
+        Ok(())
     }
 
     /// Stop every component (controller manager, API server, then etcd).
     pub fn stop(&mut self) {
+        if let Some(mut kcm) = self.children.pop() {
+            kcm.stop();
+        }
+        self.stop_apiserver();
         while let Some(mut child) = self.children.pop() {
             child.stop();
         }

@@ -83,6 +83,13 @@ impl Postgres {
     }
 
     fn start() -> Result<(Self, Supervised), Error> {
+        let (pg, dir) = Self::init()?;
+        let process = pg.launch(&dir)?;
+        Ok((pg, process))
+    }
+
+    /// A fresh data folder on a free port.
+    fn init() -> Result<(Self, PathBuf), Error> {
         let pg = Self {
             port: free_port()?,
             bin: bin_dir()?,
@@ -116,27 +123,32 @@ impl Postgres {
                 String::from_utf8_lossy(&init.stderr)
             )));
         }
+        Ok((pg, dir))
+    }
+
+    /// Run the server on the data folder in `dir` until it accepts connections.
+    fn launch(&self, dir: &Path) -> Result<Supervised, Error> {
         let process = Supervised::spawn(
             "postgres",
-            pg.command("postgres")
+            self.command("postgres")
                 .arg("-D")
-                .arg(&data)
-                .args(["-p", &pg.port.to_string(), "-h", "127.0.0.1", "-k"])
-                .arg(&dir)
+                .arg(dir.join("data"))
+                .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
+                .arg(dir)
                 // Tests need speed, not durability: the data dies with the run.
                 .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
                 .args(["-c", "full_page_writes=off", "-c", "max_connections=200"]),
-            &dir,
+            dir,
         )?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !pg.accepts(&dir) {
+        while !self.accepts(dir) {
             process.check_alive()?;
             if Instant::now() > deadline {
                 return Err(process.not_ready("no connection after 30 s".into()));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok((pg, process))
+        Ok(process)
     }
 
     fn accepts(&self, dir: &Path) -> bool {
@@ -185,5 +197,57 @@ impl Postgres {
     /// The URL of database `name`.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+/// A PostgreSQL server of one test's own, which the test can stop and start again: a store
+/// outage. Stopped with the server when dropped.
+pub struct OwnPostgres {
+    /// The server, for URLs and databases.
+    pub server: Postgres,
+    dir: PathBuf,
+    process: Option<Supervised>,
+}
+
+impl OwnPostgres {
+    /// Start a server on a fresh data folder.
+    pub fn start() -> Result<Self, Error> {
+        let (server, dir) = Postgres::init()?;
+        let process = Some(server.launch(&dir)?);
+        Ok(Self {
+            server,
+            dir,
+            process,
+        })
+    }
+
+    /// Shut the server down ("fast": open connections are cut, as in an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = self
+                .server
+                .command("pg_ctl")
+                .arg("stop")
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "fast", "-w"])
+                .output();
+            p.stop();
+        }
+    }
+
+    /// Start again on the same port and data after `stop`.
+    pub fn resume(&mut self) -> Result<(), Error> {
+        if self.process.is_none() {
+            self.process = Some(self.server.launch(&self.dir)?);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -18,15 +18,19 @@ pub const FIELD_MANAGER: &str = "usher-tests";
 
 /// A client of this test binary's control plane, with the CRDs installed and Established.
 pub async fn client() -> Client {
-    let shared = usher_testenv::shared();
-    let kubeconfig = Kubeconfig::read_from(&shared.kubeconfig).expect("readable kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("valid kubeconfig");
-    let client = Client::try_from(config).expect("client");
+    let client = client_of(&usher_testenv::shared().kubeconfig).await;
     static CRDS: OnceCell<()> = OnceCell::const_new();
     CRDS.get_or_init(|| install_crds(client.clone())).await;
     client
+}
+
+/// A client of the control plane a kubeconfig names (a test's own, say).
+pub async fn client_of(kubeconfig: &Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("readable kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("valid kubeconfig");
+    Client::try_from(config).expect("client")
 }
 
 /// Run kubectl against the control plane as admin; (success, stdout + stderr).
@@ -305,11 +309,12 @@ impl Usher {
 
     /// Start again (after `kill` or `stop`) with the same store, port and settings.
     pub async fn restart(&mut self) {
-        let shared = usher_testenv::shared();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_usher"));
-        cmd.env("KUBECONFIG", &shared.kubeconfig)
-            .env("RUST_LOG", "info,kube_runtime=warn")
-            .arg("run");
+        // A KUBECONFIG in the environment points at a control plane of the test's own.
+        if !self.env.iter().any(|(k, _)| k == "KUBECONFIG") {
+            cmd.env("KUBECONFIG", &usher_testenv::shared().kubeconfig);
+        }
+        cmd.env("RUST_LOG", "info,kube_runtime=warn").arg("run");
         // An empty namespace: every namespace.
         if !self.namespace.is_empty() {
             cmd.args(["--namespace", &self.namespace]);
