@@ -16,6 +16,7 @@ mod kubectl;
 mod leader;
 mod observability;
 mod offboarding;
+mod reliability;
 mod roles;
 mod stores;
 mod unreadable;
