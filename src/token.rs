@@ -98,14 +98,6 @@ mod tests {
     }
 
     #[test]
-    fn ten_thousand_tokens_are_distinct() {
-        let mut seen = HashSet::new();
-        for _ in 0..10_000 {
-            assert!(seen.insert(Token::generate().unwrap().expose().to_string()));
-        }
-    }
-
-    #[test]
     fn hash_is_sha256_hex_and_fingerprint_its_prefix() {
         // SHA-256("abc"), FIPS 180-2 test vector.
         let h = TokenHash::of("abc");
@@ -124,6 +116,145 @@ mod tests {
         let shown = format!("{t:?}");
         assert!(!shown.contains(t.expose()));
         assert!(shown.contains(&t.hash().fingerprint()));
+    }
+
+    /// Bit and byte statistics of a stream of 32-byte draws.
+    struct Tally {
+        draws: usize,
+        ones: [u32; TOKEN_BYTES * 8],
+        bytes: [u64; 256],
+    }
+
+    impl Tally {
+        fn new() -> Self {
+            Self {
+                draws: 0,
+                ones: [0; TOKEN_BYTES * 8],
+                bytes: [0; 256],
+            }
+        }
+
+        fn add(&mut self, draw: &[u8]) {
+            self.draws += 1;
+            for (i, b) in draw.iter().enumerate() {
+                self.bytes[usize::from(*b)] += 1;
+                for bit in 0..8 {
+                    self.ones[i * 8 + bit] += u32::from((b >> bit) & 1);
+                }
+            }
+        }
+
+        /// Per bit position, ones ~ Binomial(n, 1/2); the largest |z| over the positions.
+        fn worst_bit_z(&self) -> (usize, f64) {
+            let n = self.draws as f64;
+            let sd = n.sqrt() / 2.0;
+            self.ones
+                .iter()
+                .map(|&c| ((f64::from(c) - n / 2.0) / sd).abs())
+                .enumerate()
+                .fold(
+                    (0, 0.0),
+                    |worst, (i, z)| if z > worst.1 { (i, z) } else { worst },
+                )
+        }
+
+        /// Pearson's chi-square of the byte values against uniform (255 degrees of freedom).
+        fn byte_chi_square(&self) -> f64 {
+            let expected = self.bytes.iter().sum::<u64>() as f64 / 256.0;
+            self.bytes
+                .iter()
+                .map(|&c| (c as f64 - expected).powi(2) / expected)
+                .sum()
+        }
+    }
+
+    // Thresholds, each failed by a correct generator with probability below 1e-6, so the test
+    // does not flake. Bits: 6 sd two-sided is p = 2.0e-9 per position, 5.1e-7 for all 256 (union
+    // bound). Bytes: chi-square with 255 df has mean 255 and sd 22.6; its 1e-6 tails are about
+    // 162 and 377 (Wilson-Hilferty), and 150..400 is looser still. The low tail matters: too
+    // even a spread is a counter, not randomness.
+    const MAX_BIT_Z: f64 = 6.0;
+    const CHI_SQUARE_255_DF: std::ops::Range<f64> = 150.0..400.0;
+
+    #[test]
+    fn a_hundred_thousand_tokens_are_unique_and_of_full_entropy() {
+        const N: usize = 100_000;
+        let mut seen = HashSet::with_capacity(N);
+        let mut tally = Tally::new();
+        for _ in 0..N {
+            let token = Token::generate().unwrap();
+            let text = token.expose();
+            assert!(well_formed(text), "{text}");
+            let bytes = URL_SAFE_NO_PAD.decode(text).unwrap();
+            assert!(bytes.len() * 8 >= 128, "{} bits", bytes.len() * 8);
+            assert_eq!(bytes.len(), TOKEN_BYTES);
+            // Only the hash is stored: it must not be, or contain, the secret.
+            let hash = token.hash();
+            assert_ne!(hash.as_str(), text);
+            assert!(!hash.as_str().contains(text));
+            tally.add(&bytes);
+            assert!(seen.insert(bytes), "a token repeated: {text}");
+        }
+        let (bit, z) = tally.worst_bit_z();
+        assert!(
+            z < MAX_BIT_Z,
+            "bit {bit} is biased: z = {z:.1} over {N} tokens"
+        );
+        let chi2 = tally.byte_chi_square();
+        assert!(
+            CHI_SQUARE_255_DF.contains(&chi2),
+            "byte values are not uniform: chi-square {chi2:.1} (255 df)"
+        );
+    }
+
+    /// The checks above prove something only if bad sources fail them.
+    #[test]
+    fn the_entropy_checks_catch_bad_sources() {
+        let draws = |f: &dyn Fn(usize) -> [u8; TOKEN_BYTES]| {
+            let mut tally = Tally::new();
+            for i in 0..100_000 {
+                tally.add(&f(i));
+            }
+            tally
+        };
+        // A counter spreads byte values perfectly evenly.
+        let counter = draws(&|i| std::array::from_fn(|j| ((i * TOKEN_BYTES + j) % 256) as u8));
+        assert!(!CHI_SQUARE_255_DF.contains(&counter.byte_chi_square()));
+        // Real randomness with one bit stuck at zero (a masking bug).
+        let stuck = draws(&|_| {
+            let mut b = [0u8; TOKEN_BYTES];
+            getrandom::fill(&mut b).unwrap();
+            b[7] &= 0b1110_1111;
+            b
+        });
+        assert_eq!(stuck.worst_bit_z().0, 7 * 8 + 4);
+        assert!(stuck.worst_bit_z().1 >= MAX_BIT_Z);
+        // A slightly biased bit: 51% ones is 6.3 sd at this sample size.
+        let biased = draws(&|i| {
+            let mut b = [0u8; TOKEN_BYTES];
+            getrandom::fill(&mut b).unwrap();
+            b[0] = (b[0] & !1) | u8::from(i % 100 < 51);
+            b
+        });
+        assert!(biased.worst_bit_z().1 >= MAX_BIT_Z);
+    }
+
+    #[test]
+    fn hash_comparison_looks_at_every_byte() {
+        // `matches` is subtle's constant-time equality (no early exit); what a test can check
+        // is that a difference anywhere, first or last character, is seen.
+        let token = Token::generate().unwrap();
+        let hash = token.hash();
+        assert!(hash.matches(&TokenHash::of(token.expose())));
+        let stored = hash.as_str().to_string();
+        for at in [0, stored.len() / 2, stored.len() - 1] {
+            let mut other = stored.clone().into_bytes();
+            other[at] = if other[at] == b'0' { b'1' } else { b'0' };
+            let other = TokenHash::from_stored(String::from_utf8(other).unwrap());
+            assert!(!hash.matches(&other), "a difference at {at} went unseen");
+        }
+        assert!(!hash.matches(&TokenHash::from_stored(stored[..63].to_string())));
+        assert!(!hash.matches(&TokenHash::from_stored(String::new())));
     }
 
     #[test]

@@ -6,10 +6,14 @@
 //! (kustomize or Flux usually sets it); document order stands in for creation order, so the
 //! first of two conflicting bindings in the files is the one that would stay Bound.
 
+#[cfg(test)]
+mod hostile;
 mod schema;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -90,44 +94,182 @@ fn files(paths: &[PathBuf], problems: &mut Vec<Problem>) -> Vec<PathBuf> {
 fn object_name(v: &Value) -> String {
     format!(
         "{}/{}",
-        v["kind"].as_str().unwrap_or("?"),
-        v["metadata"]["name"].as_str().unwrap_or("?")
+        printable(v["kind"].as_str().unwrap_or("?")),
+        printable(v["metadata"]["name"].as_str().unwrap_or("?"))
     )
+}
+
+/// Text from a manifest as it may appear in a problem line: quoted and cut short when it has
+/// control characters (a newline would forge a second problem line) or is very long.
+fn printable(text: &str) -> String {
+    const SHORT: usize = 64;
+    if text.len() <= 253 && !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(SHORT).collect();
+    let more = if head.len() < text.len() { "…" } else { "" };
+    format!("{}{more}", Value::from(head))
+}
+
+/// The API server's rule for an object's name: an RFC 1123 subdomain.
+fn name_problem(name: &str) -> Option<String> {
+    let label = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if name.len() > 253 {
+        return Some(format!(
+            "metadata.name: Invalid value: {}: must be no more than 253 characters",
+            printable(name)
+        ));
+    }
+    (!name.split('.').all(label)).then(|| {
+        format!(
+            "metadata.name: Invalid value: {}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+            Value::from(name)
+        )
+    })
 }
 
 /// Validate the manifests under `paths`; every problem found, in file order.
 pub fn validate(paths: &[PathBuf]) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let mut docs = Vec::new();
+    let mut sources = Vec::new();
     for file in files(paths, &mut problems) {
         let shown = file.display().to_string();
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
+        match std::fs::read(&file) {
+            Ok(bytes) => sources.push((shown, bytes)),
+            Err(e) => problems.push(Problem {
+                file: shown,
+                object: "-".into(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    problems.extend(validate_sources(&sources));
+    problems.sort_by(|a, b| a.file.cmp(&b.file));
+    problems
+}
+
+/// Validate manifests given as (file name, contents); every problem found, in file order.
+pub fn validate_sources(sources: &[(String, Vec<u8>)]) -> Vec<Problem> {
+    let bytes: usize = sources.iter().map(|(_, b)| b.len()).sum();
+    validate_within(sources, parse_deadline(bytes))
+}
+
+/// How long parsing `bytes` of YAML may take: ten times what the slowest build needs for that
+/// much plain YAML (it reads tens of MB a second), far less than the pathological cases take.
+fn parse_deadline(bytes: usize) -> Duration {
+    Duration::from_secs(10 + (bytes >> 20) as u64)
+}
+
+/// The documents of one text, up to its first YAML error.
+fn parse(text: &str) -> Vec<Result<Value, String>> {
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        match Value::deserialize(doc) {
+            Ok(Value::Null) => {}
+            Ok(value) => out.push(Ok(value)),
             Err(e) => {
-                problems.push(Problem {
-                    file: shown,
-                    object: "-".into(),
-                    message: format!("cannot read: {e}"),
-                });
-                continue;
+                out.push(Err(format!("not valid YAML: {e}")));
+                break;
             }
+        }
+    }
+    out
+}
+
+/// Parse the texts on a thread and wait for it at most until `deadline`. libyaml's scanner is
+/// quadratic in the nesting of flow collections (`{a: ` 100,000 times, 400 KB, takes half a
+/// minute; 10 MB would take hours), and no scan short of YAML's own can tell real nesting from
+/// brackets in strings and comments. On time out the thread is left to finish in the
+/// background: `usher validate` exits right after answering.
+fn parse_all(
+    texts: Vec<(usize, String)>,
+    deadline: Duration,
+) -> HashMap<usize, Vec<Result<Value, String>>> {
+    let texts = std::sync::Arc::new(texts);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let shared = texts.clone();
+    let worker = std::thread::Builder::new()
+        .name("yaml".into())
+        .spawn(move || {
+            for (i, text) in shared.iter() {
+                if tx.send((*i, parse(text))).is_err() {
+                    return;
+                }
+            }
+        });
+    let Ok(worker) = worker else {
+        // No thread to be had: parse here, without the deadline.
+        return texts.iter().map(|(i, t)| (*i, parse(t))).collect();
+    };
+    let until = Instant::now() + deadline;
+    let mut parsed = HashMap::new();
+    while parsed.len() < texts.len() {
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok((i, docs)) => {
+                parsed.insert(i, docs);
+            }
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Err(panic) = worker.join() {
+                    std::panic::resume_unwind(panic);
+                }
+                break;
+            }
+        }
+    }
+    parsed
+}
+
+/// [`validate_sources`] with a deadline for parsing.
+fn validate_within(sources: &[(String, Vec<u8>)], deadline: Duration) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut texts = Vec::new();
+    for (i, (shown, bytes)) in sources.iter().enumerate() {
+        match std::str::from_utf8(bytes) {
+            Ok(t) => texts.push((i, t.to_string())),
+            Err(e) => problems.push(Problem {
+                file: shown.clone(),
+                object: "-".into(),
+                message: format!("not UTF-8 text: invalid byte at offset {}", e.valid_up_to()),
+            }),
+        }
+    }
+    let order: Vec<usize> = texts.iter().map(|(i, _)| *i).collect();
+    let mut parsed = parse_all(texts, deadline);
+    let mut docs = Vec::new();
+    let mut stuck: Option<&str> = None;
+    for i in order {
+        let file = &sources[i].0;
+        let problem = |message: String| Problem {
+            file: file.clone(),
+            object: "-".into(),
+            message,
         };
-        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-            match Value::deserialize(doc) {
-                Ok(Value::Null) => {}
+        let Some(results) = parsed.remove(&i) else {
+            problems.push(problem(match stuck {
+                None => format!(
+                    "not valid YAML: still parsing after {} s; are flow collections ([ or {{) nested thousands deep?",
+                    deadline.as_secs_f64()
+                ),
+                Some(first) => format!("not checked: parsing stopped at {first}"),
+            }));
+            stuck.get_or_insert(file);
+            continue;
+        };
+        for result in results {
+            match result {
                 Ok(value) => docs.push(Doc {
-                    file: shown.clone(),
+                    file: file.clone(),
                     order: docs.len(),
                     value,
                 }),
-                Err(e) => {
-                    problems.push(Problem {
-                        file: shown.clone(),
-                        object: "-".into(),
-                        message: format!("not valid YAML: {e}"),
-                    });
-                    break;
-                }
+                Err(message) => problems.push(problem(message)),
             }
         }
     }
@@ -177,8 +319,12 @@ pub fn validate(paths: &[PathBuf]) -> Vec<Problem> {
             problems.push(report(format!("unknown kind {kind:?}; usher.dev has Tenant, LocationGroup, SystemUser and RoleBinding")));
             continue;
         };
-        if v["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+        let Some(name) = v["metadata"]["name"].as_str().filter(|n| !n.is_empty()) else {
             problems.push(report("metadata.name: Required value".into()));
+            continue;
+        };
+        if let Some(message) = name_problem(name) {
+            problems.push(report(message));
             continue;
         }
         let mut found = Vec::new();

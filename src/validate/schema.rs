@@ -2,6 +2,8 @@
 //! usher installs — structure (types, required, enums, lengths, counts, ranges, unknown fields,
 //! unique list keys) here, CEL rules through kube's CEL validator.
 
+use std::collections::HashSet;
+
 use serde_json::Value;
 
 /// One problem, with the field path the API server would name.
@@ -140,7 +142,9 @@ pub fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldProbl
                 .map(|k| k.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
             let list_type = schema.get("x-kubernetes-list-type").and_then(Value::as_str);
-            let mut seen: Vec<Value> = Vec::new();
+            // By serialized identity (keys sort, so equal values serialize alike): a list of
+            // thousands of items must not cost millions of comparisons.
+            let mut seen: HashSet<String> = HashSet::new();
             for (i, item) in items.iter().enumerate() {
                 let here = format!("{path}[{i}]");
                 let identity = match list_type {
@@ -152,11 +156,10 @@ pub fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldProbl
                     )),
                     _ => None,
                 };
-                if let Some(id) = identity {
-                    if seen.contains(&id) {
-                        out.push(problem(&here, format!("Duplicate value: {id}")));
-                    }
-                    seen.push(id);
+                if let Some(id) = identity
+                    && !seen.insert(id.to_string())
+                {
+                    out.push(problem(&here, format!("Duplicate value: {id}")));
                 }
                 if let Some(item_schema) = schema.get("items") {
                     check(item_schema, item, &here, out);
