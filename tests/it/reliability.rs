@@ -17,7 +17,8 @@ use usher::token::TokenHash;
 use usher_testenv::Smtp;
 
 use crate::support::{
-    Usher, apply_yaml, client, eventually, invitation_in, namespace, recipient, sql,
+    Usher, apply_yaml, client, client_of, eventually, install_crds, invitation_in, namespace,
+    recipient, sql,
 };
 
 const TENANT: &str = "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  displayName: Acme Charging\n";
@@ -296,4 +297,263 @@ async fn sigkill_at_random_moments_loses_no_invitation_and_repeats_at_most_one_m
         duplicates <= kills,
         "{duplicates} duplicate mails after {kills} kills"
     );
+}
+
+/// Counters of what usher did, from its /metrics.
+#[derive(Clone, Copy, Debug, Default)]
+struct Load {
+    reconciles: f64,
+    store_calls: f64,
+    kube_requests: f64,
+}
+
+impl Load {
+    async fn of(usher: &Usher) -> Self {
+        let samples = usher.samples().await;
+        let sum = |name: &str| -> f64 {
+            samples
+                .iter()
+                .filter(|(series, _)| series.split('{').next() == Some(name))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        Self {
+            reconciles: sum("usher_reconciles_total"),
+            store_calls: sum("usher_store_duration_seconds_count"),
+            kube_requests: sum("usher_kube_requests_total"),
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            reconciles: self.reconciles - before.reconciles,
+            store_calls: self.store_calls - before.store_calls,
+            kube_requests: self.kube_requests - before.kube_requests,
+        }
+    }
+}
+
+/// The most reconciles `people` failing objects may make in `window` under the backoff, and a
+/// little for the rest (the Tenant).
+fn backoff_bound(people: usize, window: Duration) -> f64 {
+    (people as u32 * usher::plan::retry::tries_within(window) + 5) as f64
+}
+
+fn condition_reason(u: &SystemUser) -> Option<&str> {
+    u.status
+        .as_ref()
+        .and_then(|s| s.conditions.first())
+        .map(|c| c.reason.as_str())
+}
+
+#[tokio::test]
+async fn a_mail_outage_backs_off_and_every_mail_is_delivered_once_when_it_ends() {
+    const PEOPLE: usize = 20;
+    let client = client().await;
+    let ns = namespace(&client, "mail-outage").await;
+    let mut smtp = Smtp::start().expect("SMTP sink");
+    smtp.stop();
+    apply_yaml(&client, &ns, TENANT).await;
+    create_users(&client, &ns, 0..PEOPLE).await;
+    let usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let started = Instant::now();
+    // Everyone tried once and says why they have no mail.
+    settled(&client, &ns, PEOPLE, Duration::from_secs(60), |u| {
+        condition_reason(u) == Some("InvitationNotSent")
+    })
+    .await;
+
+    let before = Load::of(&usher).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = Load::of(&usher).await.since(before);
+    let bound = backoff_bound(PEOPLE, started.elapsed());
+    println!(
+        "mail outage of {:.0} s, {PEOPLE} people: {} reconciles (bound {bound}), {} store calls, {} API requests",
+        started.elapsed().as_secs_f64(),
+        during.reconciles,
+        during.store_calls,
+        during.kube_requests
+    );
+    assert!(during.reconciles <= bound, "no hot loop: {during:?}");
+    // Per try: a handful of store calls (read account, invitation, roles; rotate the unsent
+    // token) and an Event; the status is unchanged.
+    assert!(
+        during.store_calls <= bound * 10.0,
+        "store calls: {during:?}"
+    );
+    assert!(
+        during.kube_requests <= bound * 3.0,
+        "API requests: {during:?}"
+    );
+    assert!(smtp.count() == 0);
+
+    smtp.resume().expect("SMTP back");
+    let back = Instant::now();
+    settled(&client, &ns, PEOPLE, Duration::from_secs(360), |u| {
+        phase(u) == Some(UserPhase::Pending) && sent(u)
+    })
+    .await;
+    let (_, counts) = mailbox(&smtp);
+    println!(
+        "mail outage: every mail delivered {:.1} s after the server came back",
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(counts.len(), PEOPLE, "everyone got their mail: {counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "once each: {counts:?}");
+}
+
+/// Run one statement with psql; its rows, `|`-separated.
+fn psql(url: &str, statement: &str) -> Vec<String> {
+    let out = std::process::Command::new("psql")
+        .args([url, "-At", "-c", statement])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{statement}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_store_outage_backs_off_and_everything_converges_when_it_ends() {
+    const PEOPLE: usize = 20;
+    let client = client().await;
+    let ns = namespace(&client, "store-outage").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    let mut pg = usher_testenv::OwnPostgres::start().expect("PostgreSQL");
+    let url = pg.server.database("outage").expect("a database");
+    apply_yaml(&client, &ns, TENANT).await;
+    create_users(&client, &ns, 0..PEOPLE / 2).await;
+    let usher = Usher::start(&ns, &smtp.url(), &["--store", &url]).await;
+    settled(&client, &ns, PEOPLE / 2, Duration::from_secs(60), |u| {
+        phase(u) == Some(UserPhase::Pending) && sent(u)
+    })
+    .await;
+
+    // The store goes down; people arrive and one leaves meanwhile.
+    pg.stop();
+    let down = Instant::now();
+    create_users(&client, &ns, PEOPLE / 2..PEOPLE).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    users
+        .delete("person-0000", &Default::default())
+        .await
+        .expect("delete");
+    let readyz = format!("{}/readyz", usher.url);
+    let unready = eventually(Duration::from_secs(20), || async {
+        let r = reqwest::get(&readyz).await.ok()?;
+        (r.status() == 503).then_some(())
+    })
+    .await;
+    assert!(unready.is_some(), "/readyz says the store is down");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = Load::of(&usher).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = Load::of(&usher).await.since(before);
+    let bound = backoff_bound(PEOPLE, down.elapsed());
+    println!(
+        "store outage of {:.0} s: {} reconciles (bound {bound}), {} store calls, {} API requests",
+        down.elapsed().as_secs_f64(),
+        during.reconciles,
+        during.store_calls,
+        during.kube_requests
+    );
+    assert!(during.reconciles <= bound, "no hot loop: {during:?}");
+    // A try stops at its first failed store call.
+    assert!(during.store_calls <= bound * 2.0, "store calls: {during:?}");
+    assert!(
+        during.kube_requests <= bound * 3.0,
+        "API requests: {during:?}"
+    );
+    assert_eq!(smtp.count(), PEOPLE / 2, "no mail without a recorded token");
+
+    pg.resume().expect("PostgreSQL back");
+    let back = Instant::now();
+    settled(&client, &ns, PEOPLE - 1, Duration::from_secs(360), |u| {
+        phase(u) == Some(UserPhase::Pending) && sent(u)
+    })
+    .await;
+    println!(
+        "store outage: converged {:.1} s after the store came back",
+        back.elapsed().as_secs_f64()
+    );
+    let (_, counts) = mailbox(&smtp);
+    assert_eq!(counts.len(), PEOPLE, "everyone got their mail");
+    assert!(counts.values().all(|&n| n == 1), "once each: {counts:?}");
+    // The one who left is offboarded (deactivated, token revoked), the rest provisioned once.
+    let accounts = psql(
+        &url,
+        "SELECT external_id, active, (SELECT COUNT(*) FROM invitations i WHERE i.user_id = u.id AND i.used_us IS NULL AND i.revoked_us IS NULL) FROM users u ORDER BY external_id",
+    );
+    assert_eq!(accounts.len(), PEOPLE, "{accounts:?}");
+    assert_eq!(accounts[0], format!("{ns}/person-0000|0|0"), "offboarded");
+    assert!(
+        accounts[1..].iter().all(|a| a.ends_with("|0|1")),
+        "one open invitation each: {accounts:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_api_server_restart_resumes_the_watches_and_everything_converges() {
+    const PEOPLE: usize = 10;
+    let dir = usher_testenv::scratch_dir("apiserver-restart").expect("scratch dir");
+    // A control plane of this test's own: restarting the shared one would disturb the others.
+    let mut cp = usher_testenv::ControlPlane::start(&dir).expect("control plane");
+    let client = client_of(&cp.kubeconfig).await;
+    install_crds(client.clone()).await;
+    let ns = namespace(&client, "apiserver-restart").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    apply_yaml(&client, &ns, TENANT).await;
+    create_users(&client, &ns, 0..PEOPLE / 2).await;
+    let kubeconfig = cp.kubeconfig.display().to_string();
+    let usher = Usher::start_with_env(&ns, &smtp.url(), &[], &[("KUBECONFIG", &kubeconfig)]).await;
+    settled(&client, &ns, PEOPLE / 2, Duration::from_secs(60), |u| {
+        phase(u) == Some(UserPhase::Pending) && sent(u)
+    })
+    .await;
+
+    let before = Load::of(&usher).await;
+    cp.stop_apiserver();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let during = Load::of(&usher).await.since(before);
+    println!(
+        "API server down 20 s: {} requests from usher, {} reconciles",
+        during.kube_requests, during.reconciles
+    );
+    assert!(
+        usher
+            .pid()
+            .is_some_and(|p| usher_testenv::Supervised::pid_is_alive(p as i32)),
+        "usher outlives the API server's absence"
+    );
+    // Four watches and the Event recorder retry with backoff, not in a loop.
+    assert!(during.kube_requests <= 100.0, "{during:?}");
+    cp.start_apiserver().expect("API server back");
+
+    // The watches resume: new people are invited, a deleted one is offboarded.
+    create_users(&client, &ns, PEOPLE / 2..PEOPLE).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    users
+        .delete("person-0000", &Default::default())
+        .await
+        .expect("delete");
+    settled(&client, &ns, PEOPLE - 1, Duration::from_secs(120), |u| {
+        phase(u) == Some(UserPhase::Pending) && sent(u)
+    })
+    .await;
+    let (_, counts) = mailbox(&smtp);
+    assert_eq!(counts.len(), PEOPLE, "everyone got their mail");
+    assert!(counts.values().all(|&n| n == 1), "once each: {counts:?}");
+    let gone = sql(
+        &usher.db,
+        &format!("SELECT active FROM users WHERE external_id = '{ns}/person-0000'"),
+    );
+    assert_eq!(gone, vec![vec![serde_json::json!(0)]], "offboarded");
+    drop(usher);
+    cp.stop();
 }
