@@ -18,5 +18,6 @@ mod observability;
 mod offboarding;
 mod reliability;
 mod roles;
+mod secrets;
 mod stores;
 mod unreadable;
