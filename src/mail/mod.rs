@@ -115,6 +115,19 @@ fn one_line(text: &str) -> String {
         .to_string()
 }
 
+/// Text for a header: one line, single-spaced, and no RFC 2047 encoded word
+/// (`=?utf-8?b?…?=`), which lettre passes through as ASCII and mail programs decode into other
+/// text, CR and LF included. A word joiner after the `=` keeps the text looking as written and
+/// has lettre encode the word. Single spaces because lettre writes a run of blanks between two
+/// encoded words, where decoders drop it and join the words.
+fn header_text(text: &str) -> String {
+    text.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("=?", "=\u{2060}?")
+}
+
 fn mailbox(text: &str) -> Result<Mailbox, MailError> {
     text.parse()
         .map_err(|e: lettre::address::AddressError| MailError::Address {
@@ -151,7 +164,10 @@ impl Invitation<'_> {
                     address: self.to.to_string(),
                     reason: e.to_string(),
                 })?;
-        let to = Mailbox::new((!full_name.is_empty()).then(|| full_name.clone()), to_addr);
+        let to = Mailbox::new(
+            (!full_name.is_empty()).then(|| header_text(&full_name)),
+            to_addr,
+        );
         let expires = self.expires_at.strftime("%Y-%m-%d %H:%M").to_string();
         let link = self.link();
         let greeting = if full_name.is_empty() {
@@ -175,7 +191,7 @@ impl Invitation<'_> {
         Message::builder()
             .from(mailbox(&one_line(self.from))?)
             .to(to)
-            .subject(format!("Your invitation to {tenant}"))
+            .subject(format!("Your invitation to {}", header_text(&tenant)))
             .header(header::MIME_VERSION_1_0)
             .multipart(MultiPart::alternative_plain_html(
                 render("invitation.txt")?,
@@ -277,6 +293,192 @@ mod tests {
             inv.link(),
             "https://portal.acme.example/accept?lang=en&token=tok_ABCdef-123_xyz"
         );
+    }
+
+    mod hostile {
+        //! Whatever people and tenants are called, an invitation stays one mail to one person:
+        //! no header injected, no markup let through, no panic.
+
+        use proptest::prelude::*;
+        use proptest::test_runner::Config;
+
+        use super::*;
+
+        /// Text that has broken mail and HTML before: line breaks, encoded words, markup,
+        /// template syntax, bidi and separator characters, and sheer length.
+        fn hostile() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("\r\n".to_string()),
+                Just("\r".to_string()),
+                Just("\n".to_string()),
+                Just("\r\nBcc: victim@evil.example\r\n".to_string()),
+                Just("\nX-Injected: yes\n\n<html>".to_string()),
+                Just("=?utf-8?b?QmNjOiB2aWN0aW1AZXZpbC5leGFtcGxl?=".to_string()),
+                Just("=?UTF-8?Q?=0D=0ABcc:_victim@evil.example?=".to_string()),
+                Just("<script>alert(1)</script>".to_string()),
+                Just("<SCRIPT SRC=//evil.example/x.js>".to_string()),
+                Just("<img src=x onerror=alert(1)>".to_string()),
+                Just("\"><a href=javascript:alert(1)>".to_string()),
+                Just("'><svg onload=alert(1)>".to_string()),
+                Just("{{ token }}{% if true %}".to_string()),
+                Just("&amp;&lt;&#x3C;".to_string()),
+                Just("\u{0}\u{7}\u{1b}[31m\u{85}\u{2028}\u{2029}\u{202e}".to_string()),
+                Just("Ünïcødé 日本語 🎉".to_string()),
+                Just(";,:<>@\"()[]\\".to_string()),
+                Just(" ".repeat(100)),
+                Just("x".repeat(5_000)),
+                "[ -~]{0,20}",
+                ".{0,20}",
+            ];
+            prop::collection::vec(piece, 0..10).prop_map(|v| v.concat())
+        }
+
+        /// Addresses lettre may accept or refuse; accepted ones must come out as they went in.
+        fn address() -> impl Strategy<Value = String> {
+            prop_oneof![
+                6 => "[a-z0-9._+-]{1,20}@[a-z0-9-]{1,20}\\.example",
+                1 => (hostile(), "[a-z]{1,8}@[a-z]{1,8}\\.example").prop_map(|(h, a)| format!("{a}{h}")),
+                1 => (hostile(), "[a-z]{1,8}@[a-z]{1,8}\\.example").prop_map(|(h, a)| format!("{h}{a}")),
+                1 => hostile(),
+            ]
+        }
+
+        fn config(cases: u32) -> Config {
+            Config {
+                cases,
+                failure_persistence: None,
+                ..Config::default()
+            }
+        }
+
+        /// The HTML tags of a document, in order: escaping keeps this the template's own list.
+        fn tags(html: &str) -> Vec<String> {
+            html.split('<')
+                .skip(1)
+                .map(|t| {
+                    t.chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '/' || *c == '!')
+                        .collect::<String>()
+                        .to_ascii_lowercase()
+                })
+                .collect()
+        }
+
+        fn words(text: &str) -> String {
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        }
+
+        /// A decoded header as people see it: the word joiner that defuses encoded words is
+        /// invisible.
+        fn visible(text: &str) -> String {
+            words(&text.replace('\u{2060}', ""))
+        }
+
+        fn header_names(raw: &[u8]) -> Vec<String> {
+            let msg = mail_parser::MessageParser::default().parse(raw).unwrap();
+            let mut names: Vec<String> = msg
+                .headers()
+                .iter()
+                .map(|h| h.name().to_ascii_lowercase())
+                .collect();
+            names.sort();
+            names
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn hostile_names_render_one_clean_mail(
+                tenant in hostile(),
+                first in prop::option::of(hostile()),
+                last in prop::option::of(hostile()),
+                to in address(),
+                from in prop_oneof![
+                    4 => Just("Acme Portal <no-reply@acme.example>".to_string()),
+                    1 => hostile(),
+                ],
+            ) {
+                let inv = Invitation {
+                    tenant: &tenant,
+                    from: &from,
+                    to: &to,
+                    first_name: first.as_deref(),
+                    last_name: last.as_deref(),
+                    accept_url: "https://portal.acme.example/accept",
+                    token: "tok_ABCdef-123_xyz",
+                    expires_at: "2026-11-24T10:00:00Z".parse().unwrap(),
+                };
+                let message = match inv.message() {
+                    Ok(m) => m,
+                    // A refused address is the answer for input no mail can carry.
+                    Err(MailError::Address { .. }) => return Ok(()),
+                    Err(e) => return Err(TestCaseError::fail(format!("{e}"))),
+                };
+                let raw = message.formatted();
+                let msg = mail_parser::MessageParser::default()
+                    .parse(&raw)
+                    .ok_or_else(|| TestCaseError::fail("the message does not parse"))?;
+
+                // The very headers of a benign invitation, each once: nothing injected.
+                let benign = self::super::raw(&sample("Acme", "Alice"));
+                prop_assert_eq!(header_names(&raw), header_names(&benign));
+                let recipients: Vec<_> = msg.to().unwrap().iter().collect();
+                prop_assert_eq!(recipients.len(), 1);
+                prop_assert!(msg.cc().is_none() && msg.bcc().is_none());
+                prop_assert_eq!(msg.from().unwrap().iter().count(), 1);
+                let name = one_line(
+                    &[first.as_deref(), last.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+                if to.contains("=?") {
+                    // Valid in an address, where RFC 2047 forbids decoding it; mail-parser
+                    // decodes it all the same, into the name and out of the address. The header
+                    // must still carry it as it is.
+                    let raw_to = msg.header_raw("To").unwrap_or_default();
+                    prop_assert!(raw_to.contains(to.as_str()), "{} not in To: {}", to, raw_to);
+                } else {
+                    prop_assert_eq!(recipients[0].address(), Some(to.as_str()));
+                    if !name.is_empty() {
+                        prop_assert_eq!(recipients[0].name().map(visible), Some(words(&name)));
+                    }
+                }
+                // Encoded words and folding may merge runs of blanks; the words must all be there.
+                let subject = format!("Your invitation to {}", one_line(&tenant));
+                prop_assert_eq!(msg.subject().map(visible), Some(words(&subject)));
+
+                // The HTML has the template's tags and no others; the text has the words.
+                let (text, html) = parts(&raw);
+                prop_assert_eq!(tags(&html), tags(&parts(&benign).1));
+                let lower = html.to_ascii_lowercase();
+                for markup in ["<script", "<img", "<svg", "<a href=javascript"] {
+                    prop_assert!(!lower.contains(markup), "{} in:\n{}", markup, html);
+                }
+                prop_assert!(text.contains(&one_line(&tenant)), "tenant missing from:\n{}", text);
+                let greeted = if name.is_empty() { &to } else { &name };
+                prop_assert!(text.contains(greeted.as_str()), "{} missing from:\n{}", greeted, text);
+            }
+        }
+    }
+
+    #[test]
+    fn encoded_words_in_names_are_shown_as_written() {
+        // lettre passes ASCII through, so this display name reached mail programs as an encoded
+        // word and read "Your invitation to Bcc: victim@evil.example"; the second hid a CR LF.
+        for tenant in [
+            "=?utf-8?b?QmNjOiB2aWN0aW1AZXZpbC5leGFtcGxl?=",
+            "Acme =?UTF-8?Q?=0D=0ABcc:_victim@evil.example?=",
+        ] {
+            let raw = raw(&sample(tenant, "=?utf-8?q?Eve?="));
+            let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+            let subject = msg.subject().unwrap().replace('\u{2060}', "");
+            assert_eq!(subject, format!("Your invitation to {tenant}"));
+            let name = msg.to().unwrap().first().unwrap().name().unwrap();
+            assert_eq!(name.replace('\u{2060}', ""), "=?utf-8?q?Eve?= Ng");
+        }
     }
 
     #[test]
