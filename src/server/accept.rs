@@ -21,6 +21,8 @@ use crate::token::{self, TokenHash};
 #[derive(Debug)]
 enum Refusal {
     Malformed(&'static str),
+    /// The request itself could not be read (too large, not a form), with its status.
+    Unreadable(StatusCode, &'static str),
     TooMany,
     Store(RedeemRefusal),
     Unavailable,
@@ -31,6 +33,7 @@ impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::Unreadable(status, _) => *status,
             Self::TooMany => StatusCode::TOO_MANY_REQUESTS,
             Self::Store(RedeemRefusal::Unknown) => StatusCode::NOT_FOUND,
             Self::Store(RedeemRefusal::AlreadyUsed) => StatusCode::CONFLICT,
@@ -43,6 +46,7 @@ impl Refusal {
     fn message(&self) -> String {
         match self {
             Self::Malformed(why) => format!("the invitation code is malformed: {why}"),
+            Self::Unreadable(_, why) => (*why).to_string(),
             Self::TooMany => "too many tries; wait a minute and try again".into(),
             Self::Store(r) => r.to_string(),
             Self::Unavailable => "the service is unavailable right now; try again shortly".into(),
@@ -118,13 +122,25 @@ pub async fn show(
     query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let token = query.map(|q| q.0.token).unwrap_or_default();
-    let prefilled: String = token.chars().take(token::MAX_TOKEN_LEN).collect();
+    if token.len() > token::MAX_TOKEN_LEN {
+        // No code usher issues is this long: say so rather than prefill a cut-off piece of it.
+        return render(
+            StatusCode::BAD_REQUEST,
+            minijinja::context! {
+                title => "Accept your invitation",
+                form => true,
+                token => "",
+                message => Refusal::Malformed("the link holds far more than a code; enter the code from your invitation mail").message(),
+                kind => "error",
+            },
+        );
+    }
     render(
         StatusCode::OK,
         minijinja::context! {
             title => "Accept your invitation",
             form => true,
-            token => prefilled,
+            token => token,
             message => "Check the code from your invitation mail and accept it to activate your account.",
             kind => "",
         },
@@ -164,7 +180,17 @@ pub async fn form(
     } else {
         match &form {
             Ok(Form(q)) => redeem(&state, client, &q.token).await,
-            Err(_) => Err(Refusal::Malformed("the form was not sent as expected")),
+            Err(rejection) => Err(match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => Refusal::Unreadable(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the form is far too large to hold an invitation code",
+                ),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => Refusal::Unreadable(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "the form was not sent as a form (application/x-www-form-urlencoded)",
+                ),
+                _ => Refusal::Malformed("the form was not sent as expected"),
+            }),
         }
     };
     match result {
@@ -182,6 +208,7 @@ pub async fn form(
             let retry = matches!(
                 refusal,
                 Refusal::Malformed(_)
+                    | Refusal::Unreadable(..)
                     | Refusal::TooMany
                     | Refusal::Unavailable
                     | Refusal::Store(RedeemRefusal::Unknown)

@@ -60,6 +60,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // Refusals say what is wrong, these too (axum's own have empty bodies).
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "no such page; invitations are accepted at /accept\n",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not allowed here\n",
+            )
+        })
         // A token is 43 characters; nothing legitimate comes near this.
         .layer(DefaultBodyLimit::max(8 * 1024))
         .layer(axum::middleware::map_response(security_headers))
@@ -119,4 +132,457 @@ async fn security_headers(mut response: Response) -> Response {
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::CACHE_CONTROL, "no-store");
     response
+}
+
+#[cfg(test)]
+mod tests {
+    //! Hostile requests against the real router over a real SQLite store: whatever the method,
+    //! path, query, content type or body, the answer is never a 5xx and never a panic, and a 4xx
+    //! says what is wrong in words.
+
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::path::PathBuf;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::{Method, Request};
+    use futures::channel::mpsc::UnboundedReceiver;
+    use http_body_util::BodyExt;
+    use jiff::Timestamp;
+    use proptest::prelude::*;
+    use proptest::test_runner::Config;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::plan::records::{InvitationRecord, Profile, TenantRecord, UserFields};
+    use crate::token::Token;
+
+    /// The router over a fresh store holding one open invitation.
+    struct Harness {
+        rt: tokio::runtime::Runtime,
+        app: Router,
+        token: String,
+        _redeemed: UnboundedReceiver<Redeemed>,
+        _dir: PathBuf,
+    }
+
+    fn harness() -> Harness {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = usher_testenv::scratch_dir("server-hostile").unwrap();
+        let url = format!("sqlite://{}", dir.join("usher.db").display());
+        let token = Token::generate().unwrap();
+        let store = rt.block_on(async {
+            let store = crate::store::open(&url).await.unwrap();
+            let tenant = TenantRecord {
+                key: "acme/acme".into(),
+                display_name: "Acme".into(),
+            };
+            store.put_tenant(&tenant).await.unwrap();
+            let user = store
+                .create_user(&UserFields {
+                    tenant: tenant.key.clone(),
+                    external_id: "acme/alice".into(),
+                    email: "alice@acme.example".into(),
+                    profile: Profile::default(),
+                })
+                .await
+                .unwrap();
+            let now = Timestamp::now();
+            store
+                .record_invitation(&InvitationRecord {
+                    token_hash: token.hash(),
+                    user_id: user.id,
+                    attempt: 1,
+                    trigger: None,
+                    created_at: now,
+                    expires_at: now + jiff::SignedDuration::from_hours(1),
+                    sent_at: Some(now),
+                    used_at: None,
+                    revoked_at: None,
+                })
+                .await
+                .unwrap();
+            store
+        });
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let state = Arc::new(AppState::new(store, tx, Arc::new(Metrics::default())));
+        Harness {
+            rt,
+            app: router(state),
+            token: token.expose().to_string(),
+            _redeemed: rx,
+            _dir: dir,
+        }
+    }
+
+    /// A request as a client could send it, down to the bytes.
+    #[derive(Clone, Debug)]
+    struct Hostile {
+        method: Method,
+        path: &'static str,
+        query: Option<String>,
+        content_type: Option<Vec<u8>>,
+        body: Vec<u8>,
+        /// Sent without a length, in chunks, as a streaming client would.
+        chunked: bool,
+        site: Option<&'static str>,
+        /// The client's address; some share one, and so its rate limit.
+        client: u8,
+    }
+
+    /// Token texts: the real one, well-shaped strangers, and everything else.
+    fn token_text(real: String) -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(real),
+            "[A-Za-z0-9_-]{43}",
+            Just(String::new()),
+            Just("   ".to_string()),
+            Just("a".repeat(10_000)),
+            "[A-Za-z0-9_-]{0,200}",
+            ".{0,60}",
+            Just("tok\0en\r\nSet-Cookie: x=1".to_string()),
+            Just("<script>alert(1)</script>".to_string()),
+            Just("../../etc/passwd".to_string()),
+            Just("' OR '1'='1".to_string()),
+        ]
+    }
+
+    fn percent(text: &str) -> String {
+        url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+    }
+
+    fn body(real: String) -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            token_text(real.clone())
+                .prop_map(|t| serde_json::json!({ "token": t }).to_string().into_bytes()),
+            token_text(real.clone()).prop_map(|t| format!("token={}", percent(&t)).into_bytes()),
+            token_text(real).prop_map(|t| {
+                serde_json::json!({"token": t, "extra": [1, {"x": null}]})
+                    .to_string()
+                    .into_bytes()
+            }),
+            prop::sample::select(vec![
+                b"{}".to_vec(),
+                b"[]".to_vec(),
+                b"null".to_vec(),
+                b"{\"token\": 42}".to_vec(),
+                b"{\"token\": null}".to_vec(),
+                b"{\"token\": [\"a\"]}".to_vec(),
+                b"{\"token\": {\"token\": \"a\"}}".to_vec(),
+                b"{\"token\": \"a\", \"token\": \"b\"}".to_vec(),
+                b"{\"token\": \"\xff\xfe\"}".to_vec(),
+                b"{\"token\": \"\\ud800\"}".to_vec(),
+                b"{\"token\": \"a\"".to_vec(),
+                b"token=%zz".to_vec(),
+                b"token=%ff%fe".to_vec(),
+                b"token=a&token=b".to_vec(),
+                b"tok=1".to_vec(),
+                b"=&&=".to_vec(),
+                format!("{}{}", "[".repeat(5_000), "]".repeat(5_000)).into_bytes(),
+                format!("{{\"token\": \"{}\"}}", "a".repeat(9_000)).into_bytes(),
+                vec![b'a'; 8 * 1024 + 1],
+                vec![0; 20_000],
+            ]),
+        ]
+    }
+
+    fn content_type() -> impl Strategy<Value = Option<Vec<u8>>> {
+        let named = |c: &'static str| Just(Some(c.as_bytes().to_vec()));
+        prop_oneof![
+            2 => Just(None),
+            4 => named("application/json"),
+            4 => named("application/x-www-form-urlencoded"),
+            3 => prop::sample::select(vec![
+                "application/json; charset=utf-8",
+                "application/json; charset=latin1",
+                "text/plain",
+                "text/html",
+                "multipart/form-data; boundary=x",
+                "application/problem+json",
+                "application/jsonx",
+                "*/*",
+                ";;;",
+                "",
+            ])
+            .prop_map(|c| Some(c.as_bytes().to_vec())),
+            // Any bytes a header value may hold (no CR, LF or NUL).
+            1 => prop::collection::vec(prop_oneof![32u8..127, 128u8..=255], 0..40).prop_map(Some),
+        ]
+    }
+
+    fn request(real: String) -> impl Strategy<Value = Hostile> {
+        // Weighted toward the routes that read what clients send.
+        let method = prop_oneof![
+            8 => Just(Method::POST),
+            3 => Just(Method::GET),
+            1 => prop::sample::select(vec![
+                Method::PUT,
+                Method::DELETE,
+                Method::PATCH,
+                Method::OPTIONS,
+                Method::HEAD,
+                Method::from_bytes(b"BREW").unwrap(),
+            ]),
+        ];
+        let path = prop_oneof![
+            5 => Just("/api/v1/invitations/redeem"),
+            5 => Just("/accept"),
+            1 => prop::sample::select(vec![
+                "/healthz",
+                "/readyz",
+                "/metrics",
+                "/",
+                "/accept/",
+                "/api/v1/invitations/redeem/x",
+                "/nowhere",
+            ]),
+        ];
+        let query = prop_oneof![
+            Just(None),
+            token_text(real.clone()).prop_map(|t| Some(format!("token={}", percent(&t)))),
+            "[A-Za-z0-9%&=+._~!$'()*,;:@/?-]{0,80}".prop_map(Some),
+            Just(Some("token=%ff%fe%00".to_string())),
+            Just(Some(format!("token={}", "%41".repeat(4_000)))),
+        ];
+        let site = prop::sample::select(vec![None, Some("same-origin"), Some("cross-site")]);
+        (
+            method,
+            path,
+            query,
+            content_type(),
+            body(real),
+            any::<bool>(),
+            site,
+            any::<u8>(),
+        )
+            .prop_map(
+                |(method, path, query, content_type, body, chunked, site, client)| Hostile {
+                    method,
+                    path,
+                    query,
+                    content_type,
+                    body,
+                    chunked,
+                    site,
+                    client,
+                },
+            )
+    }
+
+    /// Requests that get past content negotiation, so the token checks and the store are reached.
+    fn coherent(real: String) -> impl Strategy<Value = Hostile> {
+        let api = (token_text(real.clone()), any::<bool>(), any::<u8>()).prop_map(
+            |(t, chunked, client)| Hostile {
+                method: Method::POST,
+                path: "/api/v1/invitations/redeem",
+                query: None,
+                content_type: Some(b"application/json".to_vec()),
+                body: serde_json::json!({ "token": t }).to_string().into_bytes(),
+                chunked,
+                site: None,
+                client,
+            },
+        );
+        let form = (token_text(real.clone()), any::<bool>(), any::<u8>()).prop_map(
+            |(t, chunked, client)| Hostile {
+                method: Method::POST,
+                path: "/accept",
+                query: None,
+                content_type: Some(b"application/x-www-form-urlencoded".to_vec()),
+                body: format!("token={}", percent(&t)).into_bytes(),
+                chunked,
+                site: Some("same-origin"),
+                client,
+            },
+        );
+        let page = (token_text(real), any::<u8>()).prop_map(|(t, client)| Hostile {
+            method: Method::GET,
+            path: "/accept",
+            query: Some(format!("token={}", percent(&t))),
+            content_type: None,
+            body: Vec::new(),
+            chunked: false,
+            site: None,
+            client,
+        });
+        prop_oneof![api, form, page]
+    }
+
+    fn build(h: &Hostile) -> Request<Body> {
+        let uri = match &h.query {
+            Some(q) => format!("{}?{q}", h.path),
+            None => h.path.to_string(),
+        };
+        let body = if h.chunked {
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                h.body.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+            Body::from_stream(futures::stream::iter(chunks))
+        } else {
+            Body::from(h.body.clone())
+        };
+        let mut builder = Request::builder()
+            .method(h.method.clone())
+            .uri(uri)
+            .header(header::HOST, "usher.example");
+        if let Some(ct) = &h.content_type {
+            builder = builder.header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_bytes(ct).expect("generated as a valid header value"),
+            );
+        }
+        if let Some(site) = h.site {
+            builder = builder.header("sec-fetch-site", site);
+        }
+        let mut request = builder.body(body).expect("a request");
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((
+                Ipv4Addr::new(192, 0, 2, h.client),
+                40_000,
+            ))));
+        request
+    }
+
+    /// The status, the content type and the body, as text if it is text.
+    fn send(harness: &Harness, h: &Hostile) -> (StatusCode, String, Result<String, Vec<u8>>) {
+        harness.rt.block_on(async {
+            let response = harness.app.clone().oneshot(build(h)).await.unwrap();
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            assert_eq!(
+                response.headers().get(header::X_CONTENT_TYPE_OPTIONS),
+                Some(&HeaderValue::from_static("nosniff")),
+                "every answer carries the security headers"
+            );
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                content_type,
+                String::from_utf8(bytes.to_vec()).map_err(|e| e.into_bytes()),
+            )
+        })
+    }
+
+    /// What a person or a program reads in a refusal: the JSON `error`, the page's message, or
+    /// the plain text.
+    fn reason(content_type: &str, body: &str) -> Option<String> {
+        let text = if content_type.starts_with("application/json") {
+            serde_json::from_str::<serde_json::Value>(body).ok()?["error"]
+                .as_str()?
+                .to_string()
+        } else if content_type.starts_with("text/html") {
+            let start = body.find("id=\"message\"")?;
+            let rest = &body[start..];
+            rest[rest.find('>')? + 1..rest.find("</p>")?].to_string()
+        } else {
+            body.to_string()
+        };
+        (text.split_whitespace().count() >= 2).then_some(text)
+    }
+
+    #[test]
+    fn hostile_requests_get_a_4xx_in_words_never_a_5xx() {
+        // One store and one rate limiter for the whole run, as clients share a server; so the
+        // runner is driven by hand rather than through `proptest!`.
+        let harness = harness();
+        let mut runner = proptest::test_runner::TestRunner::new(Config {
+            cases: 192,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(
+                &prop_oneof![
+                    request(harness.token.clone()),
+                    coherent(harness.token.clone())
+                ],
+                |h| {
+                    let (status, content_type, body) = send(&harness, &h);
+                    prop_assert!(!status.is_server_error(), "{status} for {h:?}: {body:?}");
+                    if status.is_client_error() && h.method != Method::HEAD {
+                        let body = body.map_err(|b| {
+                            TestCaseError::fail(format!("{status}: the body is not text: {b:?}"))
+                        })?;
+                        prop_assert!(
+                            reason(&content_type, &body).is_some(),
+                            "{status} ({content_type}) says nothing readable for {h:?}: {body:?}"
+                        );
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn each_kind_of_hostile_request_gets_its_own_status() {
+        let harness = harness();
+        let post = |path: &'static str, content_type: &str, body: Vec<u8>| Hostile {
+            method: Method::POST,
+            path,
+            query: None,
+            content_type: Some(content_type.as_bytes().to_vec()),
+            body,
+            chunked: false,
+            site: Some("same-origin"),
+            client: 1,
+        };
+        let api = "/api/v1/invitations/redeem";
+        let json = "application/json";
+        let form = "application/x-www-form-urlencoded";
+        let nested = |depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes();
+        let cases = [
+            ("1 MB JSON", post(api, json, vec![b' '; 1 << 20]), 413),
+            ("1 MB form", post("/accept", form, vec![b'a'; 1 << 20]), 413),
+            (
+                "bad UTF-8",
+                post(api, json, b"{\"token\": \"\xff\xfe\"}".to_vec()),
+                400,
+            ),
+            ("text/plain", post(api, "text/plain", b"{}".to_vec()), 415),
+            (
+                "a form to the API",
+                post(api, form, b"token=a".to_vec()),
+                415,
+            ),
+            (
+                "JSON to the form",
+                post("/accept", json, b"{}".to_vec()),
+                415,
+            ),
+            (
+                "no token in the form",
+                post("/accept", form, b"tok=1".to_vec()),
+                400,
+            ),
+            ("no token in the JSON", post(api, json, b"{}".to_vec()), 400),
+            ("nesting 4,000 deep", post(api, json, nested(4_000)), 400),
+            ("nesting 10,000 deep", post(api, json, nested(10_000)), 413),
+            (
+                "10 KB token in the link",
+                Hostile {
+                    method: Method::GET,
+                    query: Some(format!("token={}", "a".repeat(10_000))),
+                    ..post("/accept", form, Vec::new())
+                },
+                400,
+            ),
+        ];
+        for (what, request, expected) in cases {
+            let (status, content_type, body) = send(&harness, &request);
+            let body = body.unwrap();
+            assert_eq!(status.as_u16(), expected, "{what}: {body}");
+            let reason = reason(&content_type, &body);
+            assert!(reason.is_some(), "{what}: nothing readable in {body}");
+        }
+    }
 }
