@@ -11,6 +11,7 @@ mod crds;
 mod deploy;
 mod drift;
 mod examples;
+mod hostile;
 mod invitations;
 mod kubectl;
 mod leader;
