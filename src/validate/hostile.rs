@@ -341,8 +341,10 @@ fn the_examples_are_clean_and_survive_a_round_trip() {
     assert_eq!(validate_sources(&to_sources(&example_docs())), []);
 }
 
+// Each case validates the examples in full (about 10 ms in a debug build), so the counts are
+// kept to what runs in a few seconds.
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(128))]
 
     #[test]
     fn arbitrary_text_never_panics(text in ".{0,400}") {
@@ -377,6 +379,11 @@ proptest! {
         }
         check(&sources)?;
     }
+
+}
+
+proptest! {
+    #![proptest_config(config(64))]
 
     /// A known-bad change to one field of one example: the problem names file, object and field.
     #[test]
