@@ -48,7 +48,7 @@ test: k8s-bins test-peers ## Every test, unit and integration, against a real co
 
 .PHONY: test-reliability
 test-reliability: k8s-bins test-peers ## The full reliability run: 1,000 people, 20 SIGKILLs, mail/store/API server outages, secrets (prints the counts)
-	USHER_RELIABILITY_USERS=1000 USHER_RELIABILITY_KILLS=20 $(CARGO) test --test it -- --nocapture --test-threads 2 reliability:: secrets::
+	USHER_RELIABILITY_USERS=1000 USHER_RELIABILITY_KILLS=20 $(CARGO) test --test it -- --nocapture --test-threads 2 reliability:: secrets:: hostile::
 
 .PHONY: bench
 bench: k8s-bins test-peers ## N = 10,000 users on a real control plane; prints the table and writes BENCHMARKS.md
