@@ -339,6 +339,24 @@ fn backoff_bound(people: usize, window: Duration) -> f64 {
     (people as u32 * usher::plan::retry::tries_within(window) + 5) as f64
 }
 
+/// Watch usher for 30 s of an outage that began at `since` for `people` failing objects: what
+/// it did meanwhile, checked against the backoff's bound (returned too).
+async fn through_outage(usher: &Usher, what: &str, people: usize, since: Instant) -> (Load, f64) {
+    let before = Load::of(usher).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = Load::of(usher).await.since(before);
+    let bound = backoff_bound(people, since.elapsed());
+    println!(
+        "{what} of {:.0} s, {people} people: {} reconciles (bound {bound}), {} store calls, {} API requests",
+        since.elapsed().as_secs_f64(),
+        during.reconciles,
+        during.store_calls,
+        during.kube_requests
+    );
+    assert!(during.reconciles <= bound, "no hot loop: {during:?}");
+    (during, bound)
+}
+
 fn condition_reason(u: &SystemUser) -> Option<&str> {
     u.status
         .as_ref()
@@ -363,18 +381,7 @@ async fn a_mail_outage_backs_off_and_every_mail_is_delivered_once_when_it_ends()
     })
     .await;
 
-    let before = Load::of(&usher).await;
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let during = Load::of(&usher).await.since(before);
-    let bound = backoff_bound(PEOPLE, started.elapsed());
-    println!(
-        "mail outage of {:.0} s, {PEOPLE} people: {} reconciles (bound {bound}), {} store calls, {} API requests",
-        started.elapsed().as_secs_f64(),
-        during.reconciles,
-        during.store_calls,
-        during.kube_requests
-    );
-    assert!(during.reconciles <= bound, "no hot loop: {during:?}");
+    let (during, bound) = through_outage(&usher, "mail outage", PEOPLE, started).await;
     // Per try: a handful of store calls (read account, invitation, roles; rotate the unsent
     // token) and an Event; the status is unchanged.
     assert!(
@@ -452,18 +459,7 @@ async fn a_store_outage_backs_off_and_everything_converges_when_it_ends() {
     .await;
     assert!(unready.is_some(), "/readyz says the store is down");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let before = Load::of(&usher).await;
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let during = Load::of(&usher).await.since(before);
-    let bound = backoff_bound(PEOPLE, down.elapsed());
-    println!(
-        "store outage of {:.0} s: {} reconciles (bound {bound}), {} store calls, {} API requests",
-        down.elapsed().as_secs_f64(),
-        during.reconciles,
-        during.store_calls,
-        during.kube_requests
-    );
-    assert!(during.reconciles <= bound, "no hot loop: {during:?}");
+    let (during, bound) = through_outage(&usher, "store outage", PEOPLE, down).await;
     // A try stops at its first failed store call.
     assert!(during.store_calls <= bound * 2.0, "store calls: {during:?}");
     assert!(
