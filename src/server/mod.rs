@@ -74,9 +74,45 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         // A token is 43 characters; nothing legitimate comes near this.
-        .layer(DefaultBodyLimit::max(8 * 1024))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(drain_oversized))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// The largest body a request may carry.
+const BODY_LIMIT: usize = 8 * 1024;
+
+/// A body declared larger than the limit, up to this, is read and dropped before the refusal.
+const DRAIN_LIMIT: u64 = 2 * 1024 * 1024;
+
+/// Answering 413 while the client is still sending makes the server close a socket with unread
+/// data, which resets the connection, and the client sees a reset instead of the answer. So an
+/// oversized body of a plausible size is read to its end first (with a deadline, so that a
+/// stalled sender holds nothing), and the route then refuses it in its own words.
+async fn drain_oversized(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > BODY_LIMIT as u64 && n <= DRAIN_LIMIT => {
+            let (parts, body) = request.into_parts();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                axum::body::to_bytes(body, DRAIN_LIMIT as usize),
+            )
+            .await;
+            let over = axum::body::Body::from(vec![0u8; BODY_LIMIT + 1]);
+            next.run(axum::extract::Request::from_parts(parts, over))
+                .await
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// Serve until `shutdown` resolves.

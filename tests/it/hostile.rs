@@ -44,7 +44,12 @@ async fn hostile_requests_get_a_clear_4xx_and_usher_keeps_serving() {
 
     let api = format!("{}/api/v1/invitations/redeem", usher.url);
     let accept = format!("{}/accept", usher.url);
-    let http = reqwest::Client::new();
+    // A connection each: a refused request may end its connection, and reusing one the server
+    // is closing fails on the client's side, whatever the server answered.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("HTTP client");
     let post = |url: &str, content_type: Option<&str>, body: Vec<u8>| {
         let request = http.post(url).body(body);
         match content_type {
