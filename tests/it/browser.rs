@@ -67,15 +67,28 @@ async fn a_person_accepts_the_invitation_in_chromium() {
         browser.goto(&link).await?;
         let field = browser.find(Locator::Id("token")).await?;
         let prefilled = field.prop("value").await?.unwrap_or_default();
+        let form_title = browser.find(Locator::Id("title")).await?.text().await?;
         browser.find(Locator::Id("accept")).await?.click().await?;
-        let title = browser
-            .wait()
-            .for_element(Locator::Id("title"))
-            .await?
-            .text()
-            .await?;
-        let message = browser.find(Locator::Id("message")).await?.text().await?;
-        Ok::<_, fantoccini::error::CmdError>((prefilled, title, message))
+        // The answer page replaces the form's: until it has, the form's elements are found (or
+        // go stale under our hands), so read until the title is another.
+        let read = || async {
+            let title = browser.find(Locator::Id("title")).await?.text().await?;
+            let message = browser.find(Locator::Id("message")).await?.text().await?;
+            Ok::<_, fantoccini::error::CmdError>((title, message))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match read().await {
+                Ok((title, message)) if title != form_title => {
+                    break Ok((prefilled, title, message));
+                }
+                Err(e) if std::time::Instant::now() > deadline => break Err(e),
+                Ok((title, message)) if std::time::Instant::now() > deadline => {
+                    break Ok((prefilled, title, message));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
     .await;
     let _ = browser.close().await;
