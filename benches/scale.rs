@@ -590,6 +590,7 @@ async fn profile(usher: &Usher) {
         for (prefix, what) in [
             ("usher_reconcile_duration_seconds_count", "reconcile"),
             ("usher_store_duration_seconds_count", "store"),
+            ("usher_mail_duration_seconds_count", "mail"),
         ] {
             if let Some(labels) = series.strip_prefix(prefix) {
                 let sum = m

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub kube_requests: Family<MethodLabels, Counter>,
     /// Failed mail deliveries.
     pub mail_errors: Counter,
+    /// How long handing one mail to the relay takes, failures included: with
+    /// `--mail-concurrency 1` its mean bounds onboarding at one person per that time.
+    pub mail_seconds: Histogram,
     /// Failed store calls.
     pub store_errors: Counter,
     /// Objects that do not decode against usher's types, skipped, by kind.
@@ -92,6 +95,7 @@ impl Default for Metrics {
             api_writes: Counter::default(),
             kube_requests: Family::default(),
             mail_errors: Counter::default(),
+            mail_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             store_errors: Counter::default(),
             drift_corrected: Counter::default(),
             invalid_objects: Family::default(),
@@ -151,6 +155,11 @@ impl Default for Metrics {
             "mail_errors",
             "Failed mail deliveries",
             m.mail_errors.clone(),
+        );
+        registry.register(
+            "mail_duration_seconds",
+            "Time to hand one mail to the relay",
+            m.mail_seconds.clone(),
         );
         registry.register(
             "store_errors",

@@ -487,7 +487,11 @@ async fn send(
         token: token.expose(),
         expires_at,
     };
+    let started = std::time::Instant::now();
     let result = async { ctx.mailer.send(mail.message()?).await }.await;
+    ctx.metrics
+        .mail_seconds
+        .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(()) => {
             ctx.metrics.invitations_sent.inc();

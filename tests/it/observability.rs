@@ -66,6 +66,12 @@ async fn metrics_parse_and_logs_are_json_without_secrets() {
         Some(1.0)
     );
     assert_eq!(value("usher_store_errors_total"), Some(0.0));
+    // The one mail was timed, and the API requests behind all this counted by method.
+    assert_eq!(value("usher_mail_duration_seconds_count"), Some(1.0));
+    assert!(
+        value("usher_kube_requests_total{method=\"PATCH\"}").is_some_and(|n| n >= 1.0),
+        "API requests by method"
+    );
     assert!(
         samples
             .iter()
