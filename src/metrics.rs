@@ -33,8 +33,8 @@ pub struct StoreLabels {
 /// Labels of a Kubernetes API request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
-    /// GET, POST, PATCH, PUT or DELETE (a watch is a GET).
-    pub method: String,
+    /// GET, POST, PATCH, PUT or DELETE (a watch is a GET); OTHER for anything else.
+    pub method: &'static str,
 }
 
 /// Every metric usher exports.

@@ -197,7 +197,7 @@ where
             Duration::from_secs(30)
         }
         _ => {
-            let key = failure_key(K::kind(&()).as_ref(), &*obj);
+            let key = failure_key(&*obj);
             let failures = ctx
                 .failures
                 .lock()
@@ -209,10 +209,13 @@ where
     Action::requeue(wait)
 }
 
-fn failure_key<K: Resource>(kind: &str, obj: &K) -> String {
+/// The key of an object's failure count; the kind comes from the type, so that the count kept
+/// by `observe` and the one read by `error_policy` cannot name it differently.
+fn failure_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     let meta = obj.meta();
     format!(
-        "{kind}/{}/{}",
+        "{}/{}/{}",
+        K::kind(&()),
         meta.namespace.as_deref().unwrap_or_default(),
         meta.name.as_deref().unwrap_or_default()
     )
@@ -336,7 +339,7 @@ where
         Err(e) => e.label(),
     };
     if let Ok(mut failures) = ctx.failures.lock() {
-        let key = failure_key(kind, obj);
+        let key = failure_key(obj);
         match &result {
             Ok(_) => {
                 failures.remove(&key);

@@ -214,9 +214,7 @@ fn plantable(schema: &Value, value: &Value, path: &str, out: &mut Vec<(String, V
     match value {
         Value::Object(map) => {
             let props = schema.get("properties").and_then(Value::as_object);
-            let open = schema.get("x-kubernetes-preserve-unknown-fields").is_some()
-                || schema.get("additionalProperties").is_some();
-            if props.is_some() && !open {
+            if props.is_some() && !schema::open(schema) {
                 let here = format!("{path}.zzUnknown")
                     .trim_start_matches('.')
                     .to_string();
@@ -226,13 +224,7 @@ fn plantable(schema: &Value, value: &Value, path: &str, out: &mut Vec<(String, V
                     format!("{here}: unknown field \"{here}\""),
                 ));
             }
-            for req in schema
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-            {
+            for req in schema::required(schema) {
                 if map.contains_key(req) {
                     let here = format!("{path}.{req}").trim_start_matches('.').to_string();
                     out.push((here.clone(), Value::Null, format!("{here}: Required value")));

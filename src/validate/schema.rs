@@ -34,6 +34,25 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
+/// The fields an object schema requires.
+pub(crate) fn required(schema: &Value) -> impl Iterator<Item = &str> {
+    schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+}
+
+/// Whether an object schema takes fields it does not name.
+pub(crate) fn open(schema: &Value) -> bool {
+    schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        || schema.get("additionalProperties").is_some()
+}
+
 /// Check `value` at `path` (empty at the root) against `schema`. The envelope (apiVersion, kind,
 /// metadata) is the caller's business.
 pub fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldProblem>) {
@@ -168,22 +187,12 @@ pub fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldProbl
         }
         Value::Object(map) => {
             let props = schema.get("properties").and_then(Value::as_object);
-            for req in schema
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-            {
+            for req in required(schema) {
                 if !map.contains_key(req) {
                     out.push(problem(&format!("{path}.{req}"), "Required value".into()));
                 }
             }
-            let open = schema
-                .get("x-kubernetes-preserve-unknown-fields")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-                || schema.get("additionalProperties").is_some();
+            let open = open(schema);
             for (key, child) in map {
                 let here = format!("{path}.{key}");
                 // The API server owns the envelope; the CRD schema leaves it out.

@@ -11,8 +11,8 @@ use usher::crd::{SystemUser, UserPhase};
 use usher_testenv::{Scim, Smtp};
 
 use crate::support::{
-    Usher, apply_yaml, client, eventually, invitation_in, namespace, scim_filter, scim_get,
-    wait_for,
+    Usher, apply_yaml, client, eventually, first_mail, invitation_in, namespace, scim_filter,
+    scim_get, wait_for,
 };
 
 fn phase(u: &SystemUser) -> Option<UserPhase> {
@@ -152,11 +152,7 @@ async fn the_invitation_and_offboarding_flows_run_against_a_scim_server() {
     );
 
     // She accepts: Active here and in the product.
-    let raw = eventually(Duration::from_secs(30), || async {
-        smtp.messages().into_iter().next()
-    })
-    .await
-    .expect("the invitation mail");
+    let raw = first_mail(&smtp).await;
     let token = invitation_in(&raw).1;
     assert_eq!(usher.redeem(&token).await.0, 200);
     wait_for(&users, "olga", "Active", |u| {
@@ -209,11 +205,7 @@ async fn the_invitation_flow_runs_against_postgresql() {
         phase(u) == Some(UserPhase::Pending)
     })
     .await;
-    let raw = eventually(Duration::from_secs(30), || async {
-        smtp.messages().into_iter().next()
-    })
-    .await
-    .expect("the invitation mail");
+    let raw = first_mail(&smtp).await;
     assert_eq!(usher.redeem(&invitation_in(&raw).1).await.0, 200);
     wait_for(&users, "olga", "Active", |u| {
         phase(u) == Some(UserPhase::Active)

@@ -8,7 +8,7 @@ use kube::api::Api;
 use usher::crd::{SystemUser, UserPhase};
 use usher_testenv::{ChromeDriver, Smtp};
 
-use crate::support::{Usher, apply_yaml, client, eventually, invitation_in, namespace, wait_for};
+use crate::support::{Usher, apply_yaml, client, first_mail, invitation_in, namespace, wait_for};
 
 #[tokio::test]
 async fn a_person_accepts_the_invitation_in_chromium() {
@@ -22,11 +22,7 @@ async fn a_person_accepts_the_invitation_in_chromium() {
     )
     .await;
     let usher = Usher::start(&ns, &smtp.url(), &[]).await;
-    let raw = eventually(Duration::from_secs(30), || async {
-        smtp.messages().into_iter().next()
-    })
-    .await
-    .expect("the invitation mail arrives");
+    let raw = first_mail(&smtp).await;
     let (link, token) = invitation_in(&raw);
 
     // The page protects the token in its URL and cannot be framed.

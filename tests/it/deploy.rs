@@ -8,7 +8,7 @@ use usher::crd::{SystemUser, UserPhase};
 use usher_testenv::Smtp;
 
 use crate::support::{
-    Usher, apply_yaml, client, eventually, invitation_in, kubectl, namespace, wait_for,
+    Usher, apply_yaml, client, eventually, first_mail, invitation_in, kubectl, namespace, wait_for,
 };
 
 /// A kubeconfig for the usher ServiceAccount of deploy/, with a fresh token.
@@ -110,11 +110,7 @@ async fn deploy_rbac_runs_the_whole_flow_and_nothing_more() {
         secrets.get_opt("rita-invitation").await.unwrap().is_some(),
         "the Secret was written"
     );
-    let raw = eventually(Duration::from_secs(30), || async {
-        smtp.messages().into_iter().next()
-    })
-    .await
-    .unwrap();
+    let raw = first_mail(&smtp).await;
     assert_eq!(usher.redeem(&invitation_in(&raw).1).await.0, 200);
     wait_for(&users, "rita", "Active", |u| {
         u.status.as_ref().and_then(|s| s.phase) == Some(UserPhase::Active)

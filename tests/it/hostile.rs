@@ -2,12 +2,10 @@
 //! and an oversized link each get a 4xx that says why, and usher goes on serving: ready, and a
 //! real invitation is still accepted afterwards.
 
-use std::time::Duration;
-
 use reqwest::header::CONTENT_TYPE;
 use usher_testenv::Smtp;
 
-use crate::support::{Usher, apply_yaml, client, eventually, invitation_in, namespace};
+use crate::support::{Usher, apply_yaml, client, first_mail, invitation_in, namespace};
 
 const PEOPLE: &str = "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  displayName: Acme Charging\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: hana}\nspec:\n  tenantRef: {name: acme}\n  email: hana@acme.example\n";
 
@@ -35,11 +33,7 @@ async fn hostile_requests_get_a_clear_4xx_and_usher_keeps_serving() {
     let smtp = Smtp::start().expect("SMTP sink");
     apply_yaml(&client, &ns, PEOPLE).await;
     let usher = Usher::start(&ns, &smtp.url(), &[]).await;
-    let raw = eventually(Duration::from_secs(30), || async {
-        smtp.messages().into_iter().next()
-    })
-    .await
-    .expect("the invitation mail arrives");
+    let raw = first_mail(&smtp).await;
     let (_, token) = invitation_in(&raw);
 
     let api = format!("{}/api/v1/invitations/redeem", usher.url);

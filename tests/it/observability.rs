@@ -1,14 +1,12 @@
 //! What operators watch: Prometheus metrics that parse and say what happened, JSON log lines
 //! with the reconcile's kind/namespace/name, and no secret in either.
 
-use std::time::Duration;
-
 use kube::api::Api;
 use usher::crd::{SystemUser, UserPhase};
 use usher_testenv::Smtp;
 
 use crate::support::{
-    Usher, apply_yaml, client, eventually, invitation_in, namespace, parse_metrics as parse,
+    Usher, apply_yaml, client, first_mail, invitation_in, namespace, parse_metrics as parse,
     wait_for,
 };
 
@@ -24,11 +22,7 @@ async fn metrics_parse_and_logs_are_json_without_secrets() {
         u.status.as_ref().and_then(|s| s.phase) == Some(UserPhase::Pending)
     })
     .await;
-    let raw = eventually(Duration::from_secs(30), || async {
-        smtp.messages().into_iter().next()
-    })
-    .await
-    .unwrap();
+    let raw = first_mail(&smtp).await;
     let token = invitation_in(&raw).1;
     assert_eq!(usher.redeem(&token).await.0, 200);
     wait_for(&users, "olga", "Active", |u| {

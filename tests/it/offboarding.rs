@@ -8,7 +8,9 @@ use kube::api::{Api, DeleteParams};
 use usher::crd::{SystemUser, UserPhase};
 use usher_testenv::Smtp;
 
-use crate::support::{Usher, apply_yaml, client, eventually, invitation_in, namespace, wait_for};
+use crate::support::{
+    Usher, apply_yaml, client, eventually, first_mail, invitation_in, namespace, wait_for,
+};
 
 /// An account's (active, assignments, open invitations) straight from the SQLite file; None
 /// when it does not exist.
@@ -44,11 +46,7 @@ async fn a_person_deleted_while_usher_is_down_is_offboarded_at_restart_and_can_b
             .is_some_and(|s| s.phase == Some(UserPhase::Pending) && !s.roles.is_empty())
     })
     .await;
-    let raw = eventually(Duration::from_secs(30), || async {
-        smtp.messages().into_iter().next()
-    })
-    .await
-    .unwrap();
+    let raw = first_mail(&smtp).await;
     let (_, token) = invitation_in(&raw);
     assert_eq!(usher.redeem(&token).await.0, 200);
     let active = wait_for(&users, "alice", "Active", |u| {

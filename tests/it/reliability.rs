@@ -89,11 +89,13 @@ fn phase(u: &SystemUser) -> Option<UserPhase> {
     u.status.as_ref().and_then(|s| s.phase)
 }
 
-fn sent(u: &SystemUser) -> bool {
-    u.status
-        .as_ref()
-        .and_then(|s| s.invitation.as_ref())
-        .is_some_and(|i| i.sent_at.is_some())
+/// Pending, with the invitation mail sent.
+fn invited(u: &SystemUser) -> bool {
+    phase(u) == Some(UserPhase::Pending)
+        && u.status
+            .as_ref()
+            .and_then(|s| s.invitation.as_ref())
+            .is_some_and(|i| i.sent_at.is_some())
 }
 
 /// The newest token mailed to each recipient, and how many mails each got.
@@ -107,6 +109,23 @@ fn mailbox(smtp: &Smtp) -> (BTreeMap<String, String>, BTreeMap<String, usize>) {
         newest.insert(to, token);
     }
     (newest, counts)
+}
+
+/// Every one of `people` got exactly one mail.
+fn one_mail_each(smtp: &Smtp, people: usize) {
+    let (_, counts) = mailbox(smtp);
+    assert_eq!(counts.len(), people, "everyone got their mail: {counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "once each: {counts:?}");
+}
+
+/// The people of `arriving` are created and the first person (person-0000) is deleted.
+async fn arrive_and_one_leaves(client: &Client, ns: &str, arriving: std::ops::Range<usize>) {
+    create_users(client, ns, arriving).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), ns);
+    users
+        .delete("person-0000", &Default::default())
+        .await
+        .expect("delete");
 }
 
 /// Wait until `done` holds for every SystemUser of `ns`, and `expected` of them exist.
@@ -202,7 +221,7 @@ async fn sigkill_at_random_moments_loses_no_invitation_and_repeats_at_most_one_m
         let killed_for = started.elapsed();
         // Settled: everyone mailed and Pending, or Active once redeemed.
         settled(&client, &ns, users, Duration::from_secs(600), |u| {
-            (phase(u) == Some(UserPhase::Pending) && sent(u)) || phase(u) == Some(UserPhase::Active)
+            invited(u) || phase(u) == Some(UserPhase::Active)
         })
         .await;
         eventually(Duration::from_secs(60), || async {
@@ -219,7 +238,7 @@ async fn sigkill_at_random_moments_loses_no_invitation_and_repeats_at_most_one_m
         if redeemed.contains(&u.spec.email) {
             phase(u) == Some(UserPhase::Active)
         } else {
-            phase(u) == Some(UserPhase::Pending) && sent(u)
+            invited(u)
         }
     })
     .await;
@@ -396,17 +415,12 @@ async fn a_mail_outage_backs_off_and_every_mail_is_delivered_once_when_it_ends()
 
     smtp.resume().expect("SMTP back");
     let back = Instant::now();
-    settled(&client, &ns, PEOPLE, Duration::from_secs(360), |u| {
-        phase(u) == Some(UserPhase::Pending) && sent(u)
-    })
-    .await;
-    let (_, counts) = mailbox(&smtp);
+    settled(&client, &ns, PEOPLE, Duration::from_secs(360), invited).await;
     println!(
         "mail outage: every mail delivered {:.1} s after the server came back",
         back.elapsed().as_secs_f64()
     );
-    assert_eq!(counts.len(), PEOPLE, "everyone got their mail: {counts:?}");
-    assert!(counts.values().all(|&n| n == 1), "once each: {counts:?}");
+    one_mail_each(&smtp, PEOPLE);
 }
 
 /// Run one statement with psql; its rows, `|`-separated.
@@ -437,20 +451,12 @@ async fn a_store_outage_backs_off_and_everything_converges_when_it_ends() {
     apply_yaml(&client, &ns, TENANT).await;
     create_users(&client, &ns, 0..PEOPLE / 2).await;
     let usher = Usher::start(&ns, &smtp.url(), &["--store", &url]).await;
-    settled(&client, &ns, PEOPLE / 2, Duration::from_secs(60), |u| {
-        phase(u) == Some(UserPhase::Pending) && sent(u)
-    })
-    .await;
+    settled(&client, &ns, PEOPLE / 2, Duration::from_secs(60), invited).await;
 
     // The store goes down; people arrive and one leaves meanwhile.
     pg.stop();
     let down = Instant::now();
-    create_users(&client, &ns, PEOPLE / 2..PEOPLE).await;
-    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
-    users
-        .delete("person-0000", &Default::default())
-        .await
-        .expect("delete");
+    arrive_and_one_leaves(&client, &ns, PEOPLE / 2..PEOPLE).await;
     let readyz = format!("{}/readyz", usher.url);
     let unready = eventually(Duration::from_secs(20), || async {
         let r = reqwest::get(&readyz).await.ok()?;
@@ -470,17 +476,12 @@ async fn a_store_outage_backs_off_and_everything_converges_when_it_ends() {
 
     pg.resume().expect("PostgreSQL back");
     let back = Instant::now();
-    settled(&client, &ns, PEOPLE - 1, Duration::from_secs(360), |u| {
-        phase(u) == Some(UserPhase::Pending) && sent(u)
-    })
-    .await;
+    settled(&client, &ns, PEOPLE - 1, Duration::from_secs(360), invited).await;
     println!(
         "store outage: converged {:.1} s after the store came back",
         back.elapsed().as_secs_f64()
     );
-    let (_, counts) = mailbox(&smtp);
-    assert_eq!(counts.len(), PEOPLE, "everyone got their mail");
-    assert!(counts.values().all(|&n| n == 1), "once each: {counts:?}");
+    one_mail_each(&smtp, PEOPLE);
     // The one who left is offboarded (deactivated, token revoked), the rest provisioned once.
     let accounts = psql(
         &url,
@@ -508,10 +509,7 @@ async fn an_api_server_restart_resumes_the_watches_and_everything_converges() {
     create_users(&client, &ns, 0..PEOPLE / 2).await;
     let kubeconfig = cp.kubeconfig.display().to_string();
     let usher = Usher::start_with_env(&ns, &smtp.url(), &[], &[("KUBECONFIG", &kubeconfig)]).await;
-    settled(&client, &ns, PEOPLE / 2, Duration::from_secs(60), |u| {
-        phase(u) == Some(UserPhase::Pending) && sent(u)
-    })
-    .await;
+    settled(&client, &ns, PEOPLE / 2, Duration::from_secs(60), invited).await;
 
     let before = Load::of(&usher).await;
     cp.stop_apiserver();
@@ -532,19 +530,9 @@ async fn an_api_server_restart_resumes_the_watches_and_everything_converges() {
     cp.start_apiserver().expect("API server back");
 
     // The watches resume: new people are invited, a deleted one is offboarded.
-    create_users(&client, &ns, PEOPLE / 2..PEOPLE).await;
-    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
-    users
-        .delete("person-0000", &Default::default())
-        .await
-        .expect("delete");
-    settled(&client, &ns, PEOPLE - 1, Duration::from_secs(120), |u| {
-        phase(u) == Some(UserPhase::Pending) && sent(u)
-    })
-    .await;
-    let (_, counts) = mailbox(&smtp);
-    assert_eq!(counts.len(), PEOPLE, "everyone got their mail");
-    assert!(counts.values().all(|&n| n == 1), "once each: {counts:?}");
+    arrive_and_one_leaves(&client, &ns, PEOPLE / 2..PEOPLE).await;
+    settled(&client, &ns, PEOPLE - 1, Duration::from_secs(120), invited).await;
+    one_mail_each(&smtp, PEOPLE);
     let gone = sql(
         &usher.db,
         &format!("SELECT active FROM users WHERE external_id = '{ns}/person-0000'"),

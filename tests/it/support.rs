@@ -404,6 +404,15 @@ impl Usher {
     }
 }
 
+/// The first mail the SMTP server received, waiting up to 30 s for it.
+pub async fn first_mail(smtp: &usher_testenv::Smtp) -> Vec<u8> {
+    eventually(Duration::from_secs(30), || async {
+        smtp.messages().into_iter().next()
+    })
+    .await
+    .expect("the invitation mail arrives within 30 s")
+}
+
 /// The acceptance link and the token of an invitation mail, read the way a person would: from
 /// the text part.
 pub fn invitation_in(raw: &[u8]) -> (String, String) {
