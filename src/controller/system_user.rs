@@ -455,13 +455,32 @@ async fn execute(
         .map_err(|_| Error::Malformed("mail gate closed"))?;
     send(ctx, user, tenant, &token, expires_at).await?;
     let sent = Timestamp::now();
-    store.mark_sent(&token.hash(), sent).await?;
+    mark_sent(ctx, &token, sent).await?;
     drop(permit);
     if let Some(l) = latest.as_mut() {
         l.sent_at = Some(sent);
     }
     tracing::info!(fingerprint = %token.hash().fingerprint(), "invitation sent");
     Ok(())
+}
+
+/// Record that the mail went out, retrying a store hiccup: unrecorded, it is sent again.
+async fn mark_sent(ctx: &Context, token: &Token, sent: Timestamp) -> Result<(), Error> {
+    let hash = token.hash();
+    let mut waits = crate::plan::retry::MARK_SENT_WAITS.iter();
+    loop {
+        match ctx.store.mark_sent(&hash, sent).await {
+            Ok(()) => return Ok(()),
+            Err(e) => match waits.next() {
+                Some(wait) => {
+                    tracing::warn!(error = %e, fingerprint = %hash.fingerprint(), retry_in = ?wait,
+                        "mail sent but not recorded yet");
+                    tokio::time::sleep(*wait).await;
+                }
+                None => return Err(e.into()),
+            },
+        }
+    }
 }
 
 async fn send(

@@ -30,6 +30,18 @@ pub fn backoff(failures: u32, key: &str) -> Duration {
     base.mul_f64(1.0 + stretch).min(CAP)
 }
 
+/// The waits between tries to record that a mail went out. Failing to record it means the
+/// next reconcile mails the person again, so a store hiccup right after a send is waited out
+/// (6.3 s in all) before usher gives up and accepts the duplicate.
+pub const MARK_SENT_WAITS: [Duration; 6] = [
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+    Duration::from_millis(1600),
+    Duration::from_millis(3200),
+];
+
 /// The tries within `window` of one object that fails throughout: the bound an outage test
 /// holds usher to.
 pub fn tries_within(window: Duration) -> u32 {

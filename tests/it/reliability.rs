@@ -472,7 +472,13 @@ async fn a_store_outage_backs_off_and_everything_converges_when_it_ends() {
         during.kube_requests <= bound * 3.0,
         "API requests: {during:?}"
     );
-    assert_eq!(smtp.count(), PEOPLE / 2, "no mail without a recorded token");
+    let (_, mails) = mailbox(&smtp);
+    assert_eq!(
+        mails.values().sum::<usize>(),
+        PEOPLE / 2,
+        "no mail without a recorded token: {mails:?}\n{}",
+        usher.log()
+    );
 
     pg.resume().expect("PostgreSQL back");
     let back = Instant::now();
@@ -492,6 +498,46 @@ async fn a_store_outage_backs_off_and_everything_converges_when_it_ends() {
     assert!(
         accounts[1..].iter().all(|a| a.ends_with("|0|1")),
         "one open invitation each: {accounts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_store_hiccup_right_after_a_mail_is_waited_out_and_the_mail_not_sent_again() {
+    let client = client().await;
+    let ns = namespace(&client, "mark-hiccup").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    let url = usher_testenv::postgres()
+        .database("hiccup")
+        .expect("a database");
+    apply_yaml(&client, &ns, TENANT).await;
+    let usher = Usher::start(&ns, &smtp.url(), &["--store", &url]).await;
+    // The store fails the first three tries to record a mail as sent: a sequence counts them,
+    // since it is not rolled back with the failing statement.
+    psql(
+        &url,
+        "CREATE SEQUENCE planted; \
+         CREATE FUNCTION planted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF OLD.sent_us IS NULL AND NEW.sent_us IS NOT NULL THEN \
+             IF nextval('planted') <= 3 THEN RAISE EXCEPTION 'planted failure'; END IF; \
+           END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER planted BEFORE UPDATE ON invitations \
+           FOR EACH ROW EXECUTE FUNCTION planted()",
+    );
+    create_users(&client, &ns, 0..1).await;
+    settled(&client, &ns, 1, Duration::from_secs(60), invited).await;
+    assert_eq!(
+        psql(&url, "SELECT last_value FROM planted"),
+        ["4"],
+        "three failed marks, then one that held"
+    );
+    // Had usher given up on the mark, its next try (1 s later) would mail again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    one_mail_each(&smtp, 1);
+    let log = usher.log();
+    assert_eq!(
+        log.matches("mail sent but not recorded yet").count(),
+        3,
+        "each failed mark is logged:\n{log}"
     );
 }
 
