@@ -627,15 +627,15 @@ async fn profile(usher: &Usher) -> (f64, f64) {
         }
     }
     lines.sort();
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     for key in [
         "usher_api_writes_total",
         "usher_store_writes_total",
         "usher_invitations_sent_total",
     ] {
-        lines.push(format!("  {key} {}", m.get(key).copied().unwrap_or(0.0)));
+        lines.push(format!("  {key} {}", get(key)));
     }
     eprintln!("bench: profile after onboarding\n{}", lines.join("\n"));
-    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     (
         get("usher_mail_duration_seconds_count"),
         get("usher_mail_duration_seconds_sum"),

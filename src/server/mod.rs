@@ -132,16 +132,7 @@ pub async fn serve(
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => {
-            // Most store errors name the store already.
-            let why = e.to_string();
-            let why = if why.contains("user store") {
-                why
-            } else {
-                format!("user store: {why}")
-            };
-            (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
-        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }
 

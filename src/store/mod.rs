@@ -20,11 +20,12 @@ pub use handle::StoreHandle;
 pub use scim::{ScimStore, USER_EXTENSION};
 pub use sql::{Dialect, SqlStore};
 
-/// What a store can fail at.
+/// What a store can fail at. Every message names the user store, so that callers (`/readyz`,
+/// status conditions) can show it as it is.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The URL names no backend we have, or is malformed.
-    #[error("invalid store URL {url:?}: {reason}")]
+    #[error("invalid user store URL {url:?}: {reason}")]
     Url {
         /// The URL as given.
         url: String,
