@@ -36,14 +36,19 @@ k8s-bins: ## Build kube-apiserver, kube-controller-manager and kubectl once (cac
 
 .PHONY: test-peers
 test-peers: ## The real servers tests talk to: aiosmtpd + scim2-server (venv in target/venv), PostgreSQL, Chromium + chromedriver
+	@missing=""; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium chromium-driver"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else echo "install Debian's$$missing (sudo apt-get install$$missing)"; exit 1; fi; fi
 	@if [ ! -x target/venv/bin/python ] || ! target/venv/bin/python -c "import aiosmtpd, scim2_server" 2>/dev/null; then \
 		python3 -m venv target/venv && target/venv/bin/pip install --quiet --disable-pip-version-check aiosmtpd scim2-server; fi
-	@if ! command -v chromedriver >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver postgresql >/dev/null; \
-		else echo "install Debian's chromium, chromium-driver and postgresql (sudo apt-get install chromium chromium-driver postgresql)"; exit 1; fi; fi
 
 .PHONY: test
 test: k8s-bins test-peers ## Every test, unit and integration, against a real control plane and real peers
+	$(CARGO) build --workspace  # target/debug/control-plane, which the `make run` test runs
 	$(CARGO) test --workspace --no-fail-fast
 
 .PHONY: test-reliability

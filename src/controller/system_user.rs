@@ -81,6 +81,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     let mut repaired: Vec<&'static str> = Vec::new();
     let mut secret = None;
     let mut failure = None;
+    let mut edits = Vec::new();
     if let (None, Some(tenant)) = (&blocked, tenant.as_deref()) {
         let settings = InvitationSettings::of(tenant);
         let tenant_key = object_key(&ns, &tenant.name_any());
@@ -106,6 +107,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         }
         let todo = plan::plan(user, &tenant_key, account.as_ref(), latest.as_ref());
         repaired.extend(plan::drift(user, &todo));
+        edits.extend(todo.notes.iter().cloned());
         match execute(
             ctx,
             user,
@@ -221,7 +223,12 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     {
         ctx.metrics.invitations_expired.inc();
     }
-    let notes = plan::events(user.status.as_ref(), &status);
+    let mut notes = edits;
+    notes.extend(plan::events(
+        user.status.as_ref(),
+        &status,
+        blocked.as_ref(),
+    ));
     apply_status(ctx, user, user.status.as_ref(), &status).await?;
     for note in notes {
         let type_ = if note.warning {
@@ -374,6 +381,12 @@ async fn execute(
     now: Timestamp,
 ) -> Result<(), Error> {
     let store = &ctx.store;
+    if todo.revoke_first
+        && let Some(acc) = account.as_ref()
+    {
+        store.revoke_open(&acc.id, now).await?;
+        *latest = store.latest_invitation(&acc.id).await?;
+    }
     match todo.account {
         AccountAction::Keep => {}
         AccountAction::Create(fields) => {

@@ -8,14 +8,13 @@ use kube::runtime::controller::Action;
 
 use super::{Context, Error, apply_status, publish, reconcile_with};
 use crate::crd::Tenant;
-use crate::plan::condition::ready;
 use crate::plan::offboarding;
 use crate::plan::records::{RoleRecord, TenantRecord};
 use crate::plan::tenant;
 
-/// The Tenant condition shown while the mass-offboarding guard holds deletions back.
-const THROTTLED: &str = "OffboardingThrottled";
 use kube::runtime::events::EventType;
+
+use crate::plan::tenant::THROTTLED;
 
 #[tracing::instrument(skip_all, fields(kind = "Tenant", namespace = tenant.namespace().unwrap_or_default(), object = tenant.name_any()))]
 pub(super) async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -108,36 +107,11 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     };
     let throttled = held > 0 && done >= u64::try_from(max).unwrap_or(0);
     if throttled {
-        let previous = tenant
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default();
-        let mut c = ready(
-            true,
-            "MaxPerHourReached",
-            &format!(
-                "{held} deletions wait: {done} people were offboarded in the last hour (maxPerHour {max}); set the annotation {} to a new value to release them",
-                offboarding::ALLOW_ANNOTATION
-            ),
-            tenant.metadata.generation,
-            &[],
-            now,
-        );
-        c.type_ = THROTTLED.into();
-        if let Some(p) = previous
-            .iter()
-            .find(|p| p.type_ == THROTTLED && p.status == "True")
-        {
-            c.last_transition_time = p.last_transition_time.clone();
-        }
-        status.conditions.push(c);
+        status
+            .conditions
+            .push(tenant::throttled(tenant, "deletions", held, done, max, now));
     }
-    let was_throttled = tenant.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == THROTTLED && c.status == "True")
-    });
+    let was_throttled = tenant::was_throttled(tenant).is_some();
     apply_status(ctx, tenant, tenant.status.as_ref(), &status).await?;
     if throttled && !was_throttled {
         let message = status

@@ -9,7 +9,7 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use jiff::Timestamp;
 use lettre::Message;
-use lettre::message::{Mailbox, MultiPart, header};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart, header};
 
 pub use file::FileMailer;
 pub use smtp::SmtpMailer;
@@ -128,6 +128,38 @@ fn header_text(text: &str) -> String {
         .replace("=?", "=\u{2060}?")
 }
 
+/// The longest line RFC 5322 (section 2.1.1) allows, in octets, without its CRLF.
+const MAX_LINE_OCTETS: usize = 998;
+
+/// The plain-text part as written, so that `cat` on a mail file or a terminal mail program shows
+/// the link whole and it can be copied.
+///
+/// lettre picks quoted-printable for any line of 76 characters or more, which wraps the link
+/// with `=` in the middle of the token and writes its `=` as `=3D`. 7bit (ASCII) and 8bit
+/// (UTF-8, which every relay advertising 8BITMIME takes, and lettre then declares it) carry lines
+/// up to 998 octets unchanged (RFC 2045 section 2.7-2.8). Only a text with a longer line (a
+/// person's name thousands of characters long) falls back to lettre's choice.
+fn readable_text_part(text: String) -> SinglePart {
+    let crlf = text
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .replace('\n', "\r\n");
+    let fits = !crlf.contains('\0') && crlf.split("\r\n").all(|l| l.len() <= MAX_LINE_OCTETS);
+    let body = if fits {
+        let encoding = if crlf.is_ascii() {
+            header::ContentTransferEncoding::SevenBit
+        } else {
+            header::ContentTransferEncoding::EightBit
+        };
+        Body::dangerous_pre_encoded(crlf.into_bytes(), encoding)
+    } else {
+        Body::new(text)
+    };
+    SinglePart::builder()
+        .header(header::ContentType::TEXT_PLAIN)
+        .body(body)
+}
+
 fn mailbox(text: &str) -> Result<Mailbox, MailError> {
     text.parse()
         .map_err(|e: lettre::address::AddressError| MailError::Address {
@@ -193,10 +225,11 @@ impl Invitation<'_> {
             .to(to)
             .subject(format!("Your invitation to {}", header_text(&tenant)))
             .header(header::MIME_VERSION_1_0)
-            .multipart(MultiPart::alternative_plain_html(
-                render("invitation.txt")?,
-                render("invitation.html")?,
-            ))
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(readable_text_part(render("invitation.txt")?))
+                    .singlepart(SinglePart::html(render("invitation.html")?)),
+            )
             .map_err(|e| MailError::Render(e.to_string()))
     }
 }
@@ -262,6 +295,36 @@ mod tests {
             );
             assert!(body.contains("Alice Ng"), "{kind} lacks the name");
         }
+    }
+
+    #[test]
+    fn the_raw_text_part_shows_the_link_whole() {
+        // A real-length token and a long public URL; ASCII and UTF-8 names (7bit and 8bit).
+        let token = "Zq3x_9Kp-L2mN8vB4cR7tY1uI6oP0aS5dF3gH8jK2lQ";
+        let base = "https://portal.customer-operations.acme-charging.example/invitations/accept";
+        for (tenant, first) in [("Acme", "Alice"), ("Müller Ladestationen", "Zoë")] {
+            let inv = Invitation {
+                token,
+                accept_url: base,
+                ..sample(tenant, first)
+            };
+            let raw = String::from_utf8(raw(&inv)).unwrap();
+            let link = format!("{base}?token={token}");
+            let text_part = &raw[..raw.find("text/html").unwrap()];
+            assert!(
+                text_part.contains(&format!("  {link}\r\n")),
+                "the link is not whole on one line of the raw text part:\n{text_part}"
+            );
+            assert!(!text_part.contains("=3D"), "quoted-printable:\n{text_part}");
+            // Mail programs decode it as before.
+            let (text, html) = parts(raw.as_bytes());
+            assert!(text.contains(&link) && text.contains(first), "{text}");
+            assert!(unescape(&html).contains(&link), "{html}");
+        }
+        // A line too long for 7bit/8bit (a 5,000-character name) still makes a valid mail.
+        let long = "N".repeat(5000);
+        let (text, _) = parts(&raw(&sample("Acme", &long)));
+        assert!(text.contains(&long));
     }
 
     #[test]

@@ -20,6 +20,16 @@ pub fn may_offboard(
     released || done_in_window < u64::try_from(max_per_hour).unwrap_or(0)
 }
 
+/// Whether offboarding an account under `policy` removes something, and so counts against the
+/// guard: access (an active account, an open invitation, a role) under Deactivate; the account
+/// itself under Delete. An account offboarded before (deactivated and kept) counts no more.
+pub fn counts(policy: crate::crd::OffboardingPolicy, has_access: bool) -> bool {
+    match policy {
+        crate::crd::OffboardingPolicy::Deactivate => has_access,
+        crate::crd::OffboardingPolicy::Delete => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +48,19 @@ mod tests {
             "a release covers only earlier deletions"
         );
         assert!(!may_offboard(0, 0, Some(t), None));
+    }
+
+    #[test]
+    fn only_what_removes_something_counts() {
+        use crate::crd::OffboardingPolicy::{Deactivate, Delete};
+        assert!(counts(Deactivate, true));
+        assert!(
+            !counts(Deactivate, false),
+            "already offboarded, kept for restore"
+        );
+        assert!(
+            counts(Delete, true) && counts(Delete, false),
+            "deleting wipes data"
+        );
     }
 }

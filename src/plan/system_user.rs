@@ -210,21 +210,35 @@ pub enum AccessAction {
 /// The writes one reconcile of a SystemUser should make, in this order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserPlan {
+    /// Revoke every open invitation before anything else: they went to an address git no
+    /// longer declares. Done first, so that a crash after it leaves nothing redeemable there.
+    pub revoke_first: bool,
     /// The account.
     pub account: AccountAction,
     /// Suspension.
     pub access: AccessAction,
     /// The invitation.
     pub invitation: InvitationAction,
+    /// Events that say why, beyond the status transition (an address change).
+    pub notes: Vec<Note>,
 }
 
 impl UserPlan {
     /// A plan with nothing to write.
     pub const NOTHING: UserPlan = UserPlan {
+        revoke_first: false,
         account: AccountAction::Keep,
         access: AccessAction::Keep,
         invitation: InvitationAction::Keep,
+        notes: Vec::new(),
     };
+}
+
+/// Whether two addresses name the same mailbox for usher: the domain is case-insensitive
+/// (RFC 5321 section 2.4), and so is the local part at every provider people use, so a change
+/// of case alone is a correction of spelling, not a new recipient.
+pub fn same_address(a: &str, b: &str) -> bool {
+    a.to_lowercase() == b.to_lowercase()
 }
 
 /// Whether the account was read before a redemption that the invitation was read after. A
@@ -250,6 +264,11 @@ pub fn plan(
         email: user.spec.email.clone(),
         profile: (&user.spec).into(),
     };
+    // The address in git is not the one the account (and so the invitation) has: whatever was
+    // mailed to the old address must stop working before anything goes to the new one.
+    let readdressed = account
+        .filter(|a| !same_address(&a.email, &user.spec.email))
+        .map(|a| a.email.clone());
     let account_action = match account {
         None => AccountAction::Create(fields),
         Some(rec) if !rec.matches(&fields) => AccountAction::Update(fields),
@@ -258,6 +277,21 @@ pub fn plan(
     let accepted = account.is_some_and(|a| a.activated_at.is_some());
     let active = account.is_some_and(|a| a.active);
     let open = latest.filter(|i| i.open());
+    let mut notes = Vec::new();
+    let revoke_first = readdressed.is_some() && open.is_some();
+    if let Some(old) = &readdressed {
+        let new = &user.spec.email;
+        let what = if accepted || user.spec.suspended {
+            "the account now uses the new address; no invitation is sent".to_string()
+        } else {
+            format!("the invitation to {old} is revoked and a new one goes to {new}")
+        };
+        notes.push(Note {
+            warning: false,
+            reason: "AddressChanged",
+            message: format!("spec.email changed from {old} to {new}: {what}"),
+        });
+    }
 
     if user.spec.suspended {
         let access = if active || open.is_some() {
@@ -266,9 +300,11 @@ pub fn plan(
             AccessAction::Keep
         };
         return UserPlan {
+            revoke_first,
             account: account_action,
             access,
             invitation: InvitationAction::Keep,
+            notes,
         };
     }
     if accepted {
@@ -278,9 +314,11 @@ pub fn plan(
             AccessAction::Restore
         };
         return UserPlan {
+            revoke_first,
             account: account_action,
             access,
             invitation: InvitationAction::Keep,
+            notes,
         };
     }
 
@@ -296,9 +334,14 @@ pub fn plan(
             trigger,
         },
         // A new annotation value (checked first: a resend asked for while the last mail is
-        // still unsent is answered by one new invitation, not two), or an invitation revoked
-        // by a suspension that has ended.
-        Some(inv) if (trigger.is_some() && trigger != inv.trigger) || !inv.open() => {
+        // still unsent is answered by one new invitation, not two), an invitation revoked by a
+        // suspension that has ended or by an address change, or one that went to an address
+        // git no longer declares (expired or not: a correction is a reason to invite again).
+        Some(inv)
+            if (trigger.is_some() && trigger != inv.trigger)
+                || !inv.open()
+                || readdressed.is_some() =>
+        {
             InvitationAction::Issue {
                 attempt: inv.attempt + 1,
                 trigger,
@@ -310,6 +353,7 @@ pub fn plan(
         Some(_) => InvitationAction::Keep,
     };
     UserPlan {
+        revoke_first,
         account: account_action,
         // Only a redemption activates an account; one activated behind usher's back is not.
         access: if active {
@@ -318,6 +362,7 @@ pub fn plan(
             AccessAction::Keep
         },
         invitation,
+        notes,
     }
 }
 
@@ -482,7 +527,13 @@ pub fn drift(user: &SystemUser, todo: &UserPlan) -> Vec<&'static str> {
 }
 
 /// The Events a status change deserves: one per transition, none when nothing changed.
-pub fn events(old: Option<&SystemUserStatus>, new: &SystemUserStatus) -> Vec<Note> {
+/// `blocked` is the refusal the new status shows, if any: its reason is the Event's, typed, so
+/// that it never has to be read back from the condition's text.
+pub fn events(
+    old: Option<&SystemUserStatus>,
+    new: &SystemUserStatus,
+    blocked: Option<&Blocked>,
+) -> Vec<Note> {
     let old_phase = old.and_then(|s| s.phase);
     let old_attempts = old.and_then(|s| s.invitation.as_ref()).map(|i| i.attempts);
     let new_invitation = new.invitation.as_ref();
@@ -519,18 +570,13 @@ pub fn events(old: Option<&SystemUserStatus>, new: &SystemUserStatus) -> Vec<Not
             notes.push(note(false, "Suspended", message))
         }
         Some(UserPhase::Failed) | None
-            if reason.is_some()
+            if let Some(blocked) = blocked
                 && old
                     .and_then(|s| s.conditions.first())
                     .map(|c| c.reason.as_str())
                     != reason =>
         {
-            let reason = match reason {
-                Some("DuplicateEmail") => "DuplicateEmail",
-                Some("EmailDomainNotAllowed") => "EmailDomainNotAllowed",
-                _ => "TenantNotFound",
-            };
-            notes.push(note(true, reason, message))
+            notes.push(note(true, blocked.reason(), message))
         }
         _ => {}
     }
@@ -679,6 +725,127 @@ mod tests {
         assert_eq!(p.invitation, InvitationAction::Keep);
     }
 
+    /// Issue 14, kind 1: the invitation follows a corrected address, in every phase.
+    #[test]
+    fn an_address_change_revokes_what_went_to_the_old_address_first() {
+        let moved = |email: &str| user("alice", email);
+        let unsent = InvitationRecord {
+            sent_at: None,
+            ..invitation(1)
+        };
+        let expired = InvitationRecord {
+            expires_at: now() - 1.hours(),
+            ..invitation(2)
+        };
+        // Pending (mailed or not yet), and Expired: revoke, update, invite the next attempt.
+        for (what, latest, next) in [
+            ("pending", invitation(1), 2),
+            ("unsent", unsent, 2),
+            ("expired", expired, 3),
+        ] {
+            for new in [
+                "alice@acme.example.org",
+                "alicia@acme.example",
+                "a@other.example",
+            ] {
+                let p = plan(
+                    &moved(new),
+                    "acme/acme",
+                    Some(&account(false, false)),
+                    Some(&latest),
+                );
+                assert!(p.revoke_first, "{what} {new}: {p:?}");
+                assert!(
+                    matches!(&p.account, AccountAction::Update(f) if f.email == new),
+                    "{what} {new}: {p:?}"
+                );
+                assert_eq!(
+                    p.invitation,
+                    InvitationAction::Issue {
+                        attempt: next,
+                        trigger: None
+                    },
+                    "{what} {new}"
+                );
+                assert_eq!(p.notes.len(), 1, "{what}");
+                assert_eq!(p.notes[0].reason, "AddressChanged");
+                assert!(
+                    p.notes[0].message.contains("alice@acme.example")
+                        && p.notes[0].message.contains(new),
+                    "{}",
+                    p.notes[0].message
+                );
+            }
+        }
+        // A crash after the revocation and the update: nothing tells the address changed any
+        // more, but the revoked invitation is followed by the next attempt all the same.
+        let revoked = InvitationRecord {
+            revoked_at: Some(now()),
+            ..invitation(1)
+        };
+        let mut updated = account(false, false);
+        updated.email = "alicia@acme.example".into();
+        let p = plan(
+            &moved("alicia@acme.example"),
+            "acme/acme",
+            Some(&updated),
+            Some(&revoked),
+        );
+        assert_eq!(
+            (p.revoke_first, p.invitation),
+            (
+                false,
+                InvitationAction::Issue {
+                    attempt: 2,
+                    trigger: None
+                }
+            )
+        );
+        // Active: the account follows, nothing is mailed.
+        let p = plan(
+            &moved("alicia@acme.example"),
+            "acme/acme",
+            Some(&account(true, true)),
+            Some(&InvitationRecord {
+                used_at: Some(now()),
+                ..invitation(1)
+            }),
+        );
+        assert!(matches!(p.account, AccountAction::Update(_)));
+        assert_eq!(
+            (p.revoke_first, &p.invitation, p.access),
+            (false, &InvitationAction::Keep, AccessAction::Keep)
+        );
+        assert!(p.notes[0].message.contains("no invitation is sent"));
+        // Suspended while Pending: revoked and updated; the unsuspension invites the new address.
+        let mut suspended = moved("alicia@acme.example");
+        suspended.spec.suspended = true;
+        let p = plan(
+            &suspended,
+            "acme/acme",
+            Some(&account(false, false)),
+            Some(&invitation(1)),
+        );
+        assert!(p.revoke_first && matches!(p.account, AccountAction::Update(_)));
+        assert_eq!(p.invitation, InvitationAction::Keep);
+        // A change of case only is the same mailbox: the account is corrected, the link kept.
+        for same in [
+            "Alice@acme.example",
+            "alice@ACME.example",
+            "ALICE@Acme.Example",
+        ] {
+            let p = plan(
+                &moved(same),
+                "acme/acme",
+                Some(&account(false, false)),
+                Some(&invitation(1)),
+            );
+            assert!(!p.revoke_first && p.notes.is_empty(), "{same}");
+            assert!(matches!(p.account, AccountAction::Update(_)), "{same}");
+            assert_eq!(p.invitation, InvitationAction::Keep, "{same}");
+        }
+    }
+
     #[test]
     fn a_pending_person_is_looked_at_again_when_the_invitation_expires_not_before() {
         let resync = std::time::Duration::from_secs(600);
@@ -713,7 +880,7 @@ mod tests {
         let mut inv = invitation(3);
         inv.sent_at = None;
         let p = plan(
-            &user("alice", "a@acme.example"),
+            &user("alice", "alice@acme.example"),
             "acme/acme",
             Some(&account(false, false)),
             Some(&inv),
@@ -995,7 +1162,40 @@ mod tests {
             now() + 5.minutes(),
         );
         assert_eq!(first, later);
-        assert!(events(Some(&first), &later).is_empty());
+        assert!(events(Some(&first), &later, None).is_empty());
+    }
+
+    #[test]
+    fn each_refusal_is_announced_with_its_own_reason() {
+        // The Warning Event of a store refusal used to read TenantNotFound: the reason was
+        // rebuilt from the condition's text and fell back to it.
+        let u = user("alice", "alice@acme.example");
+        for blocked in [
+            Blocked::TenantNotFound("acme".into()),
+            Blocked::DuplicateEmail {
+                holder: "al".into(),
+            },
+            Blocked::EmailDomainNotAllowed {
+                allowed: vec!["acme.example".into()],
+            },
+            Blocked::StoreRefused("409 uniqueness: userName taken".into()),
+        ] {
+            let new = status(&StatusInput {
+                user: &u,
+                blocked: Some(&blocked),
+                account: None,
+                latest: None,
+                secret_name: None,
+                now: now(),
+            });
+            let notes = events(None, &new, Some(&blocked));
+            assert_eq!(notes.len(), 1, "{blocked:?}");
+            assert_eq!(notes[0].reason, blocked.reason());
+            assert_eq!(notes[0].reason, new.conditions[0].reason);
+            assert!(notes[0].warning);
+            // The same refusal again is no news.
+            assert!(events(Some(&new), &new, Some(&blocked)).is_empty());
+        }
     }
 
     #[test]
@@ -1004,7 +1204,7 @@ mod tests {
         let inv = invitation(1);
         let pending = status_of(&u, Some(&account(false, false)), Some(&inv), now());
         let reasons = |old: Option<&SystemUserStatus>, new: &SystemUserStatus| {
-            events(old, new)
+            events(old, new, None)
                 .into_iter()
                 .map(|n| n.reason)
                 .collect::<Vec<_>>()

@@ -1,9 +1,55 @@
-//! The Tenant decisions: its status from the phases of its users.
+//! The Tenant decisions: its status from the phases of its users, and the condition shown while
+//! the mass-offboarding guard holds offboardings back.
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::condition::ready;
+use super::offboarding;
 use crate::crd::{Tenant, TenantStatus, UserCounts, UserPhase};
+
+/// The Tenant condition type shown while the mass-offboarding guard holds offboardings back.
+pub const THROTTLED: &str = "OffboardingThrottled";
+
+/// The `OffboardingThrottled` condition (status True, reason `MaxPerHourReached`): `held`
+/// offboardings wait because `done` happened in the last hour and the tenant allows `max`.
+/// `what` says which offboardings wait ("deletions", "offboardings of the deleted tenant's
+/// accounts"). Its transition time is kept from the previous status, so a repeat patches nothing.
+pub fn throttled(
+    tenant: &Tenant,
+    what: &str,
+    held: usize,
+    done: u64,
+    max: i32,
+    now: Timestamp,
+) -> Condition {
+    let mut c = ready(
+        true,
+        "MaxPerHourReached",
+        &format!(
+            "{held} {what} wait: {done} people were offboarded in the last hour (maxPerHour {max}); set the annotation {} to a new value to release them",
+            offboarding::ALLOW_ANNOTATION
+        ),
+        tenant.metadata.generation,
+        &[],
+        now,
+    );
+    c.type_ = THROTTLED.into();
+    if let Some(p) = was_throttled(tenant) {
+        c.last_transition_time = p.last_transition_time.clone();
+    }
+    c
+}
+
+/// The `OffboardingThrottled` condition the Tenant shows now, if it is True.
+pub fn was_throttled(tenant: &Tenant) -> Option<&Condition> {
+    tenant
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == THROTTLED && c.status == "True")
+}
 
 /// Count users by phase; users without a phase yet count in the total only.
 pub fn count(phases: impl IntoIterator<Item = Option<UserPhase>>) -> UserCounts {

@@ -4,14 +4,16 @@
 //!
 //! kube-apiserver, kube-controller-manager and kubectl are built once per machine from the Go module proxy
 //! by `tests/k8s/build.sh` and cached under `target/k8s/`; etcd comes from the
-//! `etcd-bin-vendored` crate. Each start uses random free ports and a fresh directory under
-//! `target/testenv/`, so a port in use or the leftovers of a killed run never stop the next one.
+//! `etcd-bin-vendored` crate. Each start uses ports reserved for it alone ([`Port`]) and a fresh
+//! directory under `target/testenv/`, so another test's server or the leftovers of a killed run
+//! never stop the next one.
 //!
 //! Every child process is started with `PR_SET_PDEATHSIG`, so it dies with the thread that spawned
 //! it: when a test binary ends — passing, failing or on Ctrl-C — its control plane ends too.
 
 mod peers;
 mod pki;
+mod port;
 mod postgres;
 mod process;
 
@@ -21,6 +23,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub use peers::{ChromeDriver, Scim, Smtp, SmtpTls, scratch_dir, venv_python};
+pub use port::{Port, unique_name};
 pub use postgres::{OwnPostgres, Postgres, postgres};
 pub use process::Supervised;
 
@@ -114,44 +117,34 @@ pub struct ControlPlane {
     apiserver: Option<Supervised>,
     apiserver_args: Vec<String>,
     run: PathBuf,
+    /// etcd client and peer, API server, controller manager: held until the last component
+    /// stops, so that a restarted API server finds its port still free.
+    _ports: [Port; 4],
 }
 
 impl ControlPlane {
     /// Start etcd, kube-apiserver and kube-controller-manager with their state in `dir`, and wait
-    /// until the API server answers `/readyz`. Retries with new ports when a port was taken
-    /// between choosing and binding it.
+    /// until the API server answers `/readyz`. Every port is reserved for this control plane
+    /// ([`Port`]) for as long as it lives.
     pub fn start(dir: &Path) -> Result<Self, Error> {
         ensure_binaries()?;
         // The kubeconfig names certificate files by path; relative ones would resolve against
         // the kubeconfig's folder, not ours.
         let dir = &std::path::absolute(dir).map_err(io(format!("resolving {}", dir.display())))?;
-        let mut last = None;
-        for attempt in 1..=3 {
-            let run = dir.join(format!("attempt-{attempt}"));
-            match Self::start_once(dir, &run) {
-                Ok(cp) => return Ok(cp),
-                // Another process took a port between choosing and binding it: try new ports.
-                Err(err @ Error::NotReady { .. })
-                    if err.to_string().contains("address already in use") =>
-                {
-                    eprintln!(
-                        "testenv: a port was taken (attempt {attempt}); retrying with new ports"
-                    );
-                    last = Some(err);
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+        Self::launch(dir, &dir.join("run"))
     }
 
-    fn start_once(dir: &Path, run: &Path) -> Result<Self, Error> {
+    fn launch(dir: &Path, run: &Path) -> Result<Self, Error> {
         let _ = std::fs::remove_dir_all(run);
         std::fs::create_dir_all(run).map_err(io(format!("creating {}", run.display())))?;
         let pki = pki::Pki::generate(run)?;
-        let etcd_port = free_port()?;
-        let etcd_peer_port = free_port()?;
-        let api_port = free_port()?;
+        let ports = [
+            Port::reserve()?,
+            Port::reserve()?,
+            Port::reserve()?,
+            Port::reserve()?,
+        ];
+        let [etcd_port, etcd_peer_port, api_port, kcm_port] = ports.each_ref().map(Port::get);
         let server = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, pki.kubeconfig(&server))
@@ -219,7 +212,7 @@ impl ControlPlane {
                 "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
-                &format!("--secure-port={}", free_port()?),
+                &format!("--secure-port={kcm_port}"),
                 &format!("--root-ca-file={}", p("ca.crt")),
                 "--v=0",
             ]),
@@ -240,6 +233,7 @@ impl ControlPlane {
             apiserver: Some(apiserver),
             apiserver_args,
             run: run.to_path_buf(),
+            _ports: ports,
         })
     }
 
@@ -319,16 +313,6 @@ fn wait_until(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// A TCP port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> Result<u16, Error> {
-    let listener =
-        std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(io("finding a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io("finding a free port"))?
-        .port())
 }
 
 /// What a test binary needs to reach its shared control plane.
@@ -470,11 +454,5 @@ mod tests {
         sweep_stale_runs(&runs);
         assert!(mine.exists(), "the live run was removed");
         assert!(!dead.exists(), "the dead run was kept");
-    }
-
-    #[test]
-    fn free_ports_are_bindable() {
-        let port = free_port().unwrap();
-        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
     }
 }

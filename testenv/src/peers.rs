@@ -5,19 +5,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{Error, Supervised, free_port, io, repo_root};
+use crate::{Error, Port, Supervised, io, repo_root, unique_name};
 
 /// The Python of the test venv (`make test-peers` creates it).
 pub fn venv_python() -> PathBuf {
     repo_root().join("target/venv/bin/python")
 }
 
-/// A fresh folder under `target/testenv/<pid>/` for one peer.
+/// A fresh folder under `target/testenv/<pid>/` for one peer, never handed out twice.
 pub fn scratch_dir(name: &str) -> Result<PathBuf, Error> {
     let dir = repo_root()
         .join("target/testenv")
         .join(std::process::id().to_string())
-        .join(format!("{name}-{}", free_port()?));
+        .join(unique_name(name));
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     Ok(dir)
 }
@@ -51,6 +51,8 @@ pub enum SmtpTls {
 pub struct Smtp {
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Held while the sink lives, stopped or not, so no other test's server gets the port.
+    _reserved: Port,
     tls: SmtpTls,
     files: Option<crate::pki::TlsFiles>,
     maildir: PathBuf,
@@ -74,13 +76,14 @@ impl Smtp {
         }
         let dir = scratch_dir("smtp")?;
         let maildir = dir.join("maildir");
-        let port = free_port()?;
+        let reserved = Port::reserve()?;
         let files = match tls {
             SmtpTls::None => None,
             _ => Some(crate::pki::tls_files(&dir)?),
         };
         let mut smtp = Self {
-            port,
+            port: reserved.get(),
+            _reserved: reserved,
             tls,
             files,
             maildir,
@@ -185,6 +188,7 @@ pub struct Scim {
     /// The bearer token it accepts.
     pub token: String,
     _process: Supervised,
+    _reserved: Port,
 }
 
 impl Scim {
@@ -199,7 +203,8 @@ impl Scim {
             )));
         }
         let dir = scratch_dir("scim")?;
-        let port = free_port()?;
+        let reserved = Port::reserve()?;
+        let port = reserved.get();
         let token = format!("t-{port}-{}", std::process::id());
         let mut cmd = Command::new(&server);
         cmd.args(["--hostname", "127.0.0.1", "--port", &port.to_string()])
@@ -242,6 +247,7 @@ json.dump(types, open(sys.argv[3], "w"))
             port,
             token,
             _process: process,
+            _reserved: reserved,
         })
     }
 
@@ -261,10 +267,11 @@ pub struct ChromeDriver {
     /// Its WebDriver URL.
     pub url: String,
     _process: Supervised,
+    _reserved: Port,
 }
 
 impl ChromeDriver {
-    /// Start chromedriver on a free port.
+    /// Start chromedriver on a port reserved for it.
     pub fn start() -> Result<Self, Error> {
         let driver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
             .into_iter()
@@ -276,7 +283,8 @@ impl ChromeDriver {
                 )
             })?;
         let dir = scratch_dir("chromedriver")?;
-        let port = free_port()?;
+        let reserved = Port::reserve()?;
+        let port = reserved.get();
         let process = Supervised::spawn(
             "chromedriver",
             Command::new(driver).args([&format!("--port={port}"), "--allowed-ips=127.0.0.1"]),
@@ -286,6 +294,7 @@ impl ChromeDriver {
         Ok(Self {
             url: format!("http://127.0.0.1:{port}"),
             _process: process,
+            _reserved: reserved,
         })
     }
 }

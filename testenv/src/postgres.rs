@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::{Error, Supervised, free_port, io, kept_alive};
+use crate::{Error, Port, Supervised, io, kept_alive, unique_name};
 
 /// The running server.
 #[derive(Clone, Debug)]
@@ -82,21 +82,23 @@ impl Postgres {
         cmd
     }
 
-    fn start() -> Result<(Self, Supervised), Error> {
-        let (pg, dir) = Self::init()?;
+    fn start() -> Result<(Self, (Supervised, Port)), Error> {
+        let (pg, dir, reserved) = Self::init()?;
         let process = pg.launch(&dir)?;
-        Ok((pg, process))
+        Ok((pg, (process, reserved)))
     }
 
-    /// A fresh data folder on a free port.
-    fn init() -> Result<(Self, PathBuf), Error> {
+    /// A fresh data folder, and a port reserved for the server for as long as the [`Port`]
+    /// is kept.
+    fn init() -> Result<(Self, PathBuf, Port), Error> {
+        let reserved = Port::reserve()?;
         let pg = Self {
-            port: free_port()?,
+            port: reserved.get(),
             bin: bin_dir()?,
             user: unprivileged()?,
         };
         // Outside target/: the postgres account must own the folder and reach it.
-        let dir = std::env::temp_dir().join(format!("usher-pg-{}-{}", std::process::id(), pg.port));
+        let dir = std::env::temp_dir().join(unique_name("usher-pg"));
         let data = dir.join("data");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
@@ -123,7 +125,7 @@ impl Postgres {
                 String::from_utf8_lossy(&init.stderr)
             )));
         }
-        Ok((pg, dir))
+        Ok((pg, dir, reserved))
     }
 
     /// Run the server on the data folder in `dir` until it accepts connections.
@@ -168,7 +170,7 @@ impl Postgres {
 
     /// A new, empty database with a fresh name; its URL.
     pub fn database(&self, prefix: &str) -> Result<String, Error> {
-        self.create(&format!("{prefix}_{}", free_port()?))
+        self.create(&unique_name(prefix).replace('-', "_"))
     }
 
     /// Create database `name`; its URL.
@@ -207,17 +209,20 @@ pub struct OwnPostgres {
     pub server: Postgres,
     dir: PathBuf,
     process: Option<Supervised>,
+    /// Held through outages, so the server comes back on its own port.
+    _reserved: Port,
 }
 
 impl OwnPostgres {
     /// Start a server on a fresh data folder.
     pub fn start() -> Result<Self, Error> {
-        let (server, dir) = Postgres::init()?;
+        let (server, dir, reserved) = Postgres::init()?;
         let process = Some(server.launch(&dir)?);
         Ok(Self {
             server,
             dir,
             process,
+            _reserved: reserved,
         })
     }
 

@@ -222,7 +222,7 @@ async fn a_store_down_at_start_keeps_readyz_false_until_it_answers() {
     let smtp = Smtp::start().expect("SMTP sink");
     let pg = usher_testenv::postgres();
     // A database that does not exist yet: every connection is refused until it is created.
-    let name = format!("late_{}", usher_testenv::free_port().unwrap());
+    let name = usher_testenv::unique_name("late").replace('-', "_");
     apply_yaml(&client, &ns, PEOPLE).await;
     let usher = Usher::start_unready(&ns, &smtp.url(), &["--store", &pg.url(&name)], &[]).await;
     let readyz = format!("{}/readyz", usher.url);

@@ -595,3 +595,167 @@ async fn mail_goes_over_verified_tls() {
         "nothing may go to an unverified relay"
     );
 }
+
+/// The Events of one object with this reason, their messages.
+async fn events_of(client: &kube::Client, ns: &str, name: &str, reason: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    eventually(Duration::from_secs(15), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let found: Vec<String> = list
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note.clone())
+            .collect();
+        (!found.is_empty()).then_some(found)
+    })
+    .await
+    .unwrap_or_default()
+}
+
+async fn set_email(users: &Api<SystemUser>, name: &str, email: &str) {
+    users
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"email": email}})),
+        )
+        .await
+        .expect("the new address is admitted");
+}
+
+fn attempts(u: &SystemUser) -> i32 {
+    u.status
+        .as_ref()
+        .and_then(|s| s.invitation.as_ref())
+        .map_or(0, |i| i.attempts)
+}
+
+/// Issue 14, kind 1: a corrected address. The link mailed to the mistyped address dies, the
+/// next attempt goes to the new one, and an Event says why; a case-only change keeps the link;
+/// an Active person's account follows without a mail; a Suspended person is invited at the new
+/// address once unsuspended.
+#[tokio::test]
+async fn an_address_change_sends_the_invitation_to_the_new_address_only() {
+    let client = client().await;
+    let ns = namespace(&client, "readdress").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("")
+            + &user("sam", "sam@acme.exmaple", "Sam")
+            + &user("ria", "ria@acme.example", "Ria")
+            + &user("uma", "uma@acme.example", "Uma")),
+    )
+    .await;
+    let usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    let first = mails(&smtp, 3).await;
+    let token_to = |mails: &[Vec<u8>], to: &str| {
+        let m = mails
+            .iter()
+            .rev()
+            .find(|m| recipient(m) == to)
+            .unwrap_or_else(|| panic!("no mail to {to}"));
+        invitation_in(m).1
+    };
+    let old_token = token_to(&first, "sam@acme.exmaple");
+
+    // Pending, mistyped domain corrected.
+    set_email(&users, "sam", "sam@acme.example").await;
+    let sam = wait_for(&users, "sam", "invited again at the new address", |u| {
+        attempts(u) == 2 && phase(u) == Some(UserPhase::Pending)
+    })
+    .await;
+    let all = mails(&smtp, 4).await;
+    assert_eq!(all.len(), 4, "one new mail");
+    assert_eq!(recipient(&all[3]), "sam@acme.example");
+    let new_token = token_to(&all, "sam@acme.example");
+    let message = &sam.status.as_ref().unwrap().conditions[0].message;
+    assert!(
+        message.contains("invitation 2 sent to sam@acme.example"),
+        "{message}"
+    );
+    let why = events_of(&client, &ns, "sam", "AddressChanged").await;
+    assert!(
+        why.iter()
+            .any(|m| m.contains("sam@acme.exmaple") && m.contains("sam@acme.example")),
+        "{why:?}"
+    );
+    assert_eq!(
+        usher.redeem(&old_token).await.0,
+        410,
+        "the mistyped mailbox's link"
+    );
+    // A change of case only: the same mailbox, the same link, no mail.
+    set_email(&users, "sam", "Sam@Acme.example").await;
+    wait_for(&users, "sam", "observed", |u| {
+        u.status
+            .as_ref()
+            .is_some_and(|s| s.observed_generation == u.metadata.generation)
+    })
+    .await;
+    assert_eq!(usher.redeem(&new_token).await.0, 200, "the new link works");
+    wait_for(&users, "sam", "Active", |u| {
+        phase(u) == Some(UserPhase::Active)
+    })
+    .await;
+
+    // Active: the account follows; nothing is mailed.
+    let ria_token = token_to(&first, "ria@acme.example");
+    assert_eq!(usher.redeem(&ria_token).await.0, 200);
+    wait_for(&users, "ria", "Active", |u| {
+        phase(u) == Some(UserPhase::Active)
+    })
+    .await;
+    set_email(&users, "ria", "ria.lopez@acme.example").await;
+    let email = format!("SELECT email FROM users WHERE external_id = '{ns}/ria'");
+    eventually(Duration::from_secs(15), || async {
+        (crate::support::sql(&usher.db, &email) == vec![vec![json!("ria.lopez@acme.example")]])
+            .then_some(())
+    })
+    .await
+    .expect("the store account follows the address");
+    assert!(
+        events_of(&client, &ns, "ria", "AddressChanged").await[0].contains("no invitation"),
+        "an Event says why"
+    );
+
+    // Suspended while Pending: the link dies with the suspension; unsuspended, the new address
+    // gets the next attempt.
+    let uma_token = token_to(&first, "uma@acme.example");
+    users
+        .patch(
+            "uma",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspended": true, "email": "uma.b@acme.example"}})),
+        )
+        .await
+        .unwrap();
+    wait_for(&users, "uma", "Suspended", |u| {
+        phase(u) == Some(UserPhase::Suspended)
+    })
+    .await;
+    assert_eq!(usher.redeem(&uma_token).await.0, 410);
+    users
+        .patch(
+            "uma",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspended": false}})),
+        )
+        .await
+        .unwrap();
+    wait_for(&users, "uma", "Pending at the new address", |u| {
+        phase(u) == Some(UserPhase::Pending) && attempts(u) == 2
+    })
+    .await;
+    let all = mails(&smtp, 5).await;
+    assert_eq!(all.len(), 5);
+    assert_eq!(
+        all.iter().map(|m| recipient(m)).collect::<Vec<_>>()[4..],
+        ["uma.b@acme.example"],
+        "ria's change sent nothing; uma's new address got one"
+    );
+}

@@ -15,6 +15,7 @@ mod hostile;
 mod invitations;
 mod kubectl;
 mod leader;
+mod make_run;
 mod observability;
 mod offboarding;
 mod reliability;

@@ -238,7 +238,8 @@ pub struct Usher {
     pub db: PathBuf,
     namespace: String,
     mail: String,
-    port: u16,
+    /// Reserved for this usher across its restarts (`--listen`).
+    port: usher_testenv::Port,
     extra: Vec<String>,
     env: Vec<(String, String)>,
     dir: PathBuf,
@@ -281,9 +282,9 @@ impl Usher {
         wait_ready: bool,
     ) -> Self {
         let dir = usher_testenv::scratch_dir("usher").expect("scratch dir");
-        let port = usher_testenv::free_port().expect("free port");
+        let port = usher_testenv::Port::reserve().expect("a port for usher");
         let mut usher = Self {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://127.0.0.1:{}", port.get()),
             db: dir.join("usher.db"),
             namespace: namespace.to_string(),
             mail: mail.to_string(),
@@ -323,7 +324,7 @@ impl Usher {
             cmd.args(["--store", &format!("sqlite://{}", self.db.display())]);
         }
         cmd.args(["--mail", &self.mail])
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port.get())])
             .args(["--public-url", &self.url])
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
