@@ -1,6 +1,7 @@
 //! The controllers, one file per kind: read → decide (in [`crate::plan`]) → write the store →
 //! send mail → patch status (server-side apply, skipped when unchanged) → Events.
 
+mod guard;
 pub mod index;
 mod location_group;
 mod role_binding;

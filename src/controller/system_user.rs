@@ -17,6 +17,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::guard::{self, Budget};
 use super::snapshot::snapshot;
 use super::{Context, Error, MANAGER, apply_status, publish, reconcile_with};
 use crate::crd::{BindingPhase, OffboardingPolicy, SystemUser, Tenant};
@@ -285,66 +286,52 @@ async fn archived(
 }
 
 /// The person's file is gone from git: revoke open tokens, remove roles, and deactivate or
-/// delete the account per the tenant's policy.
+/// delete the account per the tenant's policy, within the tenant's offboarding budget.
 async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     let ns = user.namespace().ok_or(Error::Malformed("no namespace"))?;
-    let policy = ctx
-        .tenants
-        .get(&kube::runtime::reflector::ObjectRef::new(&user.spec.tenant_ref.name).within(&ns))
-        .and_then(|t| t.spec.offboarding.clone())
-        .unwrap_or_default()
-        .policy;
     let key = object_key(&ns, &user.name_any());
     let tenant = ctx
         .tenants
         .get(&kube::runtime::reflector::ObjectRef::new(&user.spec.tenant_ref.name).within(&ns));
-    let _guard = ctx.offboard_lock.lock().await;
-    if let Some(account) = ctx.store.user_by_external_id(&key).await? {
-        if let Some(tenant) = &tenant {
-            let tenant_key = object_key(&ns, &tenant.name_any());
-            let now = Timestamp::now();
-            let max = tenant
-                .spec
-                .offboarding
-                .clone()
-                .unwrap_or_default()
-                .max_per_hour;
-            let done = ctx
-                .store
-                .offboardings_since(&tenant_key, now - offboarding::WINDOW)
-                .await?;
-            let released = match tenant.annotations().get(offboarding::ALLOW_ANNOTATION) {
-                Some(value) => Some(ctx.store.release(&tenant_key, value, now).await?),
-                None => None,
-            };
-            let requested = user.metadata.deletion_timestamp.as_ref().map(|t| t.0);
-            if !offboarding::may_offboard(done, max, requested, released) {
-                // An error, not Ok: the finalizer helper releases the object after any Ok.
-                return Err(Error::Throttled(format!(
-                    "{done} people of tenant {:?} were offboarded in the last hour (maxPerHour {max}); this deletion waits. Set the annotation {} on the Tenant to a new value to let it proceed",
-                    tenant.name_any(),
-                    offboarding::ALLOW_ANNOTATION
-                )));
-            }
-        }
-        let what = offboard_account(ctx, &account, policy).await?;
-        // Counted once it is done: a failed attempt that is retried must not count twice.
-        if let Some(tenant) = &tenant {
-            let tenant_key = object_key(&ns, &tenant.name_any());
-            ctx.store
-                .record_offboarding(&tenant_key, Timestamp::now())
-                .await?;
-        }
-        publish(
-            ctx,
-            user,
-            EventType::Normal,
-            "Offboarded",
-            format!("{}: {what}", user.spec.email),
-        )
-        .await;
-        tracing::info!(policy = ?policy, "offboarded");
+    let _lock = ctx.offboard_lock.lock().await;
+    let Some(account) = ctx.store.user_by_external_id(&key).await? else {
+        return Ok(Action::await_change());
+    };
+    let mut budget = match &tenant {
+        Some(tenant) => Some(Budget::read(ctx, tenant, &ns).await?),
+        None => None,
+    };
+    let policy = budget.as_ref().map(|b| b.policy).unwrap_or_default();
+    // An account offboarded before (by its Tenant's deletion, say) removes nothing now.
+    let counted = match &budget {
+        Some(_) => guard::counts(ctx, &account, policy).await?,
+        None => false,
+    };
+    if let (true, Some(budget), Some(tenant)) = (counted, &budget, &tenant)
+        && !budget.allows(user.metadata.deletion_timestamp.as_ref().map(|t| t.0))
+    {
+        // An error, not Ok: the finalizer helper releases the object after any Ok.
+        return Err(Error::Throttled(format!(
+            "{} people of tenant {:?} were offboarded in the last hour (maxPerHour {}); this deletion waits. Set the annotation {} on the Tenant to a new value to let it proceed",
+            budget.done,
+            tenant.name_any(),
+            budget.max,
+            offboarding::ALLOW_ANNOTATION
+        )));
     }
+    let what = offboard_account(ctx, &account, policy).await?;
+    if let (true, Some(budget)) = (counted, budget.as_mut()) {
+        budget.spend(ctx).await?;
+    }
+    publish(
+        ctx,
+        user,
+        EventType::Normal,
+        "Offboarded",
+        format!("{}: {what}", user.spec.email),
+    )
+    .await;
+    tracing::info!(policy = ?policy, "offboarded");
     Ok(Action::await_change())
 }
 

@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
+use super::guard::{self, Budget};
 use super::{Context, Error, apply_status, publish, reconcile_with};
 use crate::crd::Tenant;
 use crate::plan::offboarding;
@@ -34,15 +35,51 @@ pub(super) async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<
     .await
 }
 
-/// The tenant is gone from git: offboard all its people under its policy, then remove its
-/// groups, catalogue and itself from the store.
+/// The tenant is gone from git (or its namespace is): offboard its people under its policy and
+/// within its offboarding budget, like any other deletion, then remove its groups, catalogue
+/// and itself from the store. While the budget holds people back, the Tenant stays Terminating
+/// with `OffboardingThrottled` until the release annotation.
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let ns = tenant.namespace().ok_or(Error::Malformed("no namespace"))?;
     let key = TenantRecord::desired(tenant, &ns, &tenant.name_any()).key;
-    let policy = tenant.spec.offboarding.clone().unwrap_or_default().policy;
-    let accounts = ctx.store.users_of_tenant(&key).await?;
-    for account in &accounts {
-        super::system_user::offboard_account(ctx, account, policy).await?;
+    let _lock = ctx.offboard_lock.lock().await;
+    let mut budget = Budget::read(ctx, tenant, &ns).await?;
+    let policy = budget.policy;
+    let requested = tenant.metadata.deletion_timestamp.as_ref().map(|t| t.0);
+    let mut offboarded = 0;
+    let mut held = 0;
+    for account in ctx.store.users_of_tenant(&key).await? {
+        let counted = guard::counts(ctx, &account, policy).await?;
+        if counted && !budget.allows(requested) {
+            held += 1;
+            continue;
+        }
+        super::system_user::offboard_account(ctx, &account, policy).await?;
+        if counted {
+            budget.spend(ctx).await?;
+            offboarded += 1;
+        }
+    }
+    if held > 0 {
+        let condition = tenant::throttled(
+            tenant,
+            "offboardings of this deleted tenant's people",
+            held,
+            budget.done,
+            budget.max,
+            Timestamp::now(),
+        );
+        let message = condition.message.clone();
+        let mut status = tenant.status.clone().unwrap_or_default();
+        let was_throttled = tenant::was_throttled(tenant).is_some();
+        status.conditions.retain(|c| c.type_ != THROTTLED);
+        status.conditions.push(condition);
+        apply_status(ctx, tenant, tenant.status.as_ref(), &status).await?;
+        if !was_throttled {
+            publish(ctx, tenant, EventType::Warning, THROTTLED, message.clone()).await;
+        }
+        // An error, not Ok: the finalizer helper releases the object after any Ok.
+        return Err(Error::Throttled(message));
     }
     ctx.store.delete_tenant(&key).await?;
     publish(
@@ -50,10 +87,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         tenant,
         EventType::Normal,
         "Offboarded",
-        format!(
-            "tenant removed from the store; {} people offboarded ({policy:?})",
-            accounts.len()
-        ),
+        format!("tenant removed from the store; {offboarded} people offboarded ({policy:?})"),
     )
     .await;
     Ok(Action::await_change())

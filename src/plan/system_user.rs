@@ -16,6 +16,9 @@ pub const RESEND_ANNOTATION: &str = "usher.dev/resend-invitation";
 pub enum Blocked {
     /// spec.tenantRef names no Tenant (yet).
     TenantNotFound(String),
+    /// The Tenant is being deleted: its people are offboarded through the guard, and nothing is
+    /// provisioned, restored or repaired meanwhile.
+    TenantTerminating(String),
     /// An older SystemUser of the same tenant has this email.
     DuplicateEmail {
         /// The older user's name.
@@ -35,6 +38,7 @@ impl Blocked {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::TenantNotFound(_) => "TenantNotFound",
+            Self::TenantTerminating(_) => "TenantTerminating",
             Self::DuplicateEmail { .. } => "DuplicateEmail",
             Self::EmailDomainNotAllowed { .. } => "EmailDomainNotAllowed",
             Self::StoreRefused(_) => "StoreRefused",
@@ -47,6 +51,9 @@ impl Blocked {
             Self::TenantNotFound(t) => {
                 format!("Tenant {t:?} does not exist in this namespace; waiting for it")
             }
+            Self::TenantTerminating(t) => format!(
+                "Tenant {t:?} is being deleted: its people are offboarded within its offboarding budget, and nothing is sent, restored or repaired meanwhile"
+            ),
             Self::DuplicateEmail { holder } => format!(
                 "{email} is already used by SystemUser {holder:?} of this tenant; no invitation was sent"
             ),
@@ -79,6 +86,11 @@ pub fn blocked(user: &SystemUser, tenant: Option<&Tenant>, peers: &[Peer]) -> Op
     let Some(tenant) = tenant else {
         return Some(Blocked::TenantNotFound(user.spec.tenant_ref.name.clone()));
     };
+    if tenant.metadata.deletion_timestamp.is_some() {
+        return Some(Blocked::TenantTerminating(
+            user.spec.tenant_ref.name.clone(),
+        ));
+    }
     let email = user.spec.email.to_lowercase();
     if let Some(allowed) = tenant
         .spec
@@ -403,7 +415,10 @@ pub fn status(input: &StatusInput<'_>) -> SystemUserStatus {
     };
     if let Some(blocked) = input.blocked {
         let message = blocked.message(&user.spec.email);
-        if !matches!(blocked, Blocked::TenantNotFound(_)) {
+        if !matches!(
+            blocked,
+            Blocked::TenantNotFound(_) | Blocked::TenantTerminating(_)
+        ) {
             status.phase = Some(UserPhase::Failed);
         }
         status.conditions = vec![ready(
@@ -1062,6 +1077,29 @@ mod tests {
             ..older
         };
         assert_eq!(blocked(&me, Some(&t), &[other_tenant]), None);
+    }
+
+    #[test]
+    fn a_terminating_tenant_blocks_every_provisioning_but_fails_nobody() {
+        let mut t = tenant(None);
+        t.metadata.deletion_timestamp = Some(Time(now()));
+        let u = user("alice", "alice@acme.example");
+        let blocked = blocked(&u, Some(&t), &[]);
+        assert_eq!(blocked, Some(Blocked::TenantTerminating("acme".into())));
+        let s = status(&StatusInput {
+            user: &u,
+            blocked: blocked.as_ref(),
+            account: Some(&account(true, true)),
+            latest: None,
+            secret_name: None,
+            now: now(),
+        });
+        assert_eq!(
+            s.phase, None,
+            "not Failed: nothing is wrong with the person"
+        );
+        assert_eq!(s.conditions[0].reason, "TenantTerminating");
+        assert_eq!(s.user_id, None, "no account is shown as held");
     }
 
     #[test]

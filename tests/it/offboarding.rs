@@ -278,3 +278,160 @@ async fn deleting_a_hundred_people_with_max_ten_per_hour_offboards_ten_until_rel
     })
     .await;
 }
+
+/// The accounts of the SQLite store that still give access (active, an open invitation or a
+/// role), and all accounts.
+fn with_access(db: &Path) -> (u64, u64) {
+    let rows = crate::support::sql(
+        db,
+        "SELECT (SELECT COUNT(*) FROM users u WHERE u.active = 1 OR EXISTS (SELECT 1 FROM role_assignments a WHERE a.user_id = u.id) OR EXISTS (SELECT 1 FROM invitations i WHERE i.user_id = u.id AND i.used_us IS NULL AND i.revoked_us IS NULL)), (SELECT COUNT(*) FROM users)",
+    );
+    let n = |i: usize| rows[0][i].as_u64().unwrap_or_default();
+    (n(0), n(1))
+}
+
+/// Issue 14, kind 2: deleting a Tenant, or its whole namespace, is offboarding too. Its 20
+/// people (8 Active) go through the guard (maxPerHour 5): five are offboarded, the Tenant stays
+/// Terminating with OffboardingThrottled, and a person added meanwhile is not invited, until the
+/// release.
+async fn deleting_a_tenant_goes_through_the_guard(policy: &str, whole_namespace: bool) {
+    let client = client().await;
+    let ns = namespace(
+        &client,
+        &format!("tenant-guard-{}-{whole_namespace}", policy.to_lowercase()),
+    )
+    .await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    let mut yaml = format!(
+        "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\nspec:\n  displayName: Acme\n  offboarding: {{policy: {policy}, maxPerHour: 5}}\n"
+    );
+    for i in 0..20 {
+        yaml.push_str(&format!("---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {{name: p{i:02}}}\nspec: {{tenantRef: {{name: acme}}, email: p{i:02}@acme.example}}\n"));
+    }
+    apply_yaml(&client, &ns, &yaml).await;
+    let usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let mails = eventually(Duration::from_secs(60), || async {
+        let m = smtp.messages();
+        (m.len() >= 20).then_some(m)
+    })
+    .await
+    .expect("20 invitations");
+    for mail in &mails[..8] {
+        let (_, token) = invitation_in(mail);
+        assert_eq!(usher.redeem(&token).await.0, 200);
+    }
+    assert_eq!(with_access(&usher.db), (20, 20));
+
+    let tenants: Api<usher::crd::Tenant> = Api::namespaced(client.clone(), &ns);
+    if whole_namespace {
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .delete(&ns, &DeleteParams::default())
+            .await
+            .expect("delete the namespace");
+    } else {
+        tenants
+            .delete("acme", &DeleteParams::default())
+            .await
+            .expect("delete the tenant");
+    }
+    let throttled = wait_for(&tenants, "acme", "OffboardingThrottled", |t| {
+        t.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "OffboardingThrottled" && c.status == "True")
+        })
+    })
+    .await;
+    assert!(throttled.metadata.deletion_timestamp.is_some());
+    let message = throttled
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "OffboardingThrottled")
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains("15 offboardings"), "{message}");
+    let expected = if policy == "Delete" {
+        (15, 15)
+    } else {
+        (15, 20)
+    };
+    assert_eq!(with_access(&usher.db), expected, "five offboarded, no more");
+    // A person added to the dying tenant is not invited; nothing is restored or repaired. (A
+    // namespace being deleted takes no new objects.)
+    if !whole_namespace {
+        person_added_to_a_dying_tenant_is_not_invited(&client, &ns, &smtp).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        smtp.count(),
+        20,
+        "no invitation while the tenant is being deleted"
+    );
+    assert_eq!(with_access(&usher.db), expected, "the guard still holds");
+    assert!(tenants.get_opt("acme").await.unwrap().is_some());
+
+    tenants
+        .patch(
+            "acme",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {"usher.dev/allow-mass-offboarding": "closing-acme"}}})),
+        )
+        .await
+        .expect("release");
+    eventually(Duration::from_secs(60), || async {
+        tenants.get_opt("acme").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("the released tenant goes");
+    let left = with_access(&usher.db);
+    assert_eq!(left.0, 0, "nobody keeps access");
+    if policy == "Delete" {
+        assert_eq!(left.1, 0, "every account deleted");
+    }
+    assert_eq!(smtp.count(), 20);
+}
+
+async fn person_added_to_a_dying_tenant_is_not_invited(
+    client: &kube::Client,
+    ns: &str,
+    smtp: &Smtp,
+) {
+    apply_yaml(
+        client,
+        ns,
+        "apiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: late}\nspec: {tenantRef: {name: acme}, email: late@acme.example}\n",
+    )
+    .await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), ns);
+    wait_for(&users, "late", "TenantTerminating", |u| {
+        u.status
+            .as_ref()
+            .and_then(|s| s.conditions.first())
+            .is_some_and(|c| c.reason == "TenantTerminating")
+    })
+    .await;
+    assert_eq!(
+        smtp.count(),
+        20,
+        "no invitation while the tenant is being deleted"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_tenant_deactivates_through_the_guard() {
+    deleting_a_tenant_goes_through_the_guard("Deactivate", false).await;
+}
+
+#[tokio::test]
+async fn deleting_a_tenant_under_delete_goes_through_the_guard() {
+    deleting_a_tenant_goes_through_the_guard("Delete", false).await;
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_goes_through_the_guard() {
+    deleting_a_tenant_goes_through_the_guard("Deactivate", true).await;
+}
