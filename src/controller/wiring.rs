@@ -315,7 +315,7 @@ pub async fn run(
     let by_ns = super::ByNs::new();
     let (users, users_driver, mut users_subs) = feed(
         scoped_api::<DeserializeGuard<SystemUser>>(&client, namespace),
-        3,
+        4,
         report_invalid::<SystemUser>(client.clone(), recorder.clone(), metrics.clone()),
         by_ns.users.clone(),
     );
@@ -356,8 +356,14 @@ pub async fn run(
         failures: Default::default(),
     });
 
-    // SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings.
-    let (u1, u2) = (ctx.by_ns.users.clone(), ctx.by_ns.users.clone());
+    // SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings;
+    // the other holders of its address.
+    let (u1, u2, u3) = (
+        ctx.by_ns.users.clone(),
+        ctx.by_ns.users.clone(),
+        ctx.by_ns.users.clone(),
+    );
+    let addresses = std::sync::Mutex::new(HashMap::<String, String>::new());
     let users_ctl = Controller::for_stream(
         changes(take(&mut users_subs), |u: &SystemUser| {
             hash((lifecycle(u), u.annotations().get(RESEND_ANNOTATION)))
@@ -385,6 +391,37 @@ pub async fn run(
         move |b: RoleBinding| {
             let user = b.spec.user_ref.name.clone();
             in_namespace(&u2, b.namespace(), move |u| u.name_any() == user)
+        },
+    )
+    // Who holds an address is decided among all its holders (DuplicateEmail), so one that
+    // arrives, leaves or changes address wakes the holders of its old address and its new one.
+    .watches_stream(
+        changes(take(&mut users_subs), |u: &SystemUser| {
+            hash((
+                u.spec.email.to_lowercase(),
+                u.metadata.deletion_timestamp.is_some(),
+            ))
+        }),
+        move |u: SystemUser| {
+            let ns = u.namespace().unwrap_or_default();
+            let uid = u.metadata.uid.clone().unwrap_or_default();
+            let email = u.spec.email.to_lowercase();
+            let old = {
+                let mut seen = addresses.lock().unwrap_or_else(|p| p.into_inner());
+                if u.metadata.deletion_timestamp.is_some() {
+                    seen.remove(&uid)
+                } else {
+                    seen.insert(uid, email.clone())
+                }
+            };
+            let mut emails = vec![email];
+            emails.extend(old.filter(|o| o != &emails[0]));
+            emails
+                .iter()
+                .flat_map(|e| u3.with_key(&ns, e))
+                .filter(|p| p.metadata.uid != u.metadata.uid)
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
         },
     )
     .reconcile_on(wake)

@@ -759,3 +759,64 @@ async fn an_address_change_sends_the_invitation_to_the_new_address_only() {
         "ria's change sent nothing; uma's new address got one"
     );
 }
+
+/// Issue 14, kind 3: a duplicate is decided again as soon as the holder of the address goes,
+/// whether it is deleted or moves to another address; no waiting for the resync (10 minutes).
+#[tokio::test]
+async fn a_freed_address_goes_to_the_waiting_duplicate_within_seconds() {
+    let client = client().await;
+    let ns = namespace(&client, "freed-address").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("")
+            + &user("jo", "jo@acme.example", "Jo")
+            + &user("lee", "lee@acme.example", "Lee")),
+    )
+    .await;
+    let _usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    mails(&smtp, 2).await;
+    // Later arrivals with the same addresses, in other case: refused.
+    apply_yaml(
+        &client,
+        &ns,
+        &(user("jo-new", "Jo@Acme.example", "Jo") + &user("lee-new", "LEE@acme.example", "Lee")),
+    )
+    .await;
+    for name in ["jo-new", "lee-new"] {
+        wait_for(&users, name, "DuplicateEmail", |u| {
+            phase(u) == Some(UserPhase::Failed)
+                && u.status.as_ref().unwrap().conditions[0].reason == "DuplicateEmail"
+        })
+        .await;
+    }
+    assert_eq!(smtp.count(), 2);
+
+    // jo leaves; lee moves to another address.
+    users
+        .delete("jo", &Default::default())
+        .await
+        .expect("delete jo");
+    set_email(&users, "lee", "lee.k@acme.example").await;
+    for name in ["jo-new", "lee-new"] {
+        let started = std::time::Instant::now();
+        wait_for(&users, name, "Pending", |u| {
+            phase(u) == Some(UserPhase::Pending)
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{name} waited for a resync"
+        );
+    }
+    let all = mails(&smtp, 5).await;
+    let mut to: Vec<String> = all[2..].iter().map(|m| recipient(m)).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        ["Jo@Acme.example", "LEE@acme.example", "lee.k@acme.example"],
+        "one mail each, as written in git: the freed addresses, and lee's new one"
+    );
+}
