@@ -177,7 +177,11 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     // allowed): the account keeps no access, no open token and no role.
     if matches!(
         blocked,
-        Some(Blocked::DuplicateEmail { .. } | Blocked::EmailDomainNotAllowed { .. })
+        Some(
+            Blocked::DuplicateEmail { .. }
+                | Blocked::EmailDomainNotAllowed { .. }
+                | Blocked::EmailUndeliverable { .. }
+        )
     ) && let Some(acc) = ctx
         .store
         .user_by_external_id(&object_key(&ns, &user.name_any()))

@@ -29,6 +29,12 @@ pub enum Blocked {
         /// The domains the tenant allows.
         allowed: Vec<String>,
     },
+    /// The address passed admission but no mail can be addressed to it (RFC 5321/5322 and
+    /// RFC 6531 as the mailer parses them): a trailing dot, two dots in a row, a stray `>`.
+    EmailUndeliverable {
+        /// What the mail parser said.
+        reason: String,
+    },
     /// The user store refused the account (a SCIM 4xx); what it said.
     StoreRefused(String),
 }
@@ -41,6 +47,7 @@ impl Blocked {
             Self::TenantTerminating(_) => "TenantTerminating",
             Self::DuplicateEmail { .. } => "DuplicateEmail",
             Self::EmailDomainNotAllowed { .. } => "EmailDomainNotAllowed",
+            Self::EmailUndeliverable { .. } => "EmailUndeliverable",
             Self::StoreRefused(_) => "StoreRefused",
         }
     }
@@ -61,6 +68,9 @@ impl Blocked {
                 "the tenant only invites addresses in {}; {email} is not one of them",
                 allowed.join(", ")
             ),
+            Self::EmailUndeliverable { reason } => {
+                format!("no mail can be sent to {email:?} ({reason}); correct spec.email")
+            }
             Self::StoreRefused(said) => format!(
                 "{said}; no invitation was sent. usher retries; fix the account in the product or this SystemUser"
             ),
@@ -90,6 +100,13 @@ pub fn blocked(user: &SystemUser, tenant: Option<&Tenant>, peers: &[Peer]) -> Op
         return Some(Blocked::TenantTerminating(
             user.spec.tenant_ref.name.clone(),
         ));
+    }
+    // Checked before anything is written: an address the mailer cannot use would otherwise
+    // stay Pending/InvitationNotSent, retried for ever.
+    if let Err(e) = user.spec.email.parse::<lettre::Address>() {
+        return Some(Blocked::EmailUndeliverable {
+            reason: e.to_string(),
+        });
     }
     let email = user.spec.email.to_lowercase();
     if let Some(allowed) = tenant
@@ -1100,6 +1117,53 @@ mod tests {
         );
         assert_eq!(s.conditions[0].reason, "TenantTerminating");
         assert_eq!(s.user_id, None, "no account is shown as held");
+    }
+
+    /// Issue 14, kind 5: what admission lets through and no mail can carry fails with a reason
+    /// instead of being retried for ever; real addresses, international ones included, pass.
+    #[test]
+    fn an_address_no_mail_can_carry_fails_and_real_ones_pass() {
+        let t = tenant(None);
+        for bad in [
+            "ana@acme.example.",
+            "ben..ito@acme.example",
+            "cy@acme.example>",
+            ".dot@acme.example",
+            "dot.@acme.example",
+            "a b@acme.example",
+            "x@acme..example",
+            "x@-acme.example",
+            "<x@acme.example",
+        ] {
+            let b = blocked(&user("alice", bad), Some(&t), &[]);
+            assert!(
+                matches!(b, Some(Blocked::EmailUndeliverable { .. })),
+                "{bad}: {b:?}"
+            );
+            let s = status(&StatusInput {
+                user: &user("alice", bad),
+                blocked: b.as_ref(),
+                account: None,
+                latest: None,
+                secret_name: None,
+                now: now(),
+            });
+            assert_eq!(s.phase, Some(UserPhase::Failed), "{bad}");
+            assert_eq!(s.conditions[0].reason, "EmailUndeliverable");
+            assert!(s.conditions[0].message.contains(bad));
+        }
+        for good in [
+            "alice@acme.example",
+            "o'brien@acme.example",
+            "first.last+tag@sub.acme.example",
+            "Jo@Acme.Example",
+            "jürgen@müller.example",
+            "用户@例子.广告",
+            "δοκιμή@παράδειγμα.δοκιμή",
+            "x_y-z!#$%&*=?^`{|}~@acme-charging.example",
+        ] {
+            assert_eq!(blocked(&user("alice", good), Some(&t), &[]), None, "{good}");
+        }
     }
 
     #[test]
