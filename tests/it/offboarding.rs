@@ -255,14 +255,7 @@ async fn deleting_a_hundred_people_with_max_ten_per_hour_offboards_ten_until_rel
     assert_eq!(deactivated(&usher.db), 10, "exactly ten offboarded");
 
     // Released by the annotation: the held ninety go.
-    tenants
-        .patch(
-            "acme",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {"usher.dev/allow-mass-offboarding": "incident-42"}}})),
-        )
-        .await
-        .expect("annotate");
+    release(&tenants, "incident-42").await;
     eventually(Duration::from_secs(60), || async {
         (count().await == 0).then_some(())
     })
@@ -277,6 +270,18 @@ async fn deleting_a_hundred_people_with_max_ten_per_hour_offboards_ten_until_rel
         })
     })
     .await;
+}
+
+/// Release the deletions held by the guard of Tenant `acme`, as an admin would.
+async fn release(tenants: &Api<usher::crd::Tenant>, value: &str) {
+    tenants
+        .patch(
+            "acme",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {"usher.dev/allow-mass-offboarding": value}}})),
+        )
+        .await
+        .expect("the release annotation is admitted");
 }
 
 /// The accounts of the SQLite store that still give access (active, an open invitation or a
@@ -384,14 +389,7 @@ async fn deleting_a_tenant_goes_through_the_guard(policy: &str, whole_namespace:
     assert_eq!(with_access(&usher.db), expected, "the guard still holds");
     assert!(tenants.get_opt("acme").await.unwrap().is_some());
 
-    tenants
-        .patch(
-            "acme",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {"usher.dev/allow-mass-offboarding": "closing-acme"}}})),
-        )
-        .await
-        .expect("release");
+    release(&tenants, "closing-acme").await;
     eventually(Duration::from_secs(60), || async {
         tenants.get_opt("acme").await.ok()?.is_none().then_some(())
     })
