@@ -3,8 +3,10 @@
 //! Per object: the CRD's OpenAPI schema and CEL rules (what the API server rejects). Across
 //! objects: references, cycles, duplicate emails and exclusivity, decided by the very functions
 //! the controllers use ([`crate::plan`]). Objects without a namespace are taken to share one
-//! (kustomize or Flux usually sets it); document order stands in for creation order, so the
-//! first of two conflicting bindings in the files is the one that would stay Bound.
+//! (kustomize or Flux usually sets it). Files are applied together, so their objects share one
+//! creation time, and the tie-break the controllers use (creation time, then name) comes down to
+//! the name, as it does in the cluster for objects created in the same second: the verdict never
+//! depends on the order of documents or files.
 
 #[cfg(test)]
 mod hostile;
@@ -46,7 +48,6 @@ impl std::fmt::Display for Problem {
 
 struct Doc {
     file: String,
-    order: usize,
     value: Value,
 }
 
@@ -266,7 +267,6 @@ fn validate_within(sources: &[(String, Vec<u8>)], deadline: Duration) -> Vec<Pro
             match result {
                 Ok(value) => docs.push(Doc {
                     file: file.clone(),
-                    order: docs.len(),
                     value,
                 }),
                 Err(message) => problems.push(problem(message)),
@@ -368,14 +368,14 @@ fn validate_within(sources: &[(String, Vec<u8>)], deadline: Duration) -> Vec<Pro
     problems
 }
 
-/// Creation order stands in for document order: one second apart from a fixed start.
-fn created(order: usize) -> Time {
-    Time(Timestamp::from_second(1_700_000_000 + order as i64).unwrap_or(Timestamp::UNIX_EPOCH))
+/// The one creation time of every object read from files (applied together).
+fn created() -> Time {
+    Time(Timestamp::from_second(1_700_000_000).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 fn decode<K: serde::de::DeserializeOwned + kube::Resource>(doc: &Doc) -> Option<K> {
     let mut obj: K = serde_json::from_value(doc.value.clone()).ok()?;
-    obj.meta_mut().creation_timestamp = Some(created(doc.order));
+    obj.meta_mut().creation_timestamp = Some(created());
     Some(obj)
 }
 
@@ -494,6 +494,65 @@ fn check_namespace(docs: &[&Doc], problems: &mut Vec<Problem>) {
                 name,
                 format!("{:?} ({}): {}", v.phase, v.reason, v.message),
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod order {
+    use super::*;
+
+    /// The objects at fault, as `Kind/name`, whatever the order of documents.
+    fn verdict(docs: &[&str]) -> Vec<String> {
+        let text = docs.join("---\n");
+        let mut found: Vec<String> = validate_sources(&[("all.yaml".into(), text.into_bytes())])
+            .into_iter()
+            .map(|p| p.object)
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Issue 14, kind 4: the issue's file (zoe and the Technician binding first) and every
+    /// other order of its documents give one verdict: the name decides among objects applied
+    /// together.
+    #[test]
+    fn the_order_of_documents_never_changes_the_verdict() {
+        let tenant = "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {displayName: Acme}\n";
+        let user = |name: &str, email: &str| {
+            format!(
+                "apiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {{name: {name}}}\nspec: {{tenantRef: {{name: acme}}, email: {email}}}\n"
+            )
+        };
+        let binding = |name: &str, role: &str| {
+            format!(
+                "apiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {{name: {name}}}\nspec: {{userRef: {{name: rita}}, role: {role}}}\n"
+            )
+        };
+        let docs = [
+            tenant.to_string(),
+            user("zoe", "shared@acme.example"),
+            user("adam", "Shared@acme.example"),
+            user("rita", "rita@acme.example"),
+            binding("zz-rita-technician", "Technician"),
+            binding("aa-rita-manager", "Manager"),
+            // A third holder and a third exclusive binding: every pair competes.
+            user("mia", "SHARED@acme.example"),
+            binding("mm-rita-technician", "Technician"),
+        ];
+        let expected = [
+            "RoleBinding/mm-rita-technician",
+            "RoleBinding/zz-rita-technician",
+            "SystemUser/mia",
+            "SystemUser/zoe",
+        ];
+        // Every rotation, and each rotation reversed.
+        for shift in 0..docs.len() {
+            let mut order: Vec<&str> = docs.iter().map(String::as_str).collect();
+            order.rotate_left(shift);
+            assert_eq!(verdict(&order), expected, "rotated by {shift}");
+            order.reverse();
+            assert_eq!(verdict(&order), expected, "rotated by {shift}, reversed");
         }
     }
 }

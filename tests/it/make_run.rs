@@ -46,6 +46,20 @@ fn group_members(pgid: i32) -> Vec<String> {
         .collect()
 }
 
+/// Kills a process group when a failing assertion unwinds past it: the script is not tied to
+/// this process as the harness's own children are, and must not leave its cluster running. (On
+/// success the test has already checked that the group is gone.)
+struct GroupGuard(i32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: signalling the process group of our own child.
+            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        }
+    }
+}
+
 fn first_eml(outbox: &Path) -> Option<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(outbox)
         .ok()?
@@ -85,6 +99,7 @@ async fn make_run_as_the_readme_says_then_ctrl_c_leaves_nothing_behind() {
         .process_group(0);
     let mut child = script.spawn().expect("bash runs hack/run.sh");
     let pgid = child.id() as i32;
+    let _group = GroupGuard(pgid);
     let log = || {
         format!(
             "--- stdout ---\n{}\n--- stderr ---\n{}",

@@ -1,11 +1,12 @@
 //! Location groups, role bindings and exclusivity against the real control plane, and the
 //! equivalence of `usher validate` with what the cluster shows.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
 use usher::crd::{BindingPhase, LocationGroup, RoleBinding, SystemUser, Tenant, UserPhase};
 
 use crate::support::{
@@ -274,9 +275,9 @@ async fn a_binding_deleted_while_usher_is_down_leaves_the_store_at_restart() {
     );
 }
 
-/// Whether a namespace shows a problem: a group not Ready, a binding not Bound, a user
-/// refused. None while some object has no status for its generation yet.
-async fn cluster_verdict(client: &Client, ns: &str) -> Option<bool> {
+/// The objects of a namespace that show a problem, as `Kind/name`: a group not Ready, a binding
+/// not Bound, a user refused. None while some object has no status for its generation yet.
+async fn cluster_verdict(client: &Client, ns: &str) -> Option<BTreeSet<String>> {
     let groups: Api<LocationGroup> = Api::namespaced(client.clone(), ns);
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
     let users: Api<SystemUser> = Api::namespaced(client.clone(), ns);
@@ -289,15 +290,21 @@ async fn cluster_verdict(client: &Client, ns: &str) -> Option<bool> {
             .and_then(|c| c.first())
             .is_some_and(|c| c.observed_generation == generation)
     };
-    let mut problem = false;
+    let mut problems = BTreeSet::new();
+    let mut flag = |kind: &str, name: String, bad: bool| {
+        if bad {
+            problems.insert(format!("{kind}/{name}"));
+        }
+    };
     for g in groups.list(&Default::default()).await.ok()? {
         let conditions = g.status.as_ref().map(|s| &s.conditions);
         if !current(g.metadata.generation, conditions) {
             return None;
         }
-        problem |= conditions
+        let bad = conditions
             .and_then(|c| c.first())
             .is_some_and(|c| c.status != "True");
+        flag("LocationGroup", g.name_any(), bad);
     }
     for b in bindings.list(&Default::default()).await.ok()? {
         if !current(
@@ -306,7 +313,8 @@ async fn cluster_verdict(client: &Client, ns: &str) -> Option<bool> {
         ) {
             return None;
         }
-        problem |= phase(&b) != Some(BindingPhase::Bound);
+        let bad = phase(&b) != Some(BindingPhase::Bound);
+        flag("RoleBinding", b.name_any(), bad);
     }
     for u in users.list(&Default::default()).await.ok()? {
         let conditions = u.status.as_ref().map(|s| &s.conditions);
@@ -317,7 +325,7 @@ async fn cluster_verdict(client: &Client, ns: &str) -> Option<bool> {
         let waiting = conditions
             .and_then(|c| c.first())
             .is_some_and(|c| c.reason == "TenantNotFound");
-        problem |= failed || waiting;
+        flag("SystemUser", u.name_any(), failed || waiting);
     }
     for t in tenants.list(&Default::default()).await.ok()? {
         if !current(
@@ -327,7 +335,17 @@ async fn cluster_verdict(client: &Client, ns: &str) -> Option<bool> {
             return None;
         }
     }
-    Some(problem)
+    Some(problems)
+}
+
+/// The objects `usher validate` printed a problem for, as `Kind/name` (its lines read
+/// `<file>: <Kind>/<name>: <Reason>: <message>`).
+fn validate_verdict(printed: &str) -> BTreeSet<String> {
+    printed
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Each manifest set of tests/validate/ is given to `usher validate` and applied to the cluster
@@ -357,6 +375,7 @@ async fn usher_validate_agrees_with_the_cluster() {
             .expect("usher validate runs");
         let offline_problem = !out.status.success();
         let printed = String::from_utf8_lossy(&out.stdout).to_string();
+        let offline = validate_verdict(&printed);
         assert_eq!(
             offline_problem,
             !printed.trim().is_empty(),
@@ -380,11 +399,11 @@ async fn usher_validate_agrees_with_the_cluster() {
         }
         let dir = usher_testenv::scratch_dir("mail").unwrap();
         let usher = Usher::start(&ns, &format!("file://{}", dir.display()), &[]).await;
-        running.push((set.clone(), ns, offline_problem, printed, usher));
+        running.push((set.clone(), ns, offline, printed, usher));
     }
 
     let mut disagreements = Vec::new();
-    for (set, ns, offline_problem, printed, _usher) in &running {
+    for (set, ns, offline, printed, _usher) in &running {
         let mut last = None;
         let mut stable = 0;
         for _ in 0..300 {
@@ -401,7 +420,8 @@ async fn usher_validate_agrees_with_the_cluster() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         match last {
-            Some(cluster_problem) if cluster_problem == *offline_problem => {}
+            // The same objects at fault, not only the same yes or no.
+            Some(cluster) if cluster == *offline => {}
             other => disagreements.push(format!(
                 "{}: cluster {other:?}, validate said:\n{printed}",
                 set.display()
