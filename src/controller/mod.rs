@@ -158,6 +158,17 @@ pub enum Error {
     /// The mass-offboarding guard holds this deletion back.
     #[error("{0}")]
     Throttled(String),
+    /// An offboarding took access away (open invitations revoked, account deactivated) but a
+    /// later step failed; `left` says which.
+    #[error(
+        "the account is deactivated and its invitations revoked, but {left} failed: {source}; retrying"
+    )]
+    OffboardingIncomplete {
+        /// The step still to do ("removing its roles", "deleting the account").
+        left: &'static str,
+        /// Why it failed.
+        source: StoreError,
+    },
     /// Adding or removing the finalizer, or the work around it, failed.
     #[error(transparent)]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
@@ -173,6 +184,7 @@ impl Error {
             Self::Malformed(_) => "MalformedObject",
             Self::Random(_) => "RandomnessError",
             Self::Throttled(_) => "OffboardingThrottled",
+            Self::OffboardingIncomplete { .. } => "OffboardingIncomplete",
             Self::Finalizer(e) => match &**e {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.label(),

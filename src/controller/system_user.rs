@@ -323,7 +323,19 @@ async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
             offboarding::ALLOW_ANNOTATION
         )));
     }
-    let what = offboard_account(ctx, &account, policy).await?;
+    let what = match offboard_account(ctx, &account, policy).await {
+        Ok(what) => what,
+        Err(e @ Error::OffboardingIncomplete { .. }) => {
+            let (status, news) =
+                plan::offboarding_incomplete(user, &e.to_string(), Timestamp::now());
+            apply_status(ctx, user, user.status.as_ref(), &status).await?;
+            if news {
+                publish(ctx, user, EventType::Warning, e.label(), e.to_string()).await;
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     if let (true, Some(budget)) = (counted, budget.as_mut()) {
         budget.spend(ctx).await?;
     }
@@ -340,6 +352,12 @@ async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// Offboard one account; says what was done.
+///
+/// Access goes first and in the store's own terms: open invitations revoked, the account
+/// deactivated. Roles and, under Delete, the account itself follow. Should one of those later
+/// steps fail (a SCIM product refusing a membership change, say), the person already has no
+/// access, and the error ([`Error::OffboardingIncomplete`]) says what is left; the reconcile
+/// retries it.
 pub(super) async fn offboard_account(
     ctx: &Context,
     account: &UserRecord,
@@ -347,14 +365,30 @@ pub(super) async fn offboard_account(
 ) -> Result<&'static str, Error> {
     let now = Timestamp::now();
     ctx.store.revoke_open(&account.id, now).await?;
-    ctx.store.set_assignments(&account.id, &[]).await?;
+    match ctx.store.set_active(&account.id, false, now).await {
+        // Gone from the product already: nothing there to deactivate.
+        Err(StoreError::NotFound(_)) => {}
+        other => other?,
+    }
+    let left = |step: &'static str| {
+        move |e: StoreError| Error::OffboardingIncomplete {
+            left: step,
+            source: e,
+        }
+    };
+    ctx.store
+        .set_assignments(&account.id, &[])
+        .await
+        .map_err(left("removing its roles"))?;
     Ok(match policy {
         OffboardingPolicy::Deactivate => {
-            ctx.store.set_active(&account.id, false, now).await?;
             "account deactivated (kept for restore), open invitations revoked, roles removed"
         }
         OffboardingPolicy::Delete => {
-            ctx.store.delete_user(&account.id).await?;
+            ctx.store
+                .delete_user(&account.id)
+                .await
+                .map_err(left("deleting the account"))?;
             "account deleted with its invitations and roles"
         }
     })

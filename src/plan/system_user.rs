@@ -503,6 +503,31 @@ pub fn status(input: &StatusInput<'_>) -> SystemUserStatus {
     status
 }
 
+/// The status of a person whose offboarding took access away but could not finish (a store
+/// refusing to remove a role, say): the previous status with Ready False, reason
+/// `OffboardingIncomplete`, and `message` saying what is left. The second value: whether this
+/// is news (the condition said something else before), so that it gets one Warning Event.
+pub fn offboarding_incomplete(
+    user: &SystemUser,
+    message: &str,
+    now: Timestamp,
+) -> (SystemUserStatus, bool) {
+    let mut status = user.status.clone().unwrap_or_default();
+    let news = status
+        .conditions
+        .first()
+        .is_none_or(|c| c.reason != "OffboardingIncomplete");
+    status.conditions = vec![ready(
+        false,
+        "OffboardingIncomplete",
+        message,
+        user.metadata.generation,
+        &status.conditions,
+        now,
+    )];
+    (status, news)
+}
+
 /// When to look at the user again without a change: at expiry while Pending.
 pub fn requeue_at(latest: Option<&InvitationRecord>, now: Timestamp) -> Option<Timestamp> {
     latest
@@ -1298,6 +1323,37 @@ mod tests {
             // The same refusal again is no news.
             assert!(events(Some(&new), &new, Some(&blocked)).is_empty());
         }
+    }
+
+    #[test]
+    fn a_half_done_offboarding_says_what_is_left_once() {
+        let mut u = user("alice", "alice@acme.example");
+        u.status = Some(status_of(
+            &u,
+            Some(&account(true, true)),
+            Some(&invitation(1)),
+            now(),
+        ));
+        let (s, news) = offboarding_incomplete(&u, "removing its roles failed", now());
+        assert!(news);
+        assert_eq!(
+            s.phase,
+            Some(UserPhase::Active),
+            "the phase is left as it was"
+        );
+        let c = &s.conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            (
+                "False",
+                "OffboardingIncomplete",
+                "removing its roles failed"
+            )
+        );
+        u.status = Some(s.clone());
+        let (again, news) = offboarding_incomplete(&u, "removing its roles failed", now());
+        assert!(!news, "the same news once");
+        assert_eq!(again, s, "nothing to patch");
     }
 
     #[test]

@@ -556,6 +556,52 @@ impl ScimStore {
         reply.ok().map(|_| true)
     }
 
+    /// Take one member out of a Group, in the first form the server takes: the filtered path
+    /// of RFC 7644 section 3.5.2.2 (`members[value eq "…"]`); the `value` form that products
+    /// refusing filtered paths take instead; or, last, the Group's member list read and replaced
+    /// without the member (Group writes are serialized, so no concurrent change is lost). A
+    /// refusal (400, 501) moves on to the next form; the last form's refusal is the error.
+    async fn remove_member(&self, group: &str, user_id: &str) -> Result<(), StoreError> {
+        let path = format!("members[value eq {}]", quoted(user_id));
+        let forms = [
+            json!({"op": "remove", "path": path}),
+            json!({"op": "remove", "path": "members", "value": [{"value": user_id}]}),
+        ];
+        for op in forms {
+            match self.patch_group(group, op).await {
+                Err(StoreError::Refused { status, detail }) if status == 400 || status == 501 => {
+                    tracing::debug!(status, %detail, "the server refused this form of member removal; trying the next");
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+        let reply = self
+            .send(
+                Method::GET,
+                &format!("/Groups/{group}?attributes=members"),
+                None,
+                None,
+            )
+            .await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        let current = reply.ok()?;
+        let rest: Vec<Value> = current["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["value"].as_str() != Some(user_id))
+            .map(|m| json!({"value": m["value"]}))
+            .collect();
+        self.patch_group(
+            group,
+            json!({"op": "replace", "path": "members", "value": rest}),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Delete the Groups matching a filter (`externalId eq …` or `sw …`).
     async fn delete_groups(&self, filter: &str) -> Result<(), StoreError> {
         let _one_at_a_time = self.groups.lock().await;
@@ -596,9 +642,7 @@ impl ScimStore {
         for (role, group) in old.difference(&new) {
             let external = role_group_id(&tenant, role, group.as_deref());
             for g in self.find_groups(&external).await? {
-                let path = format!("members[value eq {}]", quoted(user_id));
-                self.patch_group(&id_of(&g)?, json!({"op": "remove", "path": path}))
-                    .await?;
+                self.remove_member(&id_of(&g)?, user_id).await?;
             }
         }
         for (role, group) in new.difference(&old) {

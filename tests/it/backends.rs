@@ -289,35 +289,30 @@ async fn a_store_down_at_start_keeps_readyz_false_until_it_answers() {
     assert!(ok.is_some(), "ready once the store answers");
 }
 
-#[tokio::test]
-async fn a_busy_scim_server_is_retried_honouring_retry_after() {
-    let scim = Scim::start(false).expect("scim2-server");
-    // In front of the real server: the first answers are 429 (Retry-After: 1) and 503.
-    let seen = Arc::new(AtomicUsize::new(0));
+/// A proxy in front of a real SCIM server, on a port of its own: `intercept(method, path, body)`
+/// may answer a request itself (a refusal, a 429); everything else is passed through, status,
+/// ETag and body as the server answered. Its port.
+async fn scim_proxy(
+    scim: &Scim,
+    intercept: impl Fn(&axum::http::Method, &str, &str) -> Option<axum::response::Response>
+    + Clone
+    + Send
+    + Sync
+    + 'static,
+) -> u16 {
     let upstream = scim.base();
-    let counter = seen.clone();
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let upstream = upstream.clone();
-        let counter = counter.clone();
+        let intercept = intercept.clone();
         async move {
             use axum::response::IntoResponse;
-            let n = counter.fetch_add(1, Ordering::SeqCst);
-            match n {
-                0 | 1 => {
-                    return (
-                        axum::http::StatusCode::TOO_MANY_REQUESTS,
-                        [("retry-after", "1")],
-                        "slow down",
-                    )
-                        .into_response();
-                }
-                2 => return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
-                _ => {}
-            }
             let (parts, body) = req.into_parts();
             let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let path = path.strip_prefix("/v2").unwrap_or(path);
+            if let Some(answer) = intercept(&parts.method, path, &String::from_utf8_lossy(&body)) {
+                return answer;
+            }
             let mut out = reqwest::Client::new()
                 .request(parts.method.clone(), format!("{upstream}{path}"))
                 .body(body.to_vec());
@@ -346,6 +341,31 @@ async fn a_busy_scim_server_is_retried_honouring_retry_after() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+#[tokio::test]
+async fn a_busy_scim_server_is_retried_honouring_retry_after() {
+    let scim = Scim::start(false).expect("scim2-server");
+    // In front of the real server: the first answers are 429 (Retry-After: 1) and 503.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let port = scim_proxy(&scim, move |_, _, _| {
+        use axum::response::IntoResponse;
+        match counter.fetch_add(1, Ordering::SeqCst) {
+            0 | 1 => Some(
+                (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "1")],
+                    "slow down",
+                )
+                    .into_response(),
+            ),
+            2 => Some(axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response()),
+            _ => None,
+        }
+    })
+    .await;
 
     let local = usher_testenv::scratch_dir("local").unwrap();
     let started = std::time::Instant::now();
@@ -374,4 +394,142 @@ async fn a_busy_scim_server_is_retried_honouring_retry_after() {
     );
     // 3 refused, then ServiceProviderConfig, Schemas, the lookup.
     assert_eq!(seen.load(Ordering::SeqCst), 6);
+}
+
+/// Issue 14, kind 6: a product that refuses the filtered member removal (400 invalidPath, as
+/// many do) still loses the departed person's membership (the value form or a replace), and one
+/// that refuses every membership change still has them deactivated first; the SystemUser then
+/// says what is left and finishes once the product takes the change.
+#[tokio::test]
+async fn offboarding_on_scim_deactivates_first_and_gets_around_a_refused_member_removal() {
+    use std::sync::atomic::AtomicU8;
+    let client = client().await;
+    let ns = namespace(&client, "scim-partial").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    let scim = Scim::start(true).expect("scim2-server");
+    // 0: pass everything; 1: refuse filtered member paths; 2: refuse every membership change.
+    let mode = Arc::new(AtomicU8::new(1));
+    let m = mode.clone();
+    let port = scim_proxy(&scim, move |method, path, body| {
+        use axum::response::IntoResponse;
+        let membership = path.starts_with("/Groups/")
+            && (*method == axum::http::Method::PUT
+                || (*method == axum::http::Method::PATCH && body.contains("members")));
+        let refuse = match m.load(Ordering::SeqCst) {
+            1 => membership && body.contains("members["),
+            2 => membership,
+            _ => false,
+        };
+        refuse.then(|| {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                [("content-type", "application/scim+json")],
+                r#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:Error"],"status":"400","scimType":"invalidPath","detail":"this product does not take that form of member change"}"#,
+            )
+                .into_response()
+        })
+    })
+    .await;
+    let pia = "---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: pia}\nspec: {tenantRef: {name: acme}, email: pia@acme.example}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: pia-manager}\nspec: {userRef: {name: pia}, role: Manager}\n";
+    apply_yaml(&client, &ns, &format!("{PEOPLE}{pia}")).await;
+    let local = usher_testenv::scratch_dir("local").unwrap();
+    let usher = Usher::start_with_env(
+        &ns,
+        &smtp.url(),
+        &[
+            "--store",
+            &format!("scim+http://127.0.0.1:{port}/v2"),
+            "--local-store",
+            &format!("sqlite://{}", local.join("local.db").display()),
+        ],
+        &[("USHER_STORE_TOKEN", &scim.token)],
+    )
+    .await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    let mails = eventually(Duration::from_secs(30), || async {
+        let m = smtp.messages();
+        (m.len() >= 2).then_some(m)
+    })
+    .await
+    .expect("two invitations");
+    for mail in &mails {
+        assert_eq!(usher.redeem(&invitation_in(mail).1).await.0, 200);
+    }
+    let mut ids = Vec::new();
+    for name in ["olga", "pia"] {
+        let u = wait_for(&users, name, "Active with a role", |u| {
+            phase(u) == Some(UserPhase::Active) && !u.status.as_ref().unwrap().roles.is_empty()
+        })
+        .await;
+        ids.push(u.status.unwrap().user_id.unwrap());
+    }
+    let members = || async {
+        let role = scim_get(
+            &scim,
+            &format!(
+                "/Groups{}",
+                scim_filter("externalId", &format!("role/{ns}/acme/Manager"))
+            ),
+        )
+        .await;
+        let mut ids: Vec<String> = role["Resources"][0]["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["value"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut both = ids.clone();
+    both.sort();
+    assert_eq!(members().await, both);
+
+    // Filtered removal refused: olga leaves all the same.
+    users
+        .delete("olga", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), || async {
+        users.get_opt("olga").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("olga's offboarding completes");
+    assert_eq!(
+        scim_get(&scim, &format!("/Users/{}", ids[0])).await["active"],
+        false
+    );
+    assert_eq!(
+        members().await,
+        [ids[1].clone()],
+        "olga is no member any more"
+    );
+
+    // Every membership change refused: pia is deactivated at once, and waits for the rest.
+    mode.store(2, Ordering::SeqCst);
+    users.delete("pia", &DeleteParams::default()).await.unwrap();
+    let stuck = wait_for(&users, "pia", "OffboardingIncomplete", |u| {
+        u.status
+            .as_ref()
+            .and_then(|s| s.conditions.first())
+            .is_some_and(|c| c.reason == "OffboardingIncomplete")
+    })
+    .await;
+    let message = &stuck.status.as_ref().unwrap().conditions[0].message;
+    assert!(
+        message.contains("deactivated") && message.contains("removing its roles"),
+        "{message}"
+    );
+    assert_eq!(
+        scim_get(&scim, &format!("/Users/{}", ids[1])).await["active"],
+        false,
+        "deactivation came first"
+    );
+    mode.store(0, Ordering::SeqCst);
+    eventually(Duration::from_secs(60), || async {
+        users.get_opt("pia").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("pia's offboarding completes once the product takes it");
+    assert!(members().await.is_empty());
 }
