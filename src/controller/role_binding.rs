@@ -48,6 +48,7 @@ async fn apply(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> {
         observed_generation: generation,
         phase: Some(verdict.phase),
         conflicts_with: verdict.conflicts_with.clone(),
+        exclusive: verdict.exclusive,
         conditions: vec![ready(
             verdict.phase == BindingPhase::Bound,
             verdict.reason,

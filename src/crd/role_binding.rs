@@ -82,6 +82,12 @@ pub struct RoleBindingStatus {
     /// The names of the bindings that keep this one from being Bound.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts_with: Vec<String>,
+    /// Whether its role was exclusive when usher last decided it. Kept while the role is missing
+    /// from the tenant's catalogue (removed, or renamed in two steps), so that such a binding
+    /// keeps blocking the person's other roles until it is fixed or removed: no moment between
+    /// two applies grants what the exclusive role kept away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive: Option<bool>,
     /// Ready, with a reason saying why not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

@@ -5,6 +5,11 @@
 //! is Bound when it is compatible with every binding of the user already Bound, and Conflict
 //! (naming those it clashes with) otherwise. Two bindings are compatible unless one holds an
 //! exclusive role and the other a different role.
+//!
+//! Fail closed: a binding whose role was exclusive when last decided (`status.exclusive`) and
+//! has since left the catalogue (removed, or renamed in two steps) is Invalid, and still blocks
+//! what it blocked until a person fixes or removes it. Otherwise the moment between two applies
+//! would grant the person a role the exclusive one kept from them.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +31,8 @@ pub struct Binding {
     pub group: Option<String>,
     /// Its creation time.
     pub created: Option<Timestamp>,
+    /// Whether its role was exclusive when it was last decided (its `status.exclusive`).
+    pub was_exclusive: bool,
 }
 
 impl From<&crate::crd::RoleBinding> for Binding {
@@ -36,6 +43,7 @@ impl From<&crate::crd::RoleBinding> for Binding {
             role: b.spec.role.clone(),
             group: b.spec.scope.as_ref().map(|s| s.location_group.clone()),
             created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            was_exclusive: b.status.as_ref().and_then(|s| s.exclusive).unwrap_or(false),
         }
     }
 }
@@ -60,6 +68,9 @@ pub struct Verdict {
     pub message: String,
     /// The tenant of its user, when known.
     pub tenant: Option<String>,
+    /// Whether it counts as exclusive: its role is, or (the role having left the catalogue, or
+    /// its user or tenant being missing) it was. Written to `status.exclusive`.
+    pub exclusive: Option<bool>,
 }
 
 /// Everything the evaluation reads, for one namespace.
@@ -86,6 +97,7 @@ fn verdict(
         reason,
         message,
         tenant,
+        exclusive: None,
     }
 }
 
@@ -93,7 +105,8 @@ fn verdict(
 pub fn evaluate(world: &World<'_>) -> BTreeMap<String, Verdict> {
     let mut out = BTreeMap::new();
     // First what each binding is on its own; the survivors compete per user below.
-    let mut eligible: BTreeMap<&str, Vec<(&Binding, bool)>> = BTreeMap::new();
+    // (binding, exclusive, retired: its exclusive role left the catalogue; it blocks, never binds)
+    let mut eligible: BTreeMap<&str, Vec<(&Binding, bool, bool)>> = BTreeMap::new();
     for b in world.bindings {
         let Some(user) = world.users.get(&b.user) else {
             out.insert(
@@ -128,20 +141,25 @@ pub fn evaluate(world: &World<'_>) -> BTreeMap<String, Verdict> {
         };
         let Some(role) = catalogue.iter().find(|r| r.name == b.role) else {
             let known: Vec<&str> = catalogue.iter().map(|r| r.name.as_str()).collect();
-            out.insert(
-                b.name.clone(),
-                verdict(
-                    BindingPhase::Invalid,
-                    "UnknownRole",
-                    format!(
-                        "role {:?} is not in the catalogue of tenant {:?} ({})",
-                        b.role,
-                        user.tenant,
-                        known.join(", ")
-                    ),
-                    tenant,
-                ),
+            let mut message = format!(
+                "role {:?} is not in the catalogue of tenant {:?} ({})",
+                b.role,
+                user.tenant,
+                known.join(", ")
             );
+            if b.was_exclusive {
+                message.push_str(&format!(
+                    "; it was exclusive, so it keeps blocking the other roles of {} until this binding is fixed or removed",
+                    b.user
+                ));
+                eligible
+                    .entry(b.user.as_str())
+                    .or_default()
+                    .push((b, true, true));
+            }
+            let mut v = verdict(BindingPhase::Invalid, "UnknownRole", message, tenant);
+            v.exclusive = Some(b.was_exclusive);
+            out.insert(b.name.clone(), v);
             continue;
         };
         if let Some(group) = &b.group {
@@ -173,13 +191,13 @@ pub fn evaluate(world: &World<'_>) -> BTreeMap<String, Verdict> {
         eligible
             .entry(b.user.as_str())
             .or_default()
-            .push((b, role.exclusive));
+            .push((b, role.exclusive, false));
     }
 
     for (_, mut list) in eligible {
-        list.sort_by(|(a, _), (b, _)| (a.created, &a.name).cmp(&(b.created, &b.name)));
+        list.sort_by(|(a, ..), (b, ..)| (a.created, &a.name).cmp(&(b.created, &b.name)));
         let mut bound: Vec<(&Binding, bool)> = Vec::new();
-        for (b, exclusive) in list {
+        for (b, exclusive, retired) in list {
             let tenant = world.users.get(&b.user).map(|u| u.tenant.clone());
             let clashes: Vec<&(&Binding, bool)> = bound
                 .iter()
@@ -187,16 +205,20 @@ pub fn evaluate(world: &World<'_>) -> BTreeMap<String, Verdict> {
                     other.role != b.role && (exclusive || *other_exclusive)
                 })
                 .collect();
-            if clashes.is_empty() {
-                out.insert(
-                    b.name.clone(),
-                    verdict(
-                        BindingPhase::Bound,
-                        "Bound",
-                        format!("{} is granted {}", b.user, scope_text(b)),
-                        tenant,
-                    ),
+            if retired {
+                // Invalid already; it blocks what it blocked, unless an older one blocks it.
+                if clashes.is_empty() {
+                    bound.push((b, exclusive));
+                }
+            } else if clashes.is_empty() {
+                let mut v = verdict(
+                    BindingPhase::Bound,
+                    "Bound",
+                    format!("{} is granted {}", b.user, scope_text(b)),
+                    tenant,
                 );
+                v.exclusive = Some(exclusive);
+                out.insert(b.name.clone(), v);
                 bound.push((b, exclusive));
             } else {
                 let names: Vec<String> = clashes.iter().map(|(o, _)| o.name.clone()).collect();
@@ -223,8 +245,24 @@ pub fn evaluate(world: &World<'_>) -> BTreeMap<String, Verdict> {
                     tenant,
                 );
                 v.conflicts_with = names;
+                v.exclusive = Some(exclusive);
                 out.insert(b.name.clone(), v);
             }
+        }
+    }
+    // What each binding counts as, for its status: its role's exclusivity where the role is
+    // known, and otherwise what it counted as before (kept, so that a retired exclusive role
+    // keeps blocking across reconciles and restarts).
+    for b in world.bindings {
+        if let Some(v) = out.get_mut(&b.name)
+            && v.exclusive.is_none()
+        {
+            let role = world
+                .users
+                .get(&b.user)
+                .and_then(|u| world.catalogues.get(&u.tenant))
+                .and_then(|c| c.iter().find(|r| r.name == b.role));
+            v.exclusive = Some(role.map_or(b.was_exclusive, |r| r.exclusive));
         }
     }
     out
@@ -269,6 +307,7 @@ mod tests {
 
     fn b(name: &str, user: &str, role: &str, group: Option<&str>, t: i64) -> Binding {
         Binding {
+            was_exclusive: false,
             name: name.into(),
             user: user.into(),
             role: role.into(),
@@ -349,6 +388,74 @@ mod tests {
             "{}",
             v["mgr"].message
         );
+    }
+
+    /// Issue 14, kind 7: fail closed. An exclusive binding whose role left the catalogue (removed,
+    /// or renamed in two steps: either apply first) keeps blocking until a person fixes it.
+    #[test]
+    fn a_retired_exclusive_role_keeps_blocking_what_it_blocked() {
+        let retired = |name: &str, role: &str, t: i64| Binding {
+            was_exclusive: true,
+            ..b(name, "alice", role, None, t)
+        };
+        // The catalogue lost Technician (or the binding already names its new, unknown name).
+        for gone in ["Installer", "FieldTechnician", "technician"] {
+            let v = run(&[
+                retired("tech", gone, 0),
+                b("mgr", "alice", "Manager", None, 10),
+            ]);
+            assert_eq!(phase(&v, "tech"), BindingPhase::Invalid, "{gone}");
+            assert_eq!(v["tech"].reason, "UnknownRole");
+            assert!(
+                v["tech"].message.contains("keeps blocking"),
+                "{}",
+                v["tech"].message
+            );
+            assert_eq!(v["tech"].exclusive, Some(true), "remembered");
+            assert_eq!(
+                phase(&v, "mgr"),
+                BindingPhase::Conflict,
+                "{gone}: Manager granted"
+            );
+            assert_eq!(v["mgr"].conflicts_with, ["tech"]);
+            // Several younger roles, and one on a group: all held.
+            let v = run(&[
+                retired("tech", gone, 0),
+                b("mgr", "alice", "Manager", None, 10),
+                b("cs", "alice", "CustomerService", Some("west"), 20),
+            ]);
+            assert_eq!(phase(&v, "cs"), BindingPhase::Conflict);
+        }
+        // Someone else's bindings are not touched.
+        let v = run(&[
+            retired("tech", "Gone", 0),
+            b("bmgr", "bob", "Manager", None, 10),
+        ]);
+        assert_eq!(phase(&v, "bmgr"), BindingPhase::Bound);
+        // It blocks only what it blocked: an older role stays Bound.
+        let v = run(&[
+            b("mgr", "alice", "Manager", None, 0),
+            retired("tech", "Gone", 10),
+        ]);
+        assert_eq!(phase(&v, "mgr"), BindingPhase::Bound);
+        // An ordinary role that leaves the catalogue blocks nothing.
+        let v = run(&[
+            b("old", "alice", "Retired", None, 0),
+            b("mgr", "alice", "Manager", None, 10),
+        ]);
+        assert_eq!(
+            (phase(&v, "old"), phase(&v, "mgr"), v["old"].exclusive),
+            (BindingPhase::Invalid, BindingPhase::Bound, Some(false))
+        );
+        // The rename completed: the new name is exclusive and known again; still one role.
+        let v = run(&[
+            retired("tech", "Technician", 0),
+            b("mgr", "alice", "Manager", None, 10),
+        ]);
+        assert_eq!(phase(&v, "mgr"), BindingPhase::Conflict);
+        // Fixed by removing the stale binding: the next is granted.
+        let v = run(&[b("mgr", "alice", "Manager", None, 10)]);
+        assert_eq!(phase(&v, "mgr"), BindingPhase::Bound);
     }
 
     #[test]

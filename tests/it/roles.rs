@@ -197,6 +197,89 @@ async fn the_older_technician_binding_wins_and_its_deletion_promotes_the_manager
     assert_eq!(promoted, ["Manager@tenant"]);
 }
 
+/// Issue 14, kind 7: fail closed. The exclusive Technician leaves the catalogue (a rename done
+/// in two applies, the catalogue first): its binding turns Invalid and keeps blocking the
+/// Manager binding it blocked, so at no moment does the person hold Manager; the Manager is
+/// granted only when a person removes the stale binding.
+#[tokio::test]
+async fn an_exclusive_role_leaving_the_catalogue_grants_nothing_it_blocked() {
+    let client = client().await;
+    let ns = namespace(&client, "retired-role").await;
+    let catalogue = |technician: &str| {
+        format!(
+            "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\nspec:\n  displayName: Acme\n  roles:\n  - {{name: Manager}}\n  - {{name: {technician}, exclusive: true}}\n"
+        )
+    };
+    apply_yaml(
+        &client,
+        &ns,
+        &(catalogue("Technician") + "---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: rita}\nspec: {tenantRef: {name: acme}, email: rita@acme.example}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: rita-technician}\nspec: {userRef: {name: rita}, role: Technician}\n"),
+    )
+    .await;
+    let dir = usher_testenv::scratch_dir("mail").unwrap();
+    let usher = Usher::start(&ns, &format!("file://{}", dir.display()), &[]).await;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    wait_for(&bindings, "rita-technician", "Bound", |b| {
+        phase(b) == Some(BindingPhase::Bound)
+            && b.status.as_ref().and_then(|s| s.exclusive) == Some(true)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    apply_yaml(&client, &ns, "apiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: rita-manager}\nspec: {userRef: {name: rita}, role: Manager}\n").await;
+    wait_for(&bindings, "rita-manager", "Conflict", |b| {
+        phase(b) == Some(BindingPhase::Conflict)
+    })
+    .await;
+
+    // The catalogue's half of the rename lands first.
+    apply_yaml(&client, &ns, &catalogue("FieldTechnician")).await;
+    let stale = wait_for(&bindings, "rita-technician", "Invalid", |b| {
+        phase(b) == Some(BindingPhase::Invalid)
+    })
+    .await;
+    let message = &stale.status.as_ref().unwrap().conditions[0].message;
+    assert!(message.contains("keeps blocking"), "{message}");
+    // Watched for a while: the Manager is never granted, in the cluster or the store.
+    let rita = format!("{ns}/rita");
+    for _ in 0..30 {
+        let manager = bindings.get("rita-manager").await.unwrap();
+        assert_eq!(phase(&manager), Some(BindingPhase::Conflict));
+        assert!(
+            !assignments(&usher.db, &rita)
+                .iter()
+                .any(|a| a.starts_with("Manager")),
+            "Manager granted while the stale exclusive binding stood"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The binding's half: the new name is exclusive and known, and still the only role.
+    bindings
+        .patch(
+            "rita-technician",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"role": "FieldTechnician"}})),
+        )
+        .await
+        .unwrap();
+    wait_for(&bindings, "rita-technician", "Bound again", |b| {
+        phase(b) == Some(BindingPhase::Bound)
+    })
+    .await;
+    assert_eq!(
+        phase(&bindings.get("rita-manager").await.unwrap()),
+        Some(BindingPhase::Conflict)
+    );
+    // A person decides: the technician binding goes, the Manager follows.
+    bindings
+        .delete("rita-technician", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(&bindings, "rita-manager", "Bound", |b| {
+        phase(b) == Some(BindingPhase::Bound)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_binding_deleted_while_usher_is_down_leaves_the_store_at_restart() {
     let client = client().await;
