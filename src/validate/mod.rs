@@ -556,3 +556,74 @@ mod order {
         }
     }
 }
+
+#[cfg(test)]
+mod addresses {
+    use super::*;
+
+    fn problems(email: &str) -> Vec<String> {
+        let text = format!(
+            "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\nspec: {{displayName: Acme}}\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {{name: p}}\nspec: {{tenantRef: {{name: acme}}, email: {}}}\n",
+            serde_json::to_string(email).unwrap()
+        );
+        validate_sources(&[("p.yaml".into(), text.into_bytes())])
+            .into_iter()
+            .map(|p| p.message)
+            .collect()
+    }
+
+    /// Issue 14, kind 5: what admission (the CRD's CEL rule, run here as the API server runs
+    /// it) lets through, the mailer can address, or else it is EmailUndeliverable; real
+    /// addresses, international ones included, pass both.
+    #[test]
+    fn admission_and_the_mailer_agree_on_addresses() {
+        for good in [
+            "alice@acme.example",
+            "o'brien@acme.example",
+            "first.last+tag@sub.acme.example",
+            "x_y-z!#$%&*=?^`{|}~@acme-charging.example",
+            "Jo@Acme.Example",
+            "jürgen@müller.example",
+            "用户@例子.广告",
+            "δοκιμή@παράδειγμα.δοκιμή",
+            "अजय@डाटामेल.भारत",
+        ] {
+            assert_eq!(problems(good), Vec::<String>::new(), "{good}");
+            assert!(good.parse::<lettre::Address>().is_ok(), "{good}");
+        }
+        // Refused at admission, naming the field.
+        for bad in [
+            "ana@acme.example.",
+            "ben..ito@acme.example",
+            "cy@acme.example>",
+            ".dot@acme.example",
+            "dot.@acme.example",
+            "a b@acme.example",
+            "x@acme..example",
+            "x@-acme.example",
+            "x@acme-.example",
+            "<x@acme.example",
+            "x@acme",
+            "\"quoted\"@acme.example",
+            "x@[127.0.0.1]",
+        ] {
+            let found = problems(bad);
+            assert!(
+                found
+                    .iter()
+                    .any(|m| m.starts_with("spec.email: must be an email address")),
+                "{bad}: {found:?}"
+            );
+        }
+        // Admitted, but no mail can carry them: refused after admission, in words.
+        let long_local = format!("{}@acme.example", "a".repeat(65));
+        let long_label = format!("ana@{}.example", "d".repeat(64));
+        for bad in [long_local.as_str(), long_label.as_str()] {
+            let found = problems(bad);
+            assert!(
+                found.iter().any(|m| m.starts_with("EmailUndeliverable")),
+                "{bad}: {found:?}"
+            );
+        }
+    }
+}
