@@ -820,3 +820,49 @@ async fn a_freed_address_goes_to_the_waiting_duplicate_within_seconds() {
         "one mail each, as written in git: the freed addresses, and lee's new one"
     );
 }
+
+/// Issue 14, kind 4: two people with one address created together. Whichever usher reconciles
+/// first, the name decides (adam), the other fails as DuplicateEmail within seconds, and
+/// whatever was mailed to it no longer redeems: one account with access at most.
+#[tokio::test]
+async fn two_holders_of_one_address_created_together_leave_one_way_in() {
+    let client = client().await;
+    let ns = namespace(&client, "same-second").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    let usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("")
+            + &user("zoe", "shared@acme.example", "Zoe")
+            + &user("adam", "Shared@acme.example", "Adam")),
+    )
+    .await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    wait_for(&users, "adam", "Pending", |u| {
+        phase(u) == Some(UserPhase::Pending)
+    })
+    .await;
+    wait_for(&users, "zoe", "DuplicateEmail", |u| {
+        phase(u) == Some(UserPhase::Failed)
+            && u.status.as_ref().unwrap().conditions[0].reason == "DuplicateEmail"
+    })
+    .await;
+    // Every token mailed: only adam's redeems.
+    let mut redeemed = Vec::new();
+    for mail in smtp.messages() {
+        let (_, token) = invitation_in(&mail);
+        let (status, body) = usher.redeem(&token).await;
+        if status == 200 {
+            redeemed.push(body["userId"].clone());
+        } else {
+            assert!(status == 410 || status == 404, "{status}: {body}");
+        }
+    }
+    let adam = users.get("adam").await.unwrap();
+    assert_eq!(
+        redeemed,
+        [json!(adam.status.unwrap().user_id.unwrap())],
+        "exactly one way in, adam's"
+    );
+}
