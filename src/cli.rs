@@ -1,4 +1,5 @@
-//! The `usher` command line: `crds` (and, as the issues land, `run` and `validate`).
+//! The `usher` command line: `run`, `validate` and `crds`. A thin layer: it parses arguments
+//! and hands them to [`crate::run`], [`crate::validate`] or [`crate::crd`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -138,18 +139,9 @@ pub enum CliError {
     /// A CRD could not be rendered as YAML (a bug in the types).
     #[error("cannot render the CRDs as YAML: {0}")]
     Render(#[from] serde_yaml_ng::Error),
-    /// The user store cannot be opened.
+    /// `usher run` failed (the store, the mail transport, the Kubernetes API, the listener).
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    /// The mail transport is misconfigured.
-    #[error(transparent)]
-    Mail(#[from] crate::mail::MailError),
-    /// The Kubernetes API cannot be reached or lacks the CRDs.
-    #[error("{0}")]
-    Kube(String),
-    /// The HTTP listener or the runtime failed.
-    #[error("{0}")]
-    Io(String),
+    Run(#[from] crate::run::RunError),
     /// A file or stdout could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -193,7 +185,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::Io(format!("starting the runtime: {e}")))?;
+        .map_err(|e| crate::run::RunError::Io(format!("starting the runtime: {e}")))?;
     runtime.block_on(crate::run::run(crate::run::Options {
         store: args.store,
         local_store: args.local_store,
@@ -208,7 +200,8 @@ fn run(args: RunArgs) -> Result<(), CliError> {
             namespace: args.lease_namespace,
             duration: args.lease_duration,
         }),
-    }))
+    }))?;
+    Ok(())
 }
 
 fn init_tracing(format: &str) {

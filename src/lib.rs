@@ -6,9 +6,11 @@
 //! - [`crd`]: the API types, pure data; the CRDs in `crds/` are generated from them.
 //! - [`plan`]: the decisions, pure functions over the types and the store's records.
 //! - [`token`]: invitation tokens and their hashes.
-//! - [`cli`]: the `usher` command line.
-#![forbid(unsafe_code)]
-#![deny(missing_docs)]
+//! - [`store`] and [`mail`]: the ports, one backend a file.
+//! - [`controller`]: read, decide in [`plan`], write the store, mail, report.
+//! - [`server`]: the acceptance page, the redemption API, health and metrics.
+//! - [`validate`]: `usher validate`, the same decisions offline.
+//! - [`run`]: `usher run` wires the above; [`cli`]: the command line, which calls it.
 
 pub mod cli;
 pub mod controller;

@@ -1,4 +1,4 @@
-#![forbid(unsafe_code)]
+//! The `usher` binary: everything is in the library; this only runs [`usher::cli`].
 
 use std::process::ExitCode;
 

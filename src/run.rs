@@ -8,12 +8,28 @@ use futures::StreamExt;
 use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::cli::CliError;
 use crate::controller::{self, Settings, scoped_api};
 use crate::crd::SystemUser;
 use crate::metrics::Metrics;
 use crate::server::{self, AppState};
 use crate::store::{StoreConfig, StoreHandle};
+
+/// What `usher run` can fail at, each with a message a person understands.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The user store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The mail transport is misconfigured.
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
+    /// The Kubernetes API cannot be reached or lacks the CRDs.
+    #[error("{0}")]
+    Kube(String),
+    /// The HTTP listener or the runtime failed.
+    #[error("{0}")]
+    Io(String),
+}
 
 /// Everything `usher run` is configured with.
 #[derive(Clone, Debug)]
@@ -50,7 +66,7 @@ pub struct Election {
 }
 
 /// Run until SIGINT or SIGTERM.
-pub async fn run(opts: Options) -> Result<(), CliError> {
+pub async fn run(opts: Options) -> Result<(), RunError> {
     let mailer = crate::mail::open(&opts.mail)?;
     let metrics = Arc::new(Metrics::default());
     // A malformed URL stops here, with one line; a store that is down is retried meanwhile.
@@ -63,7 +79,7 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
     let state = Arc::new(AppState::new(store.clone(), redeemed_tx, metrics.clone()));
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
-        .map_err(|e| CliError::Io(format!("cannot listen on {}: {e}", opts.listen)))?;
+        .map_err(|e| RunError::Io(format!("cannot listen on {}: {e}", opts.listen)))?;
     tracing::info!(listen = %opts.listen, store = %crate::store::redact(&opts.store), mail = %crate::store::redact(&opts.mail), "usher running");
 
     let wake = redeemed_rx.filter_map(|r| async move {
@@ -104,7 +120,7 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
         }
     };
     let (work, http) = tokio::join!(work, http);
-    http.map_err(|e| CliError::Io(format!("HTTP server: {e}")))?;
+    http.map_err(|e| RunError::Io(format!("HTTP server: {e}")))?;
     work?;
     tracing::info!("usher stopped");
     Ok(())
@@ -112,9 +128,9 @@ pub async fn run(opts: Options) -> Result<(), CliError> {
 
 /// A client whose every request is counted in `usher_kube_requests_total`: an outage must show
 /// whether usher backs off or hammers the API server.
-async fn kube_client(metrics: &Arc<Metrics>) -> Result<kube::Client, CliError> {
+async fn kube_client(metrics: &Arc<Metrics>) -> Result<kube::Client, RunError> {
     let unreachable = |e: &dyn std::fmt::Display| {
-        CliError::Kube(format!(
+        RunError::Kube(format!(
             "cannot reach Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster): {e}"
         ))
     };
@@ -149,7 +165,7 @@ fn method_label(method: &http::Method) -> &'static str {
 
 /// Wait until the four kinds are served (their CRDs installed and Established); false when a
 /// shutdown came first. Refusals other than "not found" (RBAC, say) are errors.
-async fn crds_ready(client: &kube::Client, namespace: Option<&str>) -> Result<bool, CliError> {
+async fn crds_ready(client: &kube::Client, namespace: Option<&str>) -> Result<bool, RunError> {
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut waited = Duration::ZERO;
     loop {
@@ -163,7 +179,7 @@ async fn crds_ready(client: &kube::Client, namespace: Option<&str>) -> Result<bo
                 }
             }
             Err(e) => {
-                return Err(CliError::Kube(format!(
+                return Err(RunError::Kube(format!(
                     "cannot list usher.dev objects: {e}; check the CRDs and usher's RBAC"
                 )));
             }
@@ -200,7 +216,7 @@ async fn lead(
     opts: &Options,
     election: &Election,
     controllers: impl std::future::Future<Output = ()>,
-) -> Result<(), CliError> {
+) -> Result<(), RunError> {
     let name = match &opts.namespace {
         Some(ns) => format!("usher-{ns}"),
         None => "usher".to_string(),
@@ -219,7 +235,7 @@ async fn lead(
         .build()
         .await
         .map_err(|e| {
-            CliError::Kube(format!(
+            RunError::Kube(format!(
                 "leader election Lease {}/{name}: {e}",
                 election.namespace
             ))
@@ -230,7 +246,7 @@ async fn lead(
     while !*leader.borrow_and_update() {
         tokio::select! {
             changed = leader.changed() => if changed.is_err() {
-                return Err(CliError::Kube("the leader election stopped".into()));
+                return Err(RunError::Kube("the leader election stopped".into()));
             },
             _ = &mut shutdown => return Ok(()),
         }
@@ -245,7 +261,7 @@ async fn lead(
     };
     let result = tokio::select! {
         _ = controllers => Ok(()),
-        _ = lost => Err(CliError::Kube("lost the leader Lease; exiting so that a fresh start takes over".into())),
+        _ = lost => Err(RunError::Kube("lost the leader Lease; exiting so that a fresh start takes over".into())),
     };
     // Closing the channel makes the manager release the Lease.
     drop(leader);

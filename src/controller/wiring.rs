@@ -37,19 +37,22 @@ fn hash(value: impl Hash) -> u64 {
     h.finish()
 }
 
-/// One watch of a kind, cached in a reflector and copied to `n` subscribers. An object that
-/// does not decode (stored under an older schema, or written around admission) is reported and
-/// left out, so that it cannot stop the watch of every other object of its kind.
-fn feed<K>(
+/// One watch of a kind, cached in a reflector and copied to every stream taken from it with
+/// [`Feed::subscribe`]. [`Feed::run`] consumes the feed and starts the watch, so a subscriber
+/// can be neither added after the start nor miscounted: each `subscribe` is one channel, and
+/// every channel has its reader. An object that does not decode (stored under an older schema,
+/// or written around admission) is reported and left out, so that it cannot stop the watch of
+/// every other object of its kind.
+struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
     api: Api<DeserializeGuard<K>>,
-    n: usize,
-    invalid: impl Fn(&InvalidObject) + Send + 'static,
+    invalid: Box<dyn Fn(&InvalidObject) + Send>,
     index: Arc<ByNamespace<K>>,
-) -> (
-    Store<K>,
-    impl std::future::Future<Output = ()> + Send,
-    Vec<mpsc::UnboundedReceiver<watcher::Event<K>>>,
-)
+    reader: Store<K>,
+    writer: reflector::store::Writer<K>,
+    senders: Vec<mpsc::UnboundedSender<watcher::Event<K>>>,
+}
+
+impl<K> Feed<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -59,32 +62,69 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store::<K>();
-    let cached = reader.clone();
-    let indexed = reader.clone();
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded()).unzip();
-    let driver = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .filter_map(move |event| {
-            futures::future::ready(match event {
-                Ok(event) => screen(event, &cached, &invalid).map(Ok),
-                Err(e) => Some(Err(e)),
+    fn new(
+        api: Api<DeserializeGuard<K>>,
+        invalid: impl Fn(&InvalidObject) + Send + 'static,
+        index: Arc<ByNamespace<K>>,
+    ) -> Self {
+        let (reader, writer) = reflector::store::<K>();
+        Self {
+            api,
+            invalid: Box::new(invalid),
+            index,
+            reader,
+            writer,
+            senders: Vec::new(),
+        }
+    }
+
+    /// The cache the watch fills.
+    fn store(&self) -> Store<K> {
+        self.reader.clone()
+    }
+
+    /// A stream of every event of the watch, after the cache and the index saw it.
+    fn subscribe(&mut self) -> mpsc::UnboundedReceiver<watcher::Event<K>> {
+        let (tx, rx) = mpsc::unbounded();
+        self.senders.push(tx);
+        rx
+    }
+
+    /// The watch, until it ends: fills the cache and the index, then hands each event on.
+    fn run(self) -> impl std::future::Future<Output = ()> + Send {
+        let Self {
+            api,
+            invalid,
+            index,
+            reader,
+            writer,
+            senders,
+        } = self;
+        let cached = reader.clone();
+        watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .filter_map(move |event| {
+                futures::future::ready(match event {
+                    Ok(event) => screen(event, &cached, &invalid).map(Ok),
+                    Err(e) => Some(Err(e)),
+                })
             })
-        })
-        .reflect(writer)
-        .for_each(move |event| {
-            match event {
-                Ok(event) => {
-                    index.observe(&event, &indexed);
-                    for tx in &senders {
-                        let _ = tx.unbounded_send(event.clone());
+            .reflect(writer)
+            .for_each(move |event| {
+                match event {
+                    Ok(event) => {
+                        index.observe(&event, &reader);
+                        for tx in &senders {
+                            let _ = tx.unbounded_send(event.clone());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, kind = %K::kind(&()), "watch error; retrying")
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch error; retrying"),
-            }
-            futures::future::ready(())
-        });
-    (reader, driver, receivers)
+                futures::future::ready(())
+            })
+    }
 }
 
 /// The event for the objects that decoded. An object that no longer decodes leaves the cache
@@ -247,10 +287,6 @@ where
     })
 }
 
-fn take<T>(subs: &mut Vec<T>) -> T {
-    subs.pop().expect("feed() was asked for enough subscribers")
-}
-
 /// A Tenant's lifecycle plus the release annotation of the offboarding guard.
 fn tenant_key(t: &Tenant) -> u64 {
     hash((lifecycle(t), t.annotations().get(ALLOW_ANNOTATION)))
@@ -313,30 +349,30 @@ pub async fn run(
         },
     );
     let by_ns = super::ByNs::new();
-    let (users, users_driver, mut users_subs) = feed(
+    let mut users_feed = Feed::new(
         scoped_api::<DeserializeGuard<SystemUser>>(&client, namespace),
-        4,
         report_invalid::<SystemUser>(client.clone(), recorder.clone(), metrics.clone()),
         by_ns.users.clone(),
     );
-    let (tenants, tenants_driver, mut tenants_subs) = feed(
+    let users = users_feed.store();
+    let mut tenants_feed = Feed::new(
         scoped_api::<DeserializeGuard<Tenant>>(&client, namespace),
-        4,
         report_invalid::<Tenant>(client.clone(), recorder.clone(), metrics.clone()),
         by_ns.tenants.clone(),
     );
-    let (groups, groups_driver, mut groups_subs) = feed(
+    let tenants = tenants_feed.store();
+    let mut groups_feed = Feed::new(
         scoped_api::<DeserializeGuard<LocationGroup>>(&client, namespace),
-        3,
         report_invalid::<LocationGroup>(client.clone(), recorder.clone(), metrics.clone()),
         by_ns.groups.clone(),
     );
-    let (bindings, bindings_driver, mut bindings_subs) = feed(
+    let groups = groups_feed.store();
+    let mut bindings_feed = Feed::new(
         scoped_api::<DeserializeGuard<RoleBinding>>(&client, namespace),
-        3,
         report_invalid::<RoleBinding>(client.clone(), recorder.clone(), metrics.clone()),
         by_ns.bindings.clone(),
     );
+    let bindings = bindings_feed.store();
 
     let mail_gate = tokio::sync::Semaphore::new(settings.mail_concurrency.max(1));
     let ctx = Arc::new(Context {
@@ -365,7 +401,7 @@ pub async fn run(
     );
     let addresses = std::sync::Mutex::new(HashMap::<String, String>::new());
     let users_ctl = Controller::for_stream(
-        changes(take(&mut users_subs), |u: &SystemUser| {
+        changes(users_feed.subscribe(), |u: &SystemUser| {
             hash((lifecycle(u), u.annotations().get(RESEND_ANNOTATION)))
         }),
         users.clone(),
@@ -373,14 +409,14 @@ pub async fn run(
     // The invitation Secrets are not watched: usher only writes and deletes them, so its
     // ServiceAccount needs no right to read or list any Secret.
     .watches_stream(
-        changes(take(&mut tenants_subs), tenant_key),
+        changes(tenants_feed.subscribe(), tenant_key),
         move |t: Tenant| {
             let name = t.name_any();
             in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
         },
     )
     .watches_stream(
-        changes(take(&mut bindings_subs), |b: &RoleBinding| {
+        changes(bindings_feed.subscribe(), |b: &RoleBinding| {
             hash((
                 lifecycle(b),
                 b.status
@@ -396,7 +432,7 @@ pub async fn run(
     // Who holds an address is decided among all its holders (DuplicateEmail), so one that
     // arrives, leaves or changes address wakes the holders of its old address and its new one.
     .watches_stream(
-        changes(take(&mut users_subs), |u: &SystemUser| {
+        changes(users_feed.subscribe(), |u: &SystemUser| {
             hash((
                 u.spec.email.to_lowercase(),
                 u.metadata.deletion_timestamp.is_some(),
@@ -432,11 +468,11 @@ pub async fn run(
 
     // Tenant: its spec; the phases (and existence) of its users.
     let tenants_ctl = Controller::for_stream(
-        changes(take(&mut tenants_subs), tenant_key),
+        changes(tenants_feed.subscribe(), tenant_key),
         tenants.clone(),
     )
     .watches_stream(
-        changes(take(&mut users_subs), |u: &SystemUser| {
+        changes(users_feed.subscribe(), |u: &SystemUser| {
             hash((
                 u.status.as_ref().and_then(|s| s.phase),
                 &u.spec.tenant_ref.name,
@@ -456,13 +492,13 @@ pub async fn run(
     // LocationGroup: any group's spec in the namespace (parents decide children); tenants.
     let (g1, g2) = (ctx.by_ns.groups.clone(), ctx.by_ns.groups.clone());
     let groups_ctl =
-        Controller::for_stream(changes(take(&mut groups_subs), lifecycle), groups.clone())
+        Controller::for_stream(changes(groups_feed.subscribe(), lifecycle), groups.clone())
             .watches_stream(
-                changes(take(&mut groups_subs), lifecycle),
+                changes(groups_feed.subscribe(), lifecycle),
                 move |g: LocationGroup| in_namespace(&g1, g.namespace(), |_| true),
             )
             .watches_stream(
-                changes(take(&mut tenants_subs), lifecycle),
+                changes(tenants_feed.subscribe(), lifecycle),
                 move |t: Tenant| in_namespace(&g2, t.namespace(), |_| true),
             )
             .with_config(tuned(8))
@@ -478,18 +514,18 @@ pub async fn run(
         ctx.by_ns.bindings.clone(),
     );
     let bindings_ctl = Controller::for_stream(
-        changes(take(&mut bindings_subs), lifecycle),
+        changes(bindings_feed.subscribe(), lifecycle),
         bindings.clone(),
     )
     .watches_stream(
-        changes(take(&mut bindings_subs), lifecycle),
+        changes(bindings_feed.subscribe(), lifecycle),
         move |b: RoleBinding| {
             let user = b.spec.user_ref.name.clone();
             in_namespace(&b1, b.namespace(), move |o| o.spec.user_ref.name == user)
         },
     )
     .watches_stream(
-        changes(take(&mut users_subs), |u: &SystemUser| {
+        changes(users_feed.subscribe(), |u: &SystemUser| {
             hash((lifecycle(u), &u.spec.tenant_ref.name))
         }),
         move |u: SystemUser| {
@@ -498,11 +534,11 @@ pub async fn run(
         },
     )
     .watches_stream(
-        changes(take(&mut groups_subs), lifecycle),
+        changes(groups_feed.subscribe(), lifecycle),
         move |g: LocationGroup| in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some()),
     )
     .watches_stream(
-        changes(take(&mut tenants_subs), lifecycle),
+        changes(tenants_feed.subscribe(), lifecycle),
         move |t: Tenant| in_namespace(&b4, t.namespace(), |_| true),
     )
     .with_config(tuned(16))
@@ -511,8 +547,12 @@ pub async fn run(
     .for_each(|_| futures::future::ready(()));
 
     // The watches end with the controllers: once all four have shut down, stop feeding.
-    let drivers =
-        futures::future::join4(users_driver, tenants_driver, groups_driver, bindings_driver);
+    let drivers = futures::future::join4(
+        users_feed.run(),
+        tenants_feed.run(),
+        groups_feed.run(),
+        bindings_feed.run(),
+    );
     let controllers = futures::future::join4(users_ctl, tenants_ctl, groups_ctl, bindings_ctl);
     futures::future::select(Box::pin(controllers), Box::pin(drivers)).await;
 }

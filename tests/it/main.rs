@@ -1,6 +1,9 @@
 //! Integration tests: one binary, one real control plane (etcd, kube-apiserver,
 //! kube-controller-manager) started on first use, a fresh namespace per test.
 
+// Signals to process groups (the `make run` test) need libc.
+#![allow(unsafe_code)]
+
 mod support;
 
 mod admission;
