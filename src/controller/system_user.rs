@@ -20,11 +20,11 @@ use serde_json::json;
 use super::guard::{self, Budget};
 use super::snapshot::snapshot;
 use super::{Context, Error, MANAGER, apply_status, publish, reconcile_with};
-use crate::crd::{BindingPhase, OffboardingPolicy, SystemUser, Tenant};
+use crate::crd::{OffboardingPolicy, SystemUser, Tenant};
 use crate::mail::Invitation;
-use crate::plan::bindings::bound_roles;
+use crate::plan::bindings::{assignments, bound_roles};
 use crate::plan::offboarding;
-use crate::plan::records::{Assignment, InvitationRecord, UserRecord, object_key};
+use crate::plan::records::{InvitationRecord, UserRecord, object_key};
 use crate::plan::system_user::{
     self as plan, AccessAction, AccountAction, Blocked, InvitationAction, InvitationSettings, Peer,
     StatusInput,
@@ -143,22 +143,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     let me = user.name_any();
     let roles = bound_roles(&me, &snap.bindings, &snap.verdicts);
     if let Some(acc) = account.as_ref().filter(|_| blocked.is_none()) {
-        let mut desired: Vec<Assignment> = snap
-            .bindings
-            .iter()
-            .filter(|b| b.user == me)
-            .filter(|b| {
-                snap.verdicts
-                    .get(&b.name)
-                    .is_some_and(|v| v.phase == BindingPhase::Bound)
-            })
-            .map(|b| Assignment {
-                binding: object_key(&ns, &b.name),
-                role: b.role.clone(),
-                group: b.group.as_ref().map(|g| object_key(&ns, g)),
-            })
-            .collect();
-        desired.sort();
+        let desired = assignments(&ns, &me, &snap.bindings, &snap.verdicts);
         if ctx.store.assignments(&acc.id).await? != desired {
             ctx.store.set_assignments(&acc.id, &desired).await?;
             // The bindings said the same last time: the store was changed, not the resources.

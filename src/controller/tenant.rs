@@ -139,7 +139,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     } else {
         0
     };
-    let throttled = held > 0 && done >= u64::try_from(max).unwrap_or(0);
+    let throttled = tenant::holds_back(held, done, max);
     if throttled {
         status
             .conditions

@@ -275,25 +275,51 @@ fn scope_text(b: &Binding) -> String {
     }
 }
 
+/// The Bound bindings of one user, in the order given.
+fn bound_of<'a>(
+    user: &'a str,
+    bindings: &'a [Binding],
+    verdicts: &'a BTreeMap<String, Verdict>,
+) -> impl Iterator<Item = &'a Binding> + 'a {
+    bindings.iter().filter(move |b| {
+        b.user == user
+            && verdicts
+                .get(&b.name)
+                .is_some_and(|v| v.phase == BindingPhase::Bound)
+    })
+}
+
 /// The bound roles of one user as `role@scope` (scope "tenant" when tenant-wide), sorted.
 pub fn bound_roles(
     user: &str,
     bindings: &[Binding],
     verdicts: &BTreeMap<String, Verdict>,
 ) -> Vec<String> {
-    let mut roles: Vec<String> = bindings
-        .iter()
-        .filter(|b| b.user == user)
-        .filter(|b| {
-            verdicts
-                .get(&b.name)
-                .is_some_and(|v| v.phase == BindingPhase::Bound)
-        })
+    let mut roles: Vec<String> = bound_of(user, bindings, verdicts)
         .map(|b| format!("{}@{}", b.role, b.group.as_deref().unwrap_or("tenant")))
         .collect();
     roles.sort();
     roles.dedup();
     roles
+}
+
+/// The store assignments one user of namespace `ns` should hold: one per Bound binding, keyed
+/// `<namespace>/<name>`, sorted (as the stores return them).
+pub fn assignments(
+    ns: &str,
+    user: &str,
+    bindings: &[Binding],
+    verdicts: &BTreeMap<String, Verdict>,
+) -> Vec<super::records::Assignment> {
+    let mut desired: Vec<super::records::Assignment> = bound_of(user, bindings, verdicts)
+        .map(|b| super::records::Assignment {
+            binding: super::records::object_key(ns, &b.name),
+            role: b.role.clone(),
+            group: b.group.as_ref().map(|g| super::records::object_key(ns, g)),
+        })
+        .collect();
+    desired.sort();
+    desired
 }
 
 #[cfg(test)]
@@ -456,6 +482,34 @@ mod tests {
         // Fixed by removing the stale binding: the next is granted.
         let v = run(&[b("mgr", "alice", "Manager", None, 10)]);
         assert_eq!(phase(&v, "mgr"), BindingPhase::Bound);
+    }
+
+    #[test]
+    fn assignments_are_the_bound_bindings_only_keyed_and_sorted() {
+        let list = [
+            b("z-mgr", "alice", "Manager", Some("west"), 0),
+            b("a-admin", "alice", "Administrator", None, 1),
+            b("tech", "alice", "Technician", None, 2),
+            b("bob-mgr", "bob", "Manager", None, 0),
+        ];
+        let v = run(&list);
+        assert_eq!(phase(&v, "tech"), BindingPhase::Conflict);
+        let got = assignments("acme", "alice", &list, &v);
+        let keys: Vec<(&str, &str, Option<&str>)> = got
+            .iter()
+            .map(|a| (a.binding.as_str(), a.role.as_str(), a.group.as_deref()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("acme/a-admin", "Administrator", None),
+                ("acme/z-mgr", "Manager", Some("acme/west")),
+            ]
+        );
+        assert_eq!(
+            bound_roles("alice", &list, &v),
+            ["Administrator@tenant", "Manager@west"]
+        );
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub fn throttled(
     c
 }
 
+/// Whether the guard holds `held` deletions back: there are some, and the hour's budget is
+/// spent (the rule of [`offboarding::may_offboard`] for a deletion no release covers).
+pub fn holds_back(held: usize, done: u64, max: i32) -> bool {
+    held > 0 && !offboarding::may_offboard(done, max, None, None)
+}
+
 /// The `OffboardingThrottled` condition the Tenant shows now, if it is True.
 pub fn was_throttled(tenant: &Tenant) -> Option<&Condition> {
     tenant
@@ -91,5 +97,18 @@ pub fn status(tenant: &Tenant, users: UserCounts, now: Timestamp) -> TenantStatu
             now,
         )],
         users: Some(users),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletions_are_held_once_the_budget_is_spent_and_only_then() {
+        assert!(!holds_back(0, 100, 10), "nothing waits");
+        assert!(!holds_back(3, 9, 10), "budget left");
+        assert!(holds_back(3, 10, 10));
+        assert!(holds_back(1, 11, 10));
     }
 }
