@@ -640,6 +640,35 @@ pub fn events(
     notes
 }
 
+/// Addresses the tests of admission (`validate`) and of the mailer's check (here) share.
+#[cfg(test)]
+pub(crate) mod examples {
+    /// Real addresses, international ones included: admitted, and mailable.
+    pub const REAL_ADDRESSES: &[&str] = &[
+        "alice@acme.example",
+        "o'brien@acme.example",
+        "first.last+tag@sub.acme.example",
+        "x_y-z!#$%&*=?^`{|}~@acme-charging.example",
+        "Jo@Acme.Example",
+        "jürgen@müller.example",
+        "用户@例子.广告",
+        "δοκιμή@παράδειγμα.δοκιμή",
+        "अजय@डाटामेल.भारत",
+    ];
+    /// Malformed addresses: refused at admission, and by the mailer's parser.
+    pub const MALFORMED_ADDRESSES: &[&str] = &[
+        "ana@acme.example.",
+        "ben..ito@acme.example",
+        "cy@acme.example>",
+        ".dot@acme.example",
+        "dot.@acme.example",
+        "a b@acme.example",
+        "x@acme..example",
+        "x@-acme.example",
+        "<x@acme.example",
+    ];
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -1149,17 +1178,7 @@ mod tests {
     #[test]
     fn an_address_no_mail_can_carry_fails_and_real_ones_pass() {
         let t = tenant(None);
-        for bad in [
-            "ana@acme.example.",
-            "ben..ito@acme.example",
-            "cy@acme.example>",
-            ".dot@acme.example",
-            "dot.@acme.example",
-            "a b@acme.example",
-            "x@acme..example",
-            "x@-acme.example",
-            "<x@acme.example",
-        ] {
+        for bad in examples::MALFORMED_ADDRESSES {
             let b = blocked(&user("alice", bad), Some(&t), &[]);
             assert!(
                 matches!(b, Some(Blocked::EmailUndeliverable { .. })),
@@ -1177,16 +1196,7 @@ mod tests {
             assert_eq!(s.conditions[0].reason, "EmailUndeliverable");
             assert!(s.conditions[0].message.contains(bad));
         }
-        for good in [
-            "alice@acme.example",
-            "o'brien@acme.example",
-            "first.last+tag@sub.acme.example",
-            "Jo@Acme.Example",
-            "jürgen@müller.example",
-            "用户@例子.广告",
-            "δοκιμή@παράδειγμα.δοκιμή",
-            "x_y-z!#$%&*=?^`{|}~@acme-charging.example",
-        ] {
+        for good in examples::REAL_ADDRESSES {
             assert_eq!(blocked(&user("alice", good), Some(&t), &[]), None, "{good}");
         }
     }

@@ -21,6 +21,18 @@ fn phase(u: &SystemUser) -> Option<UserPhase> {
 
 const PEOPLE: &str = "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {displayName: Acme}\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: olga}\nspec: {tenantRef: {name: acme}, email: olga@acme.example, firstName: Olga, lastName: Berg, phone: '+1 555 0101', locations: [fresno-01]}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: olga-manager}\nspec: {userRef: {name: olga}, role: Manager}\n";
 
+/// The SCIM Groups of tenant `acme`'s Manager role in namespace `ns` (a list response).
+async fn manager_group(scim: &Scim, ns: &str) -> serde_json::Value {
+    scim_get(
+        scim,
+        &format!(
+            "/Groups{}",
+            scim_filter("externalId", &format!("role/{ns}/acme/Manager"))
+        ),
+    )
+    .await
+}
+
 /// Store calls by operation (`usher_store_duration_seconds_count`) and the ok reconciles of
 /// SystemUsers, from one scrape.
 async fn calls_and_reconciles(usher: &Usher) -> (std::collections::BTreeMap<String, f64>, f64) {
@@ -137,14 +149,7 @@ async fn the_invitation_and_offboarding_flows_run_against_a_scim_server() {
         format!("{ns}/acme")
     );
     // The role as a Group with her as a member.
-    let role = scim_get(
-        &scim,
-        &format!(
-            "/Groups{}",
-            scim_filter("externalId", &format!("role/{ns}/acme/Manager"))
-        ),
-    )
-    .await;
+    let role = manager_group(&scim, &ns).await;
     assert_eq!(
         role["Resources"][0]["members"][0]["value"],
         id.as_str(),
@@ -177,14 +182,7 @@ async fn the_invitation_and_offboarding_flows_run_against_a_scim_server() {
     assert!(gone.is_some(), "the SystemUser is released");
     let u = scim_get(&scim, &format!("/Users/{id}")).await;
     assert_eq!(u["active"], false, "{u}");
-    let role = scim_get(
-        &scim,
-        &format!(
-            "/Groups{}",
-            scim_filter("externalId", &format!("role/{ns}/acme/Manager"))
-        ),
-    )
-    .await;
+    let role = manager_group(&scim, &ns).await;
     let members = role["Resources"][0]["members"]
         .as_array()
         .cloned()
@@ -464,14 +462,7 @@ async fn offboarding_on_scim_deactivates_first_and_gets_around_a_refused_member_
         ids.push(u.status.unwrap().user_id.unwrap());
     }
     let members = || async {
-        let role = scim_get(
-            &scim,
-            &format!(
-                "/Groups{}",
-                scim_filter("externalId", &format!("role/{ns}/acme/Manager"))
-            ),
-        )
-        .await;
+        let role = manager_group(&scim, &ns).await;
         let mut ids: Vec<String> = role["Resources"][0]["members"]
             .as_array()
             .into_iter()
