@@ -250,6 +250,96 @@ pub fn subtree<'a>(root: &str, states: &'a BTreeMap<String, GroupState>) -> Vec<
         .collect()
 }
 
+/// What one LocationGroup's reconcile writes: its store record, its status, and an Event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupDecision {
+    /// The record the store must hold (written when it differs); None: the store must not hold
+    /// the group, since nothing may be granted through a group that is not Ready.
+    pub record: Option<super::records::GroupRecord>,
+    /// The status to show (patched when it differs).
+    pub status: crate::crd::LocationGroupStatus,
+    /// A Warning when it newly turned not Ready.
+    pub event: Option<super::system_user::Note>,
+}
+
+/// Decide one group of namespace `ns`, given its tenant's name and its state in the tree.
+pub fn decide(
+    group: &crate::crd::LocationGroup,
+    ns: &str,
+    tenant: &str,
+    state: &GroupState,
+    now: Timestamp,
+) -> GroupDecision {
+    use super::records::{GroupRecord, object_key};
+    let name = group.metadata.name.as_deref().unwrap_or_default();
+    let generation = group.metadata.generation;
+    let previous = group
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let locations = i32::try_from(group.spec.locations.len()).unwrap_or(i32::MAX);
+    let (record, status) = match state {
+        GroupState::Ready { path } => {
+            let record = GroupRecord {
+                key: object_key(ns, name),
+                tenant: object_key(ns, tenant),
+                parent: group
+                    .spec
+                    .parent_ref
+                    .as_ref()
+                    .map(|p| object_key(ns, &p.name)),
+                display_name: group.spec.display_name.clone(),
+                path: path.join("/"),
+                locations: group.spec.locations.clone(),
+            };
+            let status = crate::crd::LocationGroupStatus {
+                observed_generation: generation,
+                path: Some(record.path.clone()),
+                depth: Some(i32::try_from(path.len()).unwrap_or(i32::MAX)),
+                locations: Some(locations),
+                conditions: vec![super::condition::ready(
+                    true,
+                    "Reconciled",
+                    &format!("{} with {locations} locations", record.path),
+                    generation,
+                    previous,
+                    now,
+                )],
+            };
+            (Some(record), status)
+        }
+        GroupState::NotReady { reason, message } => (
+            None,
+            crate::crd::LocationGroupStatus {
+                observed_generation: generation,
+                path: None,
+                depth: None,
+                locations: Some(locations),
+                conditions: vec![super::condition::ready(
+                    false, reason, message, generation, previous, now,
+                )],
+            },
+        ),
+    };
+    let old_reason = previous.first().map(|c| c.reason.as_str());
+    let event = match state {
+        GroupState::NotReady { reason, message } if old_reason != Some(*reason) => {
+            Some(super::system_user::Note {
+                warning: true,
+                reason,
+                message: message.clone(),
+            })
+        }
+        _ => None,
+    };
+    GroupDecision {
+        record,
+        status,
+        event,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +352,50 @@ mod tests {
             locations: vec![],
             created: None,
         }
+    }
+
+    #[test]
+    fn a_group_is_stored_while_ready_and_removed_with_one_warning_when_not() {
+        use crate::crd::{LocationGroup, LocationGroupSpec, ObjectRef};
+        let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let mut group = LocationGroup::new(
+            "west",
+            LocationGroupSpec {
+                tenant_ref: ObjectRef::new("acme"),
+                display_name: "West".into(),
+                parent_ref: Some(ObjectRef::new("main")),
+                locations: vec![],
+            },
+        );
+        group.metadata.generation = Some(2);
+        let ready = GroupState::Ready {
+            path: vec!["main".into(), "west".into()],
+        };
+        let d = decide(&group, "ns", "acme", &ready, now);
+        let record = d.record.clone().expect("stored while Ready");
+        assert_eq!(
+            (
+                record.key.as_str(),
+                record.tenant.as_str(),
+                record.parent.as_deref()
+            ),
+            ("ns/west", "ns/acme", Some("ns/main"))
+        );
+        assert_eq!(record.path, "main/west");
+        assert_eq!((d.status.depth, d.event.clone()), (Some(2), None));
+        // A cycle: not stored, one Warning, and none when it stays so.
+        group.status = Some(d.status);
+        let cycle = GroupState::NotReady {
+            reason: "Cycle",
+            message: "main → west → main".into(),
+        };
+        let d = decide(&group, "ns", "acme", &cycle, now);
+        assert_eq!(d.record, None);
+        assert_eq!(d.event.as_ref().map(|n| n.reason), Some("Cycle"));
+        assert_eq!(d.status.conditions[0].status, "False");
+        group.status = Some(d.status.clone());
+        let again = decide(&group, "ns", "acme", &cycle, now);
+        assert_eq!((again.event, again.status), (None, d.status), "nothing new");
     }
 
     fn reason(s: &GroupState) -> &'static str {
