@@ -26,9 +26,10 @@ use crate::plan::bindings::{assignments, bound_roles};
 use crate::plan::offboarding;
 use crate::plan::records::{InvitationRecord, UserRecord, object_key};
 use crate::plan::system_user::{
-    self as plan, AccessAction, AccountAction, Blocked, InvitationAction, InvitationSettings, Peer,
+    self as plan, AccessAction, AccountAction, Blocked, InvitationAction, InvitationSettings,
     StatusInput,
 };
+use crate::plan::world::peers;
 use crate::store::StoreError;
 use crate::token::Token;
 
@@ -62,19 +63,11 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         .tenants
         .get(&kube::runtime::reflector::ObjectRef::new(&user.spec.tenant_ref.name).within(&ns));
     // Only people with the same email can be duplicates.
-    let peers: Vec<Peer> = ctx
+    let candidates = ctx
         .by_ns
         .users
-        .with_key(&ns, &user.spec.email.to_lowercase())
-        .iter()
-        .filter(|u| u.metadata.uid != user.metadata.uid)
-        .map(|u| Peer {
-            name: u.name_any(),
-            tenant: u.spec.tenant_ref.name.clone(),
-            email: u.spec.email.clone(),
-            created: u.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        })
-        .collect();
+        .with_key(&ns, &user.spec.email.to_lowercase());
+    let peers = peers(user, candidates.iter().map(|u| &**u));
     let mut blocked = plan::blocked(user, tenant.as_deref(), &peers);
 
     let mut account = None;

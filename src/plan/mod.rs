@@ -10,3 +10,4 @@ pub mod records;
 pub mod retry;
 pub mod system_user;
 pub mod tenant;
+pub mod world;

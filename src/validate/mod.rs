@@ -25,9 +25,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::crd::{self, BindingPhase, LocationGroup, RoleBinding, SystemUser, Tenant};
-use crate::plan::bindings::{self, UserRef, World};
-use crate::plan::groups::{self, GroupState};
-use crate::plan::system_user::{self, Peer};
+use crate::plan::groups::GroupState;
+use crate::plan::system_user;
+use crate::plan::world::{Namespace, peers};
 
 /// One problem, printed as `file: Kind/name: message`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -423,39 +423,25 @@ fn check_namespace(docs: &[&Doc], problems: &mut Vec<Problem>) {
         });
     };
 
-    let catalogues: BTreeMap<String, Vec<crd::Role>> = tenants
-        .iter()
-        .map(|t| (t.name_any(), t.catalogue()))
-        .collect();
-    let group_defs: Vec<groups::Group> = groups_list.iter().map(groups::Group::from).collect();
-    let states = groups::resolve(&group_defs, |t| catalogues.contains_key(t));
-    for (name, state) in &states {
+    let world = Namespace::build(&tenants, &groups_list, &users, &bindings_list);
+    for (name, (_, state)) in &world.groups {
         if let GroupState::NotReady { reason, message } = state {
             report("LocationGroup", name, format!("{reason}: {message}"));
         }
     }
 
     // Duplicate emails: each user competes only with the users of its address.
-    let mut by_email: HashMap<String, Vec<Peer>> = HashMap::new();
+    let mut by_email: HashMap<String, Vec<&SystemUser>> = HashMap::new();
     for u in &users {
         by_email
             .entry(u.spec.email.to_lowercase())
             .or_default()
-            .push(Peer {
-                name: u.name_any(),
-                tenant: u.spec.tenant_ref.name.clone(),
-                email: u.spec.email.clone(),
-                created: u.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            });
+            .push(u);
     }
     let tenant_by_name: HashMap<String, &Tenant> =
         tenants.iter().map(|t| (t.name_any(), t)).collect();
     for u in &users {
-        let peers: Vec<Peer> = by_email[&u.spec.email.to_lowercase()]
-            .iter()
-            .filter(|p| p.name != u.name_any())
-            .cloned()
-            .collect();
+        let peers = peers(u, by_email[&u.spec.email.to_lowercase()].iter().copied());
         let tenant = tenant_by_name.get(&u.spec.tenant_ref.name).copied();
         if let Some(blocked) = system_user::blocked(u, tenant, &peers) {
             report(
@@ -466,28 +452,7 @@ fn check_namespace(docs: &[&Doc], problems: &mut Vec<Problem>) {
         }
     }
 
-    let group_states: BTreeMap<String, (String, GroupState)> =
-        groups::with_tenants(&group_defs, &states);
-    let user_refs: BTreeMap<String, UserRef> = users
-        .iter()
-        .map(|u| {
-            (
-                u.name_any(),
-                UserRef {
-                    tenant: u.spec.tenant_ref.name.clone(),
-                },
-            )
-        })
-        .collect();
-    let binding_defs: Vec<bindings::Binding> =
-        bindings_list.iter().map(bindings::Binding::from).collect();
-    let verdicts = bindings::evaluate(&World {
-        bindings: &binding_defs,
-        users: &user_refs,
-        catalogues: &catalogues,
-        groups: &group_states,
-    });
-    for (name, v) in &verdicts {
+    for (name, v) in &world.verdicts {
         if v.phase != BindingPhase::Bound {
             report(
                 "RoleBinding",
