@@ -3,6 +3,7 @@
 
 mod guard;
 pub mod index;
+mod invitations;
 mod location_group;
 mod role_binding;
 pub mod snapshot;
