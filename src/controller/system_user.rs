@@ -109,7 +109,7 @@ async fn read(ctx: &Context, user: &SystemUser) -> Result<Read, Error> {
     let own = account.is_some();
     if let (None, Some(tenant)) = (&account, &tenant) {
         let tenant_key = object_key(&ns, &tenant.name_any());
-        account = archived(ctx, &ns, &tenant_key, &user.spec.email).await?;
+        account = archived(ctx, user, &tenant_key).await?;
     }
     let latest = match &account {
         Some(a) => store.latest_invitation(&a.id).await?,
@@ -241,26 +241,30 @@ async fn show(ctx: &Context, user: &SystemUser, report: &plan::Report) -> Result
     Ok(())
 }
 
-/// The account of a person offboarded under the Deactivate policy, found by email, to restore
-/// it instead of creating a second one. Only an account no SystemUser holds qualifies.
+/// An account of the person's tenant with their address, not under their key, that they may
+/// take over ([`plan::restorable`]): one kept for restore, or a losing duplicate's.
 async fn archived(
     ctx: &Context,
-    ns: &str,
+    user: &SystemUser,
     tenant_key: &str,
-    email: &str,
 ) -> Result<Option<UserRecord>, Error> {
-    let Some(found) = ctx.store.user_by_email(tenant_key, email).await? else {
+    let Some(found) = ctx
+        .store
+        .user_by_email(tenant_key, &user.spec.email)
+        .await?
+    else {
         return Ok(None);
     };
+    let ns = user.namespace().unwrap_or_default();
     let holder = found
         .external_id
         .split_once('/')
         .filter(|(holder_ns, _)| *holder_ns == ns)
         .and_then(|(_, name)| {
             ctx.users
-                .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+                .get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns))
         });
-    Ok(holder.is_none().then_some(found))
+    Ok(plan::restorable(user, holder.as_deref()).then_some(found))
 }
 
 /// The person's file is gone from git: revoke open tokens, remove roles, and deactivate or

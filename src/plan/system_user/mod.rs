@@ -142,22 +142,47 @@ pub fn blocked(user: &SystemUser, tenant: Option<&Tenant>, peers: &[Peer]) -> Op
             });
         }
     }
-    let me = (
-        created(user),
-        user.metadata.name.clone().unwrap_or_default(),
-    );
+    let me = rank(user);
     peers
         .iter()
         .filter(|p| p.tenant == user.spec.tenant_ref.name && p.email.to_lowercase() == email)
-        .filter(|p| (p.created, p.name.clone()) < me)
+        .filter(|p| (p.created, p.name.as_str()) < me)
         .min_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)))
         .map(|p| Blocked::DuplicateEmail {
             holder: p.name.clone(),
         })
 }
 
-fn created(user: &SystemUser) -> Option<Timestamp> {
-    user.metadata.creation_timestamp.as_ref().map(|t| t.0)
+/// Who keeps an address two SystemUsers of a tenant declare: the older, and between two created
+/// in the same second the one whose name sorts first. Neither file order nor which object was
+/// reconciled first can change it, so the cluster and `usher validate` agree.
+fn rank(user: &SystemUser) -> (Option<Timestamp>, &str) {
+    (
+        user.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        user.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Whether `user` may take over `found`, an account of its tenant with its address that is not
+/// under its own key. The store keeps one account per (tenant, address), so this is the only
+/// way `user` gets one:
+/// - no SystemUser holds it (`holder` None): a person offboarded under Deactivate, restored;
+/// - its holder declares the same address in the same tenant and loses it to `user` by the
+///   duplicate rule: a loser provisioned before the winner was seen (two objects created
+///   together). Its access was or is being withdrawn; the account is the address's.
+///
+/// A holder whose address in git differs (its change not written yet) keeps its account; the
+/// store refuses `user`'s until that change lands, and the retry then succeeds.
+pub fn restorable(user: &SystemUser, holder: Option<&SystemUser>) -> bool {
+    match holder {
+        None => true,
+        Some(h) => {
+            h.metadata.deletion_timestamp.is_none()
+                && h.spec.tenant_ref.name == user.spec.tenant_ref.name
+                && same_address(&h.spec.email, &user.spec.email)
+                && rank(user) < rank(h)
+        }
+    }
 }
 
 /// Invitation settings after defaults.

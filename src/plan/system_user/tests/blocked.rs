@@ -116,3 +116,49 @@ fn durations_parse_as_admission_allows() {
     );
     assert_eq!(InvitationSettings::of(&tenant(None)).ttl, DEFAULT_TTL);
 }
+
+#[test]
+fn an_account_by_address_is_taken_over_only_from_nobody_or_from_the_loser_of_the_address() {
+    let winner = user("jo", "jo@acme.example");
+    let at = |name: &str, email: &str, created: Timestamp| {
+        let mut u = user(name, email);
+        u.metadata.creation_timestamp = Some(Time(created));
+        u
+    };
+    // Kept for restore: nobody holds it.
+    assert!(restorable(&winner, None));
+    // A loser provisioned before the winner was seen: later, or the same second and a later
+    // name; the case of the address does not matter.
+    assert!(restorable(
+        &winner,
+        Some(&at("jo-new", "Jo@Acme.example", now() + 1.second()))
+    ));
+    assert!(restorable(
+        &winner,
+        Some(&at("zz-jo", "jo@acme.example", now()))
+    ));
+    // Not from someone who keeps the address by the rule.
+    assert!(!restorable(
+        &winner,
+        Some(&at("al", "jo@acme.example", now()))
+    ));
+    assert!(!restorable(
+        &winner,
+        Some(&at("jo-old", "jo@acme.example", now() - 1.second()))
+    ));
+    // Not from a holder whose address in git is another (its change is not written yet), nor one
+    // of another tenant, nor one whose offboarding is under way.
+    assert!(!restorable(
+        &winner,
+        Some(&at("zz-jo", "jo@other.example", now()))
+    ));
+    let mut elsewhere = at("zz-jo", "jo@acme.example", now());
+    elsewhere.spec.tenant_ref = ObjectRef::new("globex");
+    assert!(!restorable(&winner, Some(&elsewhere)));
+    let mut leaving = at("zz-jo", "jo@acme.example", now());
+    leaving.metadata.deletion_timestamp = Some(Time(now()));
+    assert!(!restorable(&winner, Some(&leaving)));
+    // Both sides agree: whoever may take it over, the other may not.
+    let loser = at("zz-jo", "jo@acme.example", now());
+    assert!(!restorable(&loser, Some(&winner)));
+}
