@@ -11,6 +11,7 @@ use kube::runtime::reflector::ObjectRef;
 use crate::controller::{self, Settings, scoped_api};
 use crate::crd::SystemUser;
 use crate::metrics::Metrics;
+use crate::plan::records::ObjectKey;
 use crate::server::{self, AppState};
 use crate::store::{StoreConfig, StoreHandle};
 
@@ -83,8 +84,8 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     tracing::info!(listen = %opts.listen, store = %crate::store::redact(&opts.store), mail = %crate::store::redact(&opts.mail), "usher running");
 
     let wake = redeemed_rx.filter_map(|r| async move {
-        let (ns, name) = r.external_id.split_once('/')?;
-        Some(ObjectRef::<SystemUser>::new(name).within(ns))
+        let key = ObjectKey::parse(&r.external_id)?;
+        Some(ObjectRef::<SystemUser>::new(&key.name).within(&key.namespace))
     });
 
     let settings = Settings {

@@ -19,7 +19,7 @@ use super::{Context, Error, apply_status, publish, reconcile_with};
 use crate::crd::{OffboardingPolicy, SystemUser, Tenant};
 use crate::plan::bindings::{assignments as assignments_of, bound_roles};
 use crate::plan::offboarding;
-use crate::plan::records::{Assignment, InvitationRecord, UserRecord, object_key};
+use crate::plan::records::{Assignment, InvitationRecord, ObjectKey, UserRecord, object_key};
 use crate::plan::system_user as plan;
 use crate::plan::world::peers;
 use crate::store::StoreError;
@@ -255,15 +255,10 @@ async fn archived(
     else {
         return Ok(None);
     };
-    let ns = user.namespace().unwrap_or_default();
-    let holder = found
-        .external_id
-        .split_once('/')
-        .filter(|(holder_ns, _)| *holder_ns == ns)
-        .and_then(|(_, name)| {
-            ctx.users
-                .get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns))
-        });
+    let holder = ObjectKey::parse(&found.external_id).and_then(|key| {
+        ctx.users
+            .get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace))
+    });
     Ok(plan::restorable(user, holder.as_deref()).then_some(found))
 }
 

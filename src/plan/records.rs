@@ -26,9 +26,44 @@ impl TenantRecord {
     }
 }
 
-/// `<namespace>/<name>`: how the store names the object a record came from.
+/// A namespaced object's key: how the store names the object a record came from (a
+/// SystemUser's account, a Tenant, a LocationGroup, a RoleBinding's assignment). Its text form
+/// is `<namespace>/<name>`; this type is the one place that writes and reads it. A namespace
+/// never contains `/` (it is a DNS label), so the first `/` splits the two.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// The object's namespace.
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of object `name` in `namespace`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Read a key's text form; None when it is not `<namespace>/<name>` (a record usher did not
+    /// write, say).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (namespace, name) = text.split_once('/')?;
+        (!namespace.is_empty() && !name.is_empty()).then(|| Self::new(namespace, name))
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The text form of [`ObjectKey`] `namespace/name`, as store records hold it.
 pub fn object_key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+    ObjectKey::new(namespace, name).to_string()
 }
 
 /// The person's details the store keeps beside the email; all from the SystemUser spec.
@@ -240,4 +275,19 @@ pub struct Grant {
     pub role: String,
     /// The group's key; None for tenant-wide.
     pub group: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ObjectKey;
+
+    #[test]
+    fn a_key_reads_back_what_it_writes_and_nothing_else() {
+        let key = ObjectKey::new("acme", "jo.smith");
+        assert_eq!(key.to_string(), "acme/jo.smith");
+        assert_eq!(ObjectKey::parse(&key.to_string()), Some(key));
+        for not_a_key in ["", "acme", "/jo", "acme/", "jo@acme.example"] {
+            assert_eq!(ObjectKey::parse(not_a_key), None, "{not_a_key:?}");
+        }
+    }
 }

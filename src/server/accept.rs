@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use crate::plan::records::{RedeemRefusal, Redeemed};
+use crate::plan::records::{ObjectKey, RedeemRefusal, Redeemed};
 use crate::token::{self, TokenHash};
 
 /// Why a redemption did not happen, with its HTTP status.
@@ -86,11 +86,6 @@ async fn redeem(state: &AppState, client: SocketAddr, text: &str) -> Result<Rede
             Err(Refusal::Unavailable)
         }
     }
-}
-
-/// The object name of a `<namespace>/<name>` key.
-fn split_key(key: &str) -> (&str, &str) {
-    key.split_once('/').unwrap_or(("", key))
 }
 
 static PAGES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(|| {
@@ -256,7 +251,10 @@ pub async fn api(
     };
     match redeem(&state, client, &body.token).await {
         Ok(r) => {
-            let (namespace, tenant) = split_key(&r.tenant);
+            let key = ObjectKey::parse(&r.tenant);
+            let (namespace, tenant) = key
+                .as_ref()
+                .map_or(("", r.tenant.as_str()), |k| (&k.namespace, &k.name));
             (
                 StatusCode::OK,
                 Json(json!({
