@@ -28,6 +28,29 @@ pub enum Dialect {
     Postgres,
 }
 
+/// The refusal of an account whose address another account of its tenant holds (the unique
+/// index of migration 0004), as the SCIM store says it: 409, naming the address. Any other
+/// database error stays a backend error.
+fn address_taken(e: sqlx::Error, fields: &UserFields) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db)
+            if db.is_unique_violation()
+                && (db.constraint() == Some("users_one_account_per_address")
+                    || db.message().contains("email_lower")) =>
+        {
+            StoreError::Refused {
+                status: 409,
+                detail: format!(
+                    "another account of tenant {} already has the address {}",
+                    fields.tenant,
+                    fields.email.to_lowercase()
+                ),
+            }
+        }
+        _ => e.into(),
+    }
+}
+
 /// A user store in a SQL database.
 pub struct SqlStore {
     pool: AnyPool,
@@ -71,6 +94,16 @@ impl SqlStore {
             Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await,
         };
         migrated.map_err(|e| StoreError::Backend(format!("migrating the schema: {e}")))?;
+        let shared =
+            sqlx::query("SELECT tenant, external_id FROM users WHERE holds_address IS NULL")
+                .fetch_all(&pool)
+                .await?;
+        for row in &shared {
+            let tenant: String = row.try_get("tenant")?;
+            let account: String = row.try_get("external_id")?;
+            tracing::warn!(%tenant, %account,
+                "this account shares its address with another account of its tenant (made before usher kept one account per address); it is kept as it is, and is the one restored last. Delete one of the two SystemUsers, or change its spec.email");
+        }
         Ok(Self { pool })
     }
 
@@ -250,7 +283,8 @@ impl UserStore for SqlStore {
         .bind(now)
         .bind(now)
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| address_taken(e, fields))?;
         Ok(UserRecord {
             id,
             tenant: fields.tenant.clone(),
@@ -265,7 +299,7 @@ impl UserStore for SqlStore {
     async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError> {
         let row = sqlx::query(
             "UPDATE users SET tenant = $1, external_id = $2, email = $3, email_lower = $4,
-             profile = $5, updated_us = $6 WHERE id = $7 RETURNING *",
+             profile = $5, updated_us = $6, holds_address = 1 WHERE id = $7 RETURNING *",
         )
         .bind(&fields.tenant)
         .bind(&fields.external_id)
@@ -275,7 +309,8 @@ impl UserStore for SqlStore {
         .bind(micros(Timestamp::now()))
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?
+        .await
+        .map_err(|e| address_taken(e, fields))?
         .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
         user_from_row(&row)
     }
@@ -298,14 +333,19 @@ impl UserStore for SqlStore {
         tenant: &str,
         email: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
-        sqlx::query("SELECT * FROM users WHERE tenant = $1 AND email_lower = $2 LIMIT 1")
-            .bind(tenant)
-            .bind(email.to_lowercase())
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(user_from_row)
-            .transpose()
+        // The account holding the address first; one that shares it from before the rule
+        // (migration 0004) only when no other has it.
+        sqlx::query(
+            "SELECT * FROM users WHERE tenant = $1 AND email_lower = $2
+             ORDER BY CASE WHEN holds_address IS NULL THEN 1 ELSE 0 END, created_us LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(email.to_lowercase())
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
     }
 
     async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
@@ -696,5 +736,95 @@ impl UserStore for SqlStore {
             tenant: user.tenant,
             email: user.email,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 0004 on a database where accounts already share an address: nothing is
+    /// deleted, one of each group holds the address (the active one, else the oldest), and from
+    /// then on the database refuses a second holder.
+    #[tokio::test]
+    async fn accounts_that_already_share_an_address_are_kept_and_one_holds_it() {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        for before in [
+            include_str!("../../migrations/sqlite/0001_accounts_and_invitations.sql"),
+            include_str!("../../migrations/sqlite/0002_groups_roles_assignments.sql"),
+            include_str!("../../migrations/sqlite/0003_offboarding_guard.sql"),
+        ] {
+            sqlx::raw_sql(before).execute(&pool).await.unwrap();
+        }
+        for (id, tenant, email, active, created) in [
+            ("old", "acme/acme", "jo@acme.example", 0, 1),
+            ("act", "acme/acme", "jo@acme.example", 1, 2),
+            ("new", "acme/acme", "jo@acme.example", 0, 3),
+            ("two", "acme/acme", "al@acme.example", 0, 5),
+            ("one", "acme/acme", "al@acme.example", 0, 4),
+            ("else", "acme/globex", "jo@acme.example", 0, 9),
+        ] {
+            sqlx::query(
+                "INSERT INTO users (id, tenant, external_id, email, email_lower, profile, active,
+                 created_us, updated_us) VALUES ($1, $2, $3, $4, $4, '{}', $5, $6, $6)",
+            )
+            .bind(id)
+            .bind(tenant)
+            .bind(format!("acme/{id}"))
+            .bind(email)
+            .bind(active)
+            .bind(created)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        sqlx::raw_sql(include_str!(
+            "../../migrations/sqlite/0004_one_account_per_address.sql"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let holders: Vec<String> =
+            sqlx::query("SELECT id FROM users WHERE holds_address IS NOT NULL ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get("id").unwrap())
+                .collect();
+        assert_eq!(holders, ["act", "else", "one"]);
+        let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        assert_eq!(count, 6);
+        let again = sqlx::query(
+            "INSERT INTO users (id, tenant, external_id, email, email_lower, profile, active,
+             created_us, updated_us) VALUES ('x', 'acme/acme', 'acme/x', 'JO@acme.example',
+             'jo@acme.example', '{}', 0, 10, 10)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap_err();
+        let fields = UserFields {
+            tenant: "acme/acme".into(),
+            external_id: "acme/x".into(),
+            email: "JO@acme.example".into(),
+            profile: Default::default(),
+        };
+        assert!(
+            matches!(
+                address_taken(again, &fields),
+                StoreError::Refused { status: 409, .. }
+            ),
+            "a second holder is refused as the SCIM store refuses it"
+        );
     }
 }

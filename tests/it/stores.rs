@@ -9,7 +9,7 @@ use usher::plan::records::{
     Assignment, Grant, GroupRecord, InvitationRecord, Profile, RedeemRefusal, RoleRecord,
     TenantRecord, UserFields,
 };
-use usher::store::UserStore;
+use usher::store::{StoreError, UserStore};
 use usher::token::{Token, TokenHash};
 
 use crate::support::{scim_filter, scim_get};
@@ -434,6 +434,65 @@ async fn grants_reach_down_a_three_level_tree(store: Arc<dyn UserStore>) {
 }
 
 /// Every check, in order, on one store.
+/// The SQL stores keep one account per (tenant, address), whatever the case, so that no race
+/// between two reconciles can give one mailbox two accounts.
+async fn one_account_per_address(store: Arc<dyn UserStore>) {
+    let with = |tenant: &str, name: &str, email: &str| UserFields {
+        tenant: tenant.into(),
+        email: email.into(),
+        ..fields(name)
+    };
+    let holder = store
+        .create_user(&with("acme/acme", "uni", "Uni@Acme.example"))
+        .await
+        .unwrap();
+    let refused = |e: StoreError| {
+        assert!(
+            matches!(&e, StoreError::Refused { status: 409, detail } if detail.contains("uni@acme.example")),
+            "{e}"
+        )
+    };
+    // Another person, the same address in another case: refused, and nothing is written.
+    refused(
+        store
+            .create_user(&with("acme/acme", "uni-2", "uni@acme.EXAMPLE"))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        store
+            .user_by_external_id("acme/uni-2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Re-addressing someone onto it: refused too, and their account keeps its address.
+    let other = store.create_user(&fields("duo")).await.unwrap();
+    refused(
+        store
+            .update_user(&other.id, &with("acme/acme", "duo", "UNI@acme.example"))
+            .await
+            .unwrap_err(),
+    );
+    let kept = store
+        .user_by_external_id("acme/duo")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.email, "duo@acme.example");
+    // Another tenant may have the address.
+    store
+        .create_user(&with("acme/globex", "uni-3", "uni@acme.example"))
+        .await
+        .unwrap();
+    // Once the holder is gone, the address is free.
+    store.delete_user(&holder.id).await.unwrap();
+    store
+        .create_user(&with("acme/acme", "uni-2", "uni@acme.example"))
+        .await
+        .unwrap();
+}
+
 pub async fn contract(store: Arc<dyn UserStore>) {
     store.ping().await.unwrap();
     accounts_round_trip(store.clone()).await;
@@ -452,14 +511,16 @@ async fn sqlite_passes_the_contract() {
     let store = usher::store::open(&format!("sqlite://{}", dir.join("usher.db").display()))
         .await
         .unwrap();
-    contract(store).await;
+    contract(store.clone()).await;
+    one_account_per_address(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_passes_the_contract() {
     let url = usher_testenv::postgres().database("contract").unwrap();
     let store = usher::store::open(&url).await.unwrap();
-    contract(store).await;
+    contract(store.clone()).await;
+    one_account_per_address(store).await;
 }
 
 #[tokio::test]
