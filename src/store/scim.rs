@@ -22,7 +22,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::sql::SqlStore;
-use super::{StoreError, UserStore};
+use super::{Accounts, Catalogue, Health, Invitations, OffboardingLedger, StoreError};
 use crate::crd::Address;
 use crate::plan::records::{
     Assignment, Grant, GroupRecord, InvitationRecord, Profile, RedeemRefusal, Redeemed, RoleRecord,
@@ -706,22 +706,17 @@ fn urlencode(text: &str) -> String {
 }
 
 #[async_trait]
-impl UserStore for ScimStore {
+impl Health for ScimStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.send(Method::GET, "/ServiceProviderConfig", None, None)
             .await?
             .ok()?;
         self.local.ping().await
     }
+}
 
-    async fn tenant(&self, key: &str) -> Result<Option<TenantRecord>, StoreError> {
-        self.local.tenant(key).await
-    }
-
-    async fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
-        self.local.put_tenant(tenant).await
-    }
-
+#[async_trait]
+impl Accounts for ScimStore {
     async fn user_by_external_id(
         &self,
         external_id: &str,
@@ -819,6 +814,23 @@ impl UserStore for ScimStore {
         self.local.delete_user(id).await
     }
 
+    async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
+        // Local first: a redemption racing a deactivation reads it and leaves SCIM alone.
+        self.local.set_active(id, active, now).await?;
+        self.set_scim_active(id, active).await
+    }
+}
+
+#[async_trait]
+impl Catalogue for ScimStore {
+    async fn tenant(&self, key: &str) -> Result<Option<TenantRecord>, StoreError> {
+        self.local.tenant(key).await
+    }
+
+    async fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        self.local.put_tenant(tenant).await
+    }
+
     async fn delete_tenant(&self, key: &str) -> Result<(), StoreError> {
         let filter = format!("externalId sw {}", quoted(&format!("role/{key}/")));
         self.delete_groups(&filter).await?;
@@ -833,60 +845,6 @@ impl UserStore for ScimStore {
         self.local.remove_assignment(binding).await?;
         let after = self.local.assignments(&holder).await?;
         self.sync_roles(&holder, &before, &after).await
-    }
-
-    async fn record_offboarding(&self, tenant: &str, at: Timestamp) -> Result<(), StoreError> {
-        self.local.record_offboarding(tenant, at).await
-    }
-
-    async fn offboardings_since(&self, tenant: &str, since: Timestamp) -> Result<u64, StoreError> {
-        self.local.offboardings_since(tenant, since).await
-    }
-
-    async fn release(
-        &self,
-        tenant: &str,
-        value: &str,
-        at: Timestamp,
-    ) -> Result<Timestamp, StoreError> {
-        self.local.release(tenant, value, at).await
-    }
-
-    async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
-        // Local first: a redemption racing a deactivation reads it and leaves SCIM alone.
-        self.local.set_active(id, active, now).await?;
-        self.set_scim_active(id, active).await
-    }
-
-    async fn latest_invitation(
-        &self,
-        user_id: &str,
-    ) -> Result<Option<InvitationRecord>, StoreError> {
-        self.local.latest_invitation(user_id).await
-    }
-
-    async fn record_invitation(&self, invitation: &InvitationRecord) -> Result<(), StoreError> {
-        self.local.record_invitation(invitation).await
-    }
-
-    async fn rotate_unsent(
-        &self,
-        user_id: &str,
-        attempt: i32,
-        new_hash: &TokenHash,
-        expires_at: Timestamp,
-    ) -> Result<bool, StoreError> {
-        self.local
-            .rotate_unsent(user_id, attempt, new_hash, expires_at)
-            .await
-    }
-
-    async fn mark_sent(&self, hash: &TokenHash, at: Timestamp) -> Result<(), StoreError> {
-        self.local.mark_sent(hash, at).await
-    }
-
-    async fn revoke_open(&self, user_id: &str, at: Timestamp) -> Result<u64, StoreError> {
-        self.local.revoke_open(user_id, at).await
     }
 
     async fn group(&self, key: &str) -> Result<Option<GroupRecord>, StoreError> {
@@ -934,6 +892,40 @@ impl UserStore for ScimStore {
     async fn grants(&self, user_id: &str) -> Result<Vec<Grant>, StoreError> {
         self.local.grants(user_id).await
     }
+}
+
+#[async_trait]
+impl Invitations for ScimStore {
+    async fn latest_invitation(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<InvitationRecord>, StoreError> {
+        self.local.latest_invitation(user_id).await
+    }
+
+    async fn record_invitation(&self, invitation: &InvitationRecord) -> Result<(), StoreError> {
+        self.local.record_invitation(invitation).await
+    }
+
+    async fn rotate_unsent(
+        &self,
+        user_id: &str,
+        attempt: i32,
+        new_hash: &TokenHash,
+        expires_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.local
+            .rotate_unsent(user_id, attempt, new_hash, expires_at)
+            .await
+    }
+
+    async fn mark_sent(&self, hash: &TokenHash, at: Timestamp) -> Result<(), StoreError> {
+        self.local.mark_sent(hash, at).await
+    }
+
+    async fn revoke_open(&self, user_id: &str, at: Timestamp) -> Result<u64, StoreError> {
+        self.local.revoke_open(user_id, at).await
+    }
 
     async fn redeem(
         &self,
@@ -954,5 +946,25 @@ impl UserStore for ScimStore {
             tracing::warn!(error = %e, "activating the SCIM User after a redemption failed; the reconcile retries");
         }
         Ok(outcome)
+    }
+}
+
+#[async_trait]
+impl OffboardingLedger for ScimStore {
+    async fn record_offboarding(&self, tenant: &str, at: Timestamp) -> Result<(), StoreError> {
+        self.local.record_offboarding(tenant, at).await
+    }
+
+    async fn offboardings_since(&self, tenant: &str, since: Timestamp) -> Result<u64, StoreError> {
+        self.local.offboardings_since(tenant, since).await
+    }
+
+    async fn release(
+        &self,
+        tenant: &str,
+        value: &str,
+        at: Timestamp,
+    ) -> Result<Timestamp, StoreError> {
+        self.local.release(tenant, value, at).await
     }
 }
