@@ -1,22 +1,19 @@
-//! The user store port: tenants, accounts and invitations (keyed by token hash). Each backend
-//! is one file; the records are plain types of [`crate::plan::records`].
+//! The user store: tenants, accounts and invitations (keyed by token hash). Its ports, one trait
+//! per concern and [`UserStore`] for all of them, are in `port.rs`; each backend is one module
+//! (`sql`, `scim`), and `handle.rs` connects and measures whichever is configured. The
+//! records are plain types of [`crate::plan::records`].
 
 mod handle;
+mod port;
 mod scim;
 mod sql;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use jiff::Timestamp;
 
-use crate::plan::records::{
-    Assignment, Grant, GroupRecord, InvitationRecord, RedeemRefusal, Redeemed, RoleRecord,
-    TenantRecord, UserFields, UserRecord,
-};
-use crate::token::TokenHash;
-
 pub use handle::StoreHandle;
+pub use port::{Accounts, Catalogue, Health, Invitations, OffboardingLedger, UserStore};
 pub use scim::{ScimStore, USER_EXTENSION};
 pub use sql::{Dialect, SqlStore};
 
@@ -52,107 +49,6 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         Self::Backend(e.to_string())
     }
-}
-
-/// The user store, as the controllers and the HTTP server use it.
-#[async_trait]
-pub trait UserStore: Send + Sync + 'static {
-    /// Whether the store answers (readiness).
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// A tenant by key.
-    async fn tenant(&self, key: &str) -> Result<Option<TenantRecord>, StoreError>;
-    /// Create or update a tenant.
-    async fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError>;
-
-    /// An account by its SystemUser key.
-    async fn user_by_external_id(
-        &self,
-        external_id: &str,
-    ) -> Result<Option<UserRecord>, StoreError>;
-    /// Create an inactive account.
-    async fn create_user(&self, fields: &UserFields) -> Result<UserRecord, StoreError>;
-    /// Change an account's details.
-    async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError>;
-    /// The accounts of a tenant.
-    async fn users_of_tenant(&self, tenant: &str) -> Result<Vec<UserRecord>, StoreError>;
-    /// An account of a tenant by email, case-insensitive (to restore an archived person).
-    async fn user_by_email(
-        &self,
-        tenant: &str,
-        email: &str,
-    ) -> Result<Option<UserRecord>, StoreError>;
-    /// Delete an account with its invitations and assignments.
-    async fn delete_user(&self, id: &str) -> Result<(), StoreError>;
-    /// Delete a tenant with its groups and catalogue (its accounts are offboarded first).
-    async fn delete_tenant(&self, key: &str) -> Result<(), StoreError>;
-    /// Remove the assignment a RoleBinding made, wherever it is.
-    async fn remove_assignment(&self, binding: &str) -> Result<(), StoreError>;
-    /// Record that a person of the tenant was offboarded at `at`.
-    async fn record_offboarding(&self, tenant: &str, at: Timestamp) -> Result<(), StoreError>;
-    /// How many people of the tenant were offboarded since `since`.
-    async fn offboardings_since(&self, tenant: &str, since: Timestamp) -> Result<u64, StoreError>;
-    /// Record a release of the mass-offboarding guard unless `value` is the one recorded;
-    /// returns the release in effect.
-    async fn release(
-        &self,
-        tenant: &str,
-        value: &str,
-        at: Timestamp,
-    ) -> Result<Timestamp, StoreError>;
-    /// Activate or deactivate an account.
-    async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError>;
-
-    /// The invitation with the highest attempt of an account.
-    async fn latest_invitation(
-        &self,
-        user_id: &str,
-    ) -> Result<Option<InvitationRecord>, StoreError>;
-    /// Record a new invitation, revoking the account's other open invitations, atomically.
-    async fn record_invitation(&self, invitation: &InvitationRecord) -> Result<(), StoreError>;
-    /// Replace the token of an invitation whose mail was never sent. False when it was sent,
-    /// used or revoked meanwhile.
-    async fn rotate_unsent(
-        &self,
-        user_id: &str,
-        attempt: i32,
-        new_hash: &TokenHash,
-        expires_at: Timestamp,
-    ) -> Result<bool, StoreError>;
-    /// Mark an invitation's mail as sent.
-    async fn mark_sent(&self, hash: &TokenHash, at: Timestamp) -> Result<(), StoreError>;
-    /// Revoke every open invitation of an account; returns how many.
-    async fn revoke_open(&self, user_id: &str, at: Timestamp) -> Result<u64, StoreError>;
-    /// A location group by key.
-    async fn group(&self, key: &str) -> Result<Option<GroupRecord>, StoreError>;
-    /// Create or update a location group.
-    async fn put_group(&self, group: &GroupRecord) -> Result<(), StoreError>;
-
-    /// Remove a location group (grants no longer reach through it).
-    async fn delete_group(&self, key: &str) -> Result<(), StoreError>;
-
-    /// A tenant's role catalogue, sorted by name.
-    async fn roles(&self, tenant: &str) -> Result<Vec<RoleRecord>, StoreError>;
-    /// Replace a tenant's role catalogue.
-    async fn put_roles(&self, tenant: &str, roles: &[RoleRecord]) -> Result<(), StoreError>;
-
-    /// An account's role assignments, sorted.
-    async fn assignments(&self, user_id: &str) -> Result<Vec<Assignment>, StoreError>;
-    /// Replace an account's role assignments, atomically.
-    async fn set_assignments(
-        &self,
-        user_id: &str,
-        assignments: &[Assignment],
-    ) -> Result<(), StoreError>;
-    /// Every (role, group) an account holds, a group's descendants included; sorted.
-    async fn grants(&self, user_id: &str) -> Result<Vec<Grant>, StoreError>;
-
-    /// Redeem a token: single use, atomic; the account becomes active.
-    async fn redeem(
-        &self,
-        hash: &TokenHash,
-        now: Timestamp,
-    ) -> Result<Result<Redeemed, RedeemRefusal>, StoreError>;
 }
 
 /// Where the user store is, checked before anything connects: a malformed URL or a missing

@@ -12,7 +12,10 @@ use jiff::Timestamp;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use super::{StoreError, UserStore, from_micros, micros, new_id};
+use super::{
+    Accounts, Catalogue, Health, Invitations, OffboardingLedger, StoreError, from_micros, micros,
+    new_id,
+};
 use crate::plan::records::{
     Assignment, Grant, GroupRecord, InvitationRecord, Profile, RedeemRefusal, Redeemed, RoleRecord,
     TenantRecord, UserFields, UserRecord,
@@ -220,40 +223,15 @@ fn profile_json(fields: &UserFields) -> Result<String, StoreError> {
 }
 
 #[async_trait]
-impl UserStore for SqlStore {
+impl Health for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
 
-    async fn tenant(&self, key: &str) -> Result<Option<TenantRecord>, StoreError> {
-        let row = sqlx::query("SELECT key, display_name FROM tenants WHERE key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(TenantRecord {
-                key: r.try_get("key")?,
-                display_name: r.try_get("display_name")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO tenants (key, display_name, updated_us) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO UPDATE SET display_name = excluded.display_name,
-             updated_us = excluded.updated_us",
-        )
-        .bind(&tenant.key)
-        .bind(&tenant.display_name)
-        .bind(micros(Timestamp::now()))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
+#[async_trait]
+impl Accounts for SqlStore {
     async fn user_by_external_id(
         &self,
         external_id: &str,
@@ -357,27 +335,19 @@ impl UserStore for SqlStore {
         Ok(())
     }
 
-    async fn delete_tenant(&self, key: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for statement in [
-            "DELETE FROM location_groups WHERE tenant = $1",
-            "DELETE FROM roles WHERE tenant = $1",
-            "DELETE FROM tenants WHERE key = $1",
-        ] {
-            sqlx::query(statement).bind(key).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn remove_assignment(&self, binding: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM role_assignments WHERE binding = $1")
-            .bind(binding)
+    async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET active = $1, updated_us = $2 WHERE id = $3")
+            .bind(i64::from(active))
+            .bind(micros(now))
+            .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl OffboardingLedger for SqlStore {
     async fn record_offboarding(&self, tenant: &str, at: Timestamp) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO offboardings (tenant, at_us) VALUES ($1, $2)")
             .bind(tenant)
@@ -420,17 +390,10 @@ impl UserStore for SqlStore {
             .await?;
         from_micros(row.try_get("at_us")?)
     }
+}
 
-    async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET active = $1, updated_us = $2 WHERE id = $3")
-            .bind(i64::from(active))
-            .bind(micros(now))
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
+#[async_trait]
+impl Invitations for SqlStore {
     async fn latest_invitation(
         &self,
         user_id: &str,
@@ -512,6 +475,114 @@ impl UserStore for SqlStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn redeem(
+        &self,
+        hash: &TokenHash,
+        now: Timestamp,
+    ) -> Result<Result<Redeemed, RedeemRefusal>, StoreError> {
+        let now_us = micros(now);
+        let mut tx = self.pool.begin().await?;
+        // The conditional UPDATE is the single-use guarantee: of two concurrent redemptions
+        // only one changes the row.
+        let won = sqlx::query(
+            "UPDATE invitations SET used_us = $1 WHERE token_hash = $2 AND used_us IS NULL
+             AND revoked_us IS NULL AND expires_us > $3 RETURNING token_hash, user_id",
+        )
+        .bind(now_us)
+        .bind(hash.as_str())
+        .bind(now_us)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = won else {
+            let found = sqlx::query("SELECT * FROM invitations WHERE token_hash = $1")
+                .bind(hash.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Ok(Err(
+                match found.as_ref().map(invitation_from_row).transpose()? {
+                    None => RedeemRefusal::Unknown,
+                    Some(inv) if inv.used_at.is_some() => RedeemRefusal::AlreadyUsed,
+                    Some(_) => RedeemRefusal::Expired,
+                },
+            ));
+        };
+        let stored = TokenHash::from_stored(row.try_get("token_hash")?);
+        if !stored.matches(hash) {
+            return Ok(Err(RedeemRefusal::Unknown));
+        }
+        let user_id: String = row.try_get("user_id")?;
+        let user = sqlx::query(
+            "UPDATE users SET active = 1, activated_us = COALESCE(activated_us, $1), updated_us = $2
+             WHERE id = $3 RETURNING *",
+        )
+        .bind(now_us)
+        .bind(now_us)
+        .bind(&user_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("account {user_id}")))?;
+        let user = user_from_row(&user)?;
+        tx.commit().await?;
+        Ok(Ok(Redeemed {
+            user_id,
+            external_id: user.external_id,
+            tenant: user.tenant,
+            email: user.email,
+        }))
+    }
+}
+
+#[async_trait]
+impl Catalogue for SqlStore {
+    async fn tenant(&self, key: &str) -> Result<Option<TenantRecord>, StoreError> {
+        let row = sqlx::query("SELECT key, display_name FROM tenants WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(TenantRecord {
+                key: r.try_get("key")?,
+                display_name: r.try_get("display_name")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenants (key, display_name, updated_us) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET display_name = excluded.display_name,
+             updated_us = excluded.updated_us",
+        )
+        .bind(&tenant.key)
+        .bind(&tenant.display_name)
+        .bind(micros(Timestamp::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_tenant(&self, key: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for statement in [
+            "DELETE FROM location_groups WHERE tenant = $1",
+            "DELETE FROM roles WHERE tenant = $1",
+            "DELETE FROM tenants WHERE key = $1",
+        ] {
+            sqlx::query(statement).bind(key).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_assignment(&self, binding: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM role_assignments WHERE binding = $1")
+            .bind(binding)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn group(&self, key: &str) -> Result<Option<GroupRecord>, StoreError> {
@@ -680,62 +751,6 @@ impl UserStore for SqlStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()
             .map(sorted)
-    }
-
-    async fn redeem(
-        &self,
-        hash: &TokenHash,
-        now: Timestamp,
-    ) -> Result<Result<Redeemed, RedeemRefusal>, StoreError> {
-        let now_us = micros(now);
-        let mut tx = self.pool.begin().await?;
-        // The conditional UPDATE is the single-use guarantee: of two concurrent redemptions
-        // only one changes the row.
-        let won = sqlx::query(
-            "UPDATE invitations SET used_us = $1 WHERE token_hash = $2 AND used_us IS NULL
-             AND revoked_us IS NULL AND expires_us > $3 RETURNING token_hash, user_id",
-        )
-        .bind(now_us)
-        .bind(hash.as_str())
-        .bind(now_us)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = won else {
-            let found = sqlx::query("SELECT * FROM invitations WHERE token_hash = $1")
-                .bind(hash.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            return Ok(Err(
-                match found.as_ref().map(invitation_from_row).transpose()? {
-                    None => RedeemRefusal::Unknown,
-                    Some(inv) if inv.used_at.is_some() => RedeemRefusal::AlreadyUsed,
-                    Some(_) => RedeemRefusal::Expired,
-                },
-            ));
-        };
-        let stored = TokenHash::from_stored(row.try_get("token_hash")?);
-        if !stored.matches(hash) {
-            return Ok(Err(RedeemRefusal::Unknown));
-        }
-        let user_id: String = row.try_get("user_id")?;
-        let user = sqlx::query(
-            "UPDATE users SET active = 1, activated_us = COALESCE(activated_us, $1), updated_us = $2
-             WHERE id = $3 RETURNING *",
-        )
-        .bind(now_us)
-        .bind(now_us)
-        .bind(&user_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("account {user_id}")))?;
-        let user = user_from_row(&user)?;
-        tx.commit().await?;
-        Ok(Ok(Redeemed {
-            user_id,
-            external_id: user.external_id,
-            tenant: user.tenant,
-            email: user.email,
-        }))
     }
 }
 

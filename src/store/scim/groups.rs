@@ -1,0 +1,268 @@
+//! The Groups of the SCIM store: location groups and role Groups (named as in the table of
+//! `mod.rs`), created, renamed, a member taken out, deleted; a person's role assignments
+//! become memberships of role Groups (`sync_roles`). The [`Catalogue`] port is here, as most of
+//! its writes reach the Groups; the catalogue itself (tenants, roles, the group tree,
+//! assignments) is kept in the local store.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::client::{id_of, quoted};
+use super::{CORE_GROUP, PATCH_OP, ScimStore};
+use crate::plan::records::{Assignment, Grant, GroupRecord, RoleRecord, TenantRecord};
+use crate::store::{Catalogue, StoreError};
+
+impl ScimStore {
+    /// Every Group with this externalId (servers need not keep it unique).
+    async fn find_groups(&self, external_id: &str) -> Result<Vec<Value>, StoreError> {
+        self.list(
+            "/Groups",
+            &format!("externalId eq {}", quoted(external_id)),
+            "&excludedAttributes=members",
+        )
+        .await
+    }
+
+    /// The Group's id, creating it (with `members`) when missing; whether it was created.
+    async fn ensure_group(
+        &self,
+        external_id: &str,
+        display: &str,
+        members: &[&str],
+    ) -> Result<(String, bool), StoreError> {
+        if let Some(g) = self.find_groups(external_id).await?.into_iter().next() {
+            let id = id_of(&g)?;
+            if g["displayName"].as_str() != Some(display) {
+                self.patch_group(
+                    &id,
+                    json!({"op": "replace", "path": "displayName", "value": display}),
+                )
+                .await?;
+            }
+            return Ok((id, false));
+        }
+        let members: Vec<Value> = members.iter().map(|m| json!({"value": m})).collect();
+        let body = json!({
+            "schemas": [CORE_GROUP],
+            "displayName": display,
+            "externalId": external_id,
+            "members": members,
+        });
+        let created = self
+            .send(Method::POST, "/Groups", Some(&body), None)
+            .await?
+            .ok()?;
+        Ok((id_of(&created)?, true))
+    }
+
+    /// PATCH a Group; false when it is gone.
+    async fn patch_group(&self, id: &str, op: Value) -> Result<bool, StoreError> {
+        let body = json!({"schemas": [PATCH_OP], "Operations": [op]});
+        let reply = self
+            .send(Method::PATCH, &format!("/Groups/{id}"), Some(&body), None)
+            .await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        reply.ok().map(|_| true)
+    }
+
+    /// Take one member out of a Group, in the first form the server takes: the filtered path
+    /// of RFC 7644 section 3.5.2.2 (`members[value eq "…"]`); the `value` form that products
+    /// refusing filtered paths take instead; or, last, the Group's member list read and replaced
+    /// without the member (Group writes are serialized, so no concurrent change is lost). A
+    /// refusal (400, 501) moves on to the next form; the last form's refusal is the error.
+    async fn remove_member(&self, group: &str, user_id: &str) -> Result<(), StoreError> {
+        let path = format!("members[value eq {}]", quoted(user_id));
+        let forms = [
+            json!({"op": "remove", "path": path}),
+            json!({"op": "remove", "path": "members", "value": [{"value": user_id}]}),
+        ];
+        for op in forms {
+            match self.patch_group(group, op).await {
+                Err(StoreError::Refused { status, detail }) if status == 400 || status == 501 => {
+                    tracing::debug!(status, %detail, "the server refused this form of member removal; trying the next");
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+        let reply = self
+            .send(
+                Method::GET,
+                &format!("/Groups/{group}?attributes=members"),
+                None,
+                None,
+            )
+            .await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        let current = reply.ok()?;
+        let rest: Vec<Value> = current["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["value"].as_str() != Some(user_id))
+            .map(|m| json!({"value": m["value"]}))
+            .collect();
+        self.patch_group(
+            group,
+            json!({"op": "replace", "path": "members", "value": rest}),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Delete the Groups matching a filter (`externalId eq …` or `sw …`).
+    async fn delete_groups(&self, filter: &str) -> Result<(), StoreError> {
+        let _one_at_a_time = self.groups.lock().await;
+        let groups = self
+            .list("/Groups", filter, "&excludedAttributes=members")
+            .await?;
+        for g in groups {
+            let id = id_of(&g)?;
+            let id = id.as_str();
+            let reply = self
+                .send(Method::DELETE, &format!("/Groups/{id}"), None, None)
+                .await?;
+            if reply.status != StatusCode::NOT_FOUND {
+                reply.ok()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the role Groups' memberships of one person follow a change of their assignments.
+    pub(super) async fn sync_roles(
+        &self,
+        user_id: &str,
+        before: &[Assignment],
+        after: &[Assignment],
+    ) -> Result<(), StoreError> {
+        let tenant = match self.local.user(user_id).await? {
+            Some(u) => u.tenant,
+            None => return Ok(()),
+        };
+        let pairs = |list: &[Assignment]| -> BTreeSet<(String, Option<String>)> {
+            list.iter()
+                .map(|a| (a.role.clone(), a.group.clone()))
+                .collect()
+        };
+        let (old, new) = (pairs(before), pairs(after));
+        let _one_at_a_time = self.groups.lock().await;
+        for (role, group) in old.difference(&new) {
+            let external = role_group_id(&tenant, role, group.as_deref());
+            for g in self.find_groups(&external).await? {
+                self.remove_member(&id_of(&g)?, user_id).await?;
+            }
+        }
+        for (role, group) in new.difference(&old) {
+            let external = role_group_id(&tenant, role, group.as_deref());
+            let scope = match group {
+                Some(key) => Some(
+                    self.local
+                        .group(key)
+                        .await?
+                        .map_or_else(|| key.clone(), |g| g.path),
+                ),
+                None => None,
+            };
+            let display = match scope {
+                Some(path) => format!("{tenant}: {role} @ {path}"),
+                None => format!("{tenant}: {role}"),
+            };
+            let add = json!({"op": "add", "path": "members", "value": [{"value": user_id}]});
+            let (id, created) = self.ensure_group(&external, &display, &[user_id]).await?;
+            // Deleted in the product between the lookup and now: create it again.
+            if !created && !self.patch_group(&id, add).await? {
+                self.ensure_group(&external, &display, &[user_id]).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The externalId of a role Group: `role/<tenant>/<role>`, or on a location group
+/// `role/<tenant>/<role>/<group ns>/<group name>`.
+fn role_group_id(tenant: &str, role: &str, group: Option<&str>) -> String {
+    match group {
+        Some(g) => format!("role/{tenant}/{role}/{g}"),
+        None => format!("role/{tenant}/{role}"),
+    }
+}
+
+#[async_trait]
+impl Catalogue for ScimStore {
+    async fn tenant(&self, key: &str) -> Result<Option<TenantRecord>, StoreError> {
+        self.local.tenant(key).await
+    }
+
+    async fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        self.local.put_tenant(tenant).await
+    }
+
+    async fn delete_tenant(&self, key: &str) -> Result<(), StoreError> {
+        let filter = format!("externalId sw {}", quoted(&format!("role/{key}/")));
+        self.delete_groups(&filter).await?;
+        self.local.delete_tenant(key).await
+    }
+
+    async fn remove_assignment(&self, binding: &str) -> Result<(), StoreError> {
+        let Some(holder) = self.local.holder_of(binding).await? else {
+            return Ok(());
+        };
+        let before = self.local.assignments(&holder).await?;
+        self.local.remove_assignment(binding).await?;
+        let after = self.local.assignments(&holder).await?;
+        self.sync_roles(&holder, &before, &after).await
+    }
+
+    async fn group(&self, key: &str) -> Result<Option<GroupRecord>, StoreError> {
+        self.local.group(key).await
+    }
+
+    async fn put_group(&self, group: &GroupRecord) -> Result<(), StoreError> {
+        let display = format!("{}: location {}", group.tenant, group.path);
+        {
+            let _one_at_a_time = self.groups.lock().await;
+            self.ensure_group(&format!("location/{}", group.key), &display, &[])
+                .await?;
+        }
+        self.local.put_group(group).await
+    }
+
+    async fn delete_group(&self, key: &str) -> Result<(), StoreError> {
+        let filter = format!("externalId eq {}", quoted(&format!("location/{key}")));
+        self.delete_groups(&filter).await?;
+        self.local.delete_group(key).await
+    }
+
+    async fn roles(&self, tenant: &str) -> Result<Vec<RoleRecord>, StoreError> {
+        self.local.roles(tenant).await
+    }
+
+    async fn put_roles(&self, tenant: &str, roles: &[RoleRecord]) -> Result<(), StoreError> {
+        self.local.put_roles(tenant, roles).await
+    }
+
+    async fn assignments(&self, user_id: &str) -> Result<Vec<Assignment>, StoreError> {
+        self.local.assignments(user_id).await
+    }
+
+    async fn set_assignments(
+        &self,
+        user_id: &str,
+        assignments: &[Assignment],
+    ) -> Result<(), StoreError> {
+        let before = self.local.assignments(user_id).await?;
+        self.sync_roles(user_id, &before, assignments).await?;
+        self.local.set_assignments(user_id, assignments).await
+    }
+
+    async fn grants(&self, user_id: &str) -> Result<Vec<Grant>, StoreError> {
+        self.local.grants(user_id).await
+    }
+}

@@ -1,0 +1,392 @@
+//! The Users of the SCIM store: finding, reading, writing and (de)activating a person's SCIM
+//! User, its JSON both ways (core attributes and usher's extension), and the [`Accounts`] port on
+//! top. Each account also has a shadow row in the local store, which the invitations hang from
+//! and which keeps what the server has no attribute for.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::client::{id_of, quoted, refusal};
+use super::{CORE_USER, PATCH_OP, ScimStore, USER_EXTENSION};
+use crate::crd::Address;
+use crate::plan::records::{Profile, UserFields, UserRecord};
+use crate::store::{Accounts, Catalogue, StoreError};
+
+impl ScimStore {
+    /// The User with this externalId, with its local shadow when usher has one.
+    async fn find_user(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<(Value, Option<UserRecord>)>, StoreError> {
+        let found = self
+            .list(
+                "/Users",
+                &format!("externalId eq {}", quoted(external_id)),
+                "",
+            )
+            .await?;
+        // externalId need not be unique on the server; prefer the account usher knows.
+        for u in &found {
+            if let Some(id) = u["id"].as_str()
+                && let Some(shadow) = self.local.user(id).await?
+            {
+                return Ok(Some((u.clone(), Some(shadow))));
+            }
+        }
+        Ok(found.into_iter().next().map(|u| (u, None)))
+    }
+
+    /// The User with this id and its version for `If-Match` (the ETag header, else
+    /// `meta.version`); None when it is gone.
+    async fn get_user(&self, id: &str) -> Result<Option<(Value, Option<String>)>, StoreError> {
+        let reply = self
+            .send(Method::GET, &format!("/Users/{id}"), None, None)
+            .await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let etag = reply.etag.clone();
+        let body = reply.ok()?;
+        let etag = etag.or_else(|| body["meta"]["version"].as_str().map(str::to_string));
+        Ok(Some((body, etag)))
+    }
+
+    /// The SCIM User for `fields` (everything usher owns; `active` is set separately).
+    fn user_json(&self, fields: &UserFields) -> Value {
+        let p = &fields.profile;
+        let mut name = serde_json::Map::new();
+        if let Some(f) = &p.first_name {
+            name.insert("givenName".into(), json!(f));
+        }
+        if let Some(l) = &p.last_name {
+            name.insert("familyName".into(), json!(l));
+        }
+        let display = match (&p.first_name, &p.last_name) {
+            (Some(f), Some(l)) => format!("{f} {l}"),
+            (Some(n), None) | (None, Some(n)) => n.clone(),
+            (None, None) => fields.email.clone(),
+        };
+        let mut user = json!({
+            "schemas": [CORE_USER],
+            "userName": fields.email,
+            "externalId": fields.external_id,
+            "displayName": display,
+            "emails": [{"value": fields.email, "type": "work", "primary": true}],
+        });
+        if !name.is_empty() {
+            user["name"] = Value::Object(name);
+        }
+        if let Some(phone) = &p.phone {
+            user["phoneNumbers"] = json!([{"value": phone, "type": "work"}]);
+        }
+        if let Some(a) = &p.address {
+            let mut addr = json!({"type": "work", "primary": true});
+            for (key, value) in [
+                ("streetAddress", &a.street),
+                ("locality", &a.city),
+                ("region", &a.region),
+                ("postalCode", &a.postal_code),
+                ("country", &a.country),
+            ] {
+                if let Some(v) = value {
+                    addr[key] = json!(v);
+                }
+            }
+            user["addresses"] = json!([addr]);
+        }
+        if self.extension {
+            user["schemas"] = json!([CORE_USER, USER_EXTENSION]);
+            user[USER_EXTENSION] = extension_json(&fields.tenant, p);
+        }
+        user
+    }
+
+    /// The record of a SCIM User, with what only the local store knows.
+    fn record(&self, scim: &Value, shadow: Option<&UserRecord>) -> UserRecord {
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        let ext = &scim[USER_EXTENSION];
+        let kept = shadow.map(|s| s.profile.clone()).unwrap_or_default();
+        let address = scim["addresses"].get(0).map(|a| Address {
+            street: text(&a["streetAddress"]),
+            city: text(&a["locality"]),
+            region: text(&a["region"]),
+            postal_code: text(&a["postalCode"]),
+            country: text(&a["country"]),
+        });
+        let mut profile = Profile {
+            first_name: text(&scim["name"]["givenName"]),
+            last_name: text(&scim["name"]["familyName"]),
+            phone: scim["phoneNumbers"]
+                .as_array()
+                .and_then(|p| p.iter().find_map(|n| text(&n["value"]))),
+            address,
+            ..kept
+        };
+        if self.extension {
+            profile.company = text(&ext["company"]);
+            profile.accounting_id = text(&ext["accountingId"]);
+            profile.comments = text(&ext["comments"]);
+            profile.locations = ext["locations"]
+                .as_array()
+                .map(|l| l.iter().filter_map(text).collect())
+                .unwrap_or_default();
+        }
+        UserRecord {
+            id: text(&scim["id"]).unwrap_or_default(),
+            tenant: shadow
+                .map(|s| s.tenant.clone())
+                .or_else(|| text(&ext["tenant"]))
+                .unwrap_or_default(),
+            external_id: text(&scim["externalId"]).unwrap_or_default(),
+            // The address usher wrote; a product may normalise userName's case.
+            email: scim["emails"]
+                .as_array()
+                .and_then(|e| {
+                    e.iter()
+                        .find(|m| m["primary"] == true)
+                        .or(e.first())
+                        .and_then(|m| text(&m["value"]))
+                })
+                .or_else(|| text(&scim["userName"]))
+                .unwrap_or_default(),
+            profile,
+            active: scim["active"].as_bool().unwrap_or(false),
+            activated_at: shadow.and_then(|s| s.activated_at),
+        }
+    }
+
+    /// The record of a SCIM User and its local `shadow` (as the caller read it), making sure the
+    /// local store has one (after a crash between creating it there and here, or a lost local
+    /// store).
+    async fn known(
+        &self,
+        scim: &Value,
+        shadow: Option<UserRecord>,
+    ) -> Result<UserRecord, StoreError> {
+        let id = id_of(scim)?;
+        let mut record = self.record(scim, shadow.as_ref());
+        if shadow.is_none() {
+            // An active User had accepted (usher only activates on a redemption): it keeps its
+            // access rather than being deactivated and invited again.
+            let accepted = record.active.then(Timestamp::now);
+            self.local
+                .adopt_user(&id, &fields_of(&record), accepted)
+                .await?;
+            record.activated_at = accepted;
+        }
+        Ok(record)
+    }
+
+    /// PATCH a User, conditionally on its ETag when the server has them; retried on a lost race.
+    async fn patch_user(&self, id: &str, operations: Vec<Value>) -> Result<Value, StoreError> {
+        let body = json!({"schemas": [PATCH_OP], "Operations": operations});
+        for _ in 0..3 {
+            let Some((current, etag)) = self.get_user(id).await? else {
+                return Err(StoreError::NotFound(format!("SCIM User {id}")));
+            };
+            let reply = self
+                .send(
+                    Method::PATCH,
+                    &format!("/Users/{id}"),
+                    Some(&body),
+                    etag.as_deref(),
+                )
+                .await?;
+            match reply.status {
+                StatusCode::PRECONDITION_FAILED => continue,
+                StatusCode::NOT_FOUND => {
+                    return Err(StoreError::NotFound(format!("SCIM User {id}")));
+                }
+                // Many servers answer 204 without a body.
+                s if s.is_success() && reply.body.is_object() => return Ok(reply.body),
+                s if s.is_success() => return Ok(current),
+                _ => return Err(refusal(reply.status, &reply.body)),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "SCIM User {id} kept changing under usher (412 three times)"
+        )))
+    }
+
+    /// Operations that make a User hold `fields`: one replace, and removals of what is unset.
+    fn update_operations(&self, fields: &UserFields) -> Vec<Value> {
+        let mut value = self.user_json(fields);
+        if let Some(obj) = value.as_object_mut() {
+            obj.remove("schemas");
+        }
+        let p = &fields.profile;
+        let mut ops = vec![json!({"op": "replace", "value": value})];
+        let mut remove = |path: &str| ops.push(json!({"op": "remove", "path": path}));
+        if p.first_name.is_none() {
+            remove("name.givenName");
+        }
+        if p.last_name.is_none() {
+            remove("name.familyName");
+        }
+        if p.phone.is_none() {
+            remove("phoneNumbers");
+        }
+        if p.address.is_none() {
+            remove("addresses");
+        }
+        // A replace merges key by key: what git no longer says must be removed.
+        if self.extension {
+            for (key, value) in [
+                ("company", &p.company),
+                ("accountingId", &p.accounting_id),
+                ("comments", &p.comments),
+            ] {
+                if value.is_none() {
+                    remove(&format!("{USER_EXTENSION}:{key}"));
+                }
+            }
+        }
+        ops
+    }
+
+    /// Activate or deactivate the SCIM User `id` (a PATCH of `active`, as [`Self::patch_user`]
+    /// does it); [`StoreError::NotFound`] when it is gone.
+    pub(super) async fn set_scim_active(&self, id: &str, active: bool) -> Result<(), StoreError> {
+        self.patch_user(
+            id,
+            vec![json!({"op": "replace", "path": "active", "value": active})],
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// usher's extension of a User for `tenant` and profile `p` (only the fields that are set).
+fn extension_json(tenant: &str, p: &Profile) -> Value {
+    let mut ext = json!({"tenant": tenant, "locations": p.locations});
+    for (key, value) in [
+        ("company", &p.company),
+        ("accountingId", &p.accounting_id),
+        ("comments", &p.comments),
+    ] {
+        if let Some(v) = value {
+            ext[key] = json!(v);
+        }
+    }
+    ext
+}
+
+/// What usher writes of an account, from its record.
+fn fields_of(r: &UserRecord) -> UserFields {
+    UserFields {
+        tenant: r.tenant.clone(),
+        external_id: r.external_id.clone(),
+        email: r.email.clone(),
+        profile: r.profile.clone(),
+    }
+}
+
+#[async_trait]
+impl Accounts for ScimStore {
+    async fn user_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        match self.find_user(external_id).await? {
+            Some((u, shadow)) => Ok(Some(self.known(&u, shadow).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn create_user(&self, fields: &UserFields) -> Result<UserRecord, StoreError> {
+        // Created before a crash, or by someone else for this person: take it over.
+        let scim = match self.find_user(&fields.external_id).await? {
+            Some((existing, _)) => {
+                self.patch_user(&id_of(&existing)?, self.update_operations(fields))
+                    .await?
+            }
+            None => {
+                let mut body = self.user_json(fields);
+                body["active"] = json!(false);
+                self.send(Method::POST, "/Users", Some(&body), None)
+                    .await?
+                    .ok()?
+            }
+        };
+        let id = id_of(&scim)?;
+        self.local.adopt_user(&id, fields, None).await?;
+        let shadow = self.local.user(&id).await?;
+        Ok(self.record(&scim, shadow.as_ref()))
+    }
+
+    async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError> {
+        let scim = self.patch_user(id, self.update_operations(fields)).await?;
+        self.local.adopt_user(id, fields, None).await?;
+        let shadow = self.local.user(id).await?;
+        let mut record = self.record(&scim, shadow.as_ref());
+        // A 204 answer carried the User as it was before: what was written is `fields`.
+        record.email = fields.email.clone();
+        record.external_id = fields.external_id.clone();
+        record.profile = fields.profile.clone();
+        Ok(record)
+    }
+
+    async fn users_of_tenant(&self, tenant: &str) -> Result<Vec<UserRecord>, StoreError> {
+        let shadows = self.local.users_of_tenant(tenant).await?;
+        let namespace = tenant.split_once('/').map_or(tenant, |(ns, _)| ns);
+        let scim: HashMap<String, Value> = self
+            .list(
+                "/Users",
+                &format!("externalId sw {}", quoted(&format!("{namespace}/"))),
+                "",
+            )
+            .await?
+            .into_iter()
+            .filter_map(|u| Some((u["id"].as_str()?.to_string(), u)))
+            .collect();
+        let mut out: Vec<UserRecord> = shadows
+            .iter()
+            .filter_map(|s| scim.get(&s.id).map(|u| self.record(u, Some(s))))
+            .collect();
+        // People of this tenant the local store lost (the extension names their tenant).
+        for (id, u) in &scim {
+            if shadows.iter().all(|s| &s.id != id) && u[USER_EXTENSION]["tenant"] == tenant {
+                out.push(self.known(u, None).await?);
+            }
+        }
+        out.sort_by(|a, b| a.external_id.cmp(&b.external_id));
+        Ok(out)
+    }
+
+    async fn user_by_email(
+        &self,
+        tenant: &str,
+        email: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let Some(shadow) = self.local.user_by_email(tenant, email).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .get_user(&shadow.id)
+            .await?
+            .map(|(u, _)| self.record(&u, Some(&shadow))))
+    }
+
+    async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
+        // The server need not drop a deleted User from its Groups; usher does.
+        let held = self.local.assignments(id).await?;
+        self.sync_roles(id, &held, &[]).await?;
+        let reply = self
+            .send(Method::DELETE, &format!("/Users/{id}"), None, None)
+            .await?;
+        if reply.status != StatusCode::NOT_FOUND {
+            reply.ok()?;
+        }
+        self.local.delete_user(id).await
+    }
+
+    async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
+        // Local first: a redemption racing a deactivation reads it and leaves SCIM alone.
+        self.local.set_active(id, active, now).await?;
+        self.set_scim_active(id, active).await
+    }
+}
