@@ -8,6 +8,9 @@
 //!
 //! It touches nothing of Kubernetes but the token's Secret, and that through [`SecretSink`], so
 //! it is unit-tested on the in-memory SQLite store and the file mailer (see the tests below).
+//!
+//! Over 500 lines because half of it is its tests, on the in-memory SQLite store and the file
+//! mailer.
 
 use std::collections::BTreeMap;
 
@@ -319,7 +322,7 @@ mod tests {
     use crate::mail::FileMailer;
     use crate::plan::records::RedeemRefusal;
     use crate::plan::system_user::{self as plan, Seen};
-    use crate::store::SqlStore;
+    use crate::store::{Accounts, Invitations, SqlStore};
 
     /// Remembers the tokens it was given, as the Secret would hold them.
     #[derive(Default)]

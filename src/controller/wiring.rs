@@ -1,5 +1,8 @@
 //! How the four controllers are fed: one watch per kind, fanned out to every controller that
 //! cares, each trigger filtered so that only a relevant change (or a deletion) wakes it.
+//!
+//! Over 500 lines because each controller's trigger filters sit beside the watch they filter, so
+//! that a reader sees in one place what wakes what.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

@@ -1,5 +1,8 @@
 //! The mailer port and the invitation message. Backends are one file each: `file://DIR` (one
 //! .eml per message, the embedded default) and SMTP (`smtp://`, `smtps://`).
+//!
+//! Over 500 lines because more than half of it is the tests of the message (headers that cannot
+//! be injected, both parts, line lengths), kept beside the code they check.
 
 mod file;
 mod smtp;

@@ -10,6 +10,8 @@
 //! has since left the catalogue (removed, or renamed in two steps) is Invalid, and still blocks
 //! what it blocked until a person fixes or removes it. Otherwise the moment between two applies
 //! would grant the person a role the exclusive one kept from them.
+//!
+//! Over 500 lines because half of it is the tests of the rules, kept beside them.
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,8 @@
 //! The HTTP side of `usher run`: the acceptance page, the redemption API, health and metrics.
 //! It knows the store and a channel on which it reports redemptions; nothing of controllers.
+//!
+//! Over 500 lines because two thirds of it are its tests (routes, limits, headers, the redemption
+//! races), kept beside the router they exercise.
 
 mod accept;
 mod limit;

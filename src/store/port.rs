@@ -14,7 +14,8 @@
 //! Shared by every method of every port: times are [`Timestamp`]s, kept to the microsecond; keys
 //! are the `<namespace>/<name>` of the Kubernetes object a record stems from; a failure is a
 //! [`StoreError`] — [`StoreError::Backend`] when the store cannot be reached or fails,
-//! [`StoreError::Refused`] when a SCIM server refuses the request, [`StoreError::NotFound`] where a
+//! [`StoreError::Refused`] when the store refuses the request (a SCIM 4xx; a second account
+//! for a (tenant, address) a SQL store already has, as 409), [`StoreError::NotFound`] where a
 //! method says so.
 
 use async_trait::async_trait;

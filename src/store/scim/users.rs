@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::client::{id_of, quoted, refusal};
 use super::{CORE_USER, PATCH_OP, ScimStore, USER_EXTENSION};
 use crate::crd::Address;
-use crate::plan::records::{Profile, UserFields, UserRecord};
+use crate::plan::records::{ObjectKey, Profile, UserFields, UserRecord};
 use crate::store::{Accounts, Catalogue, StoreError};
 
 impl ScimStore {
@@ -332,7 +332,7 @@ impl Accounts for ScimStore {
 
     async fn users_of_tenant(&self, tenant: &str) -> Result<Vec<UserRecord>, StoreError> {
         let shadows = self.local.users_of_tenant(tenant).await?;
-        let namespace = tenant.split_once('/').map_or(tenant, |(ns, _)| ns);
+        let namespace = ObjectKey::parse(tenant).map_or(tenant.to_string(), |k| k.namespace);
         let scim: HashMap<String, Value> = self
             .list(
                 "/Users",
