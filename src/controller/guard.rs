@@ -10,15 +10,12 @@ use crate::crd::{OffboardingPolicy, Tenant};
 use crate::plan::offboarding;
 use crate::plan::records::{UserRecord, object_key};
 
-/// One tenant's offboarding budget, read once under `Context::offboard_lock` and spent one
-/// account at a time.
+/// One tenant's offboarding budget ([`offboarding::Budget`]), read once under
+/// `Context::offboard_lock` and spent one account at a time.
 pub(super) struct Budget {
     tenant_key: String,
-    /// The tenant's `maxPerHour`.
-    pub max: i32,
-    /// Offboardings in the last hour, this one's included once spent.
-    pub done: u64,
-    released: Option<Timestamp>,
+    /// The budget as the decisions see it.
+    pub plan: offboarding::Budget,
     /// The tenant's offboarding policy.
     pub policy: OffboardingPolicy,
 }
@@ -40,33 +37,42 @@ impl Budget {
         };
         Ok(Self {
             tenant_key,
-            max: settings.max_per_hour,
-            done,
-            released,
+            plan: offboarding::Budget {
+                max_per_hour: settings.max_per_hour,
+                done,
+                released,
+            },
             policy: settings.policy,
         })
     }
 
-    /// Whether one more offboarding, asked for at `requested` (the deletion's time), may go
-    /// ahead.
-    pub fn allows(&self, requested: Option<Timestamp>) -> bool {
-        offboarding::may_offboard(self.done, self.max, requested, self.released)
+    /// The guard's step for `account`, for a deletion asked for at `requested`: whether it
+    /// removes something is read from the store ([`counts`]), the rest is
+    /// [`offboarding::Budget::step`].
+    pub async fn step(
+        &self,
+        ctx: &Context,
+        account: &UserRecord,
+        requested: Option<Timestamp>,
+    ) -> Result<offboarding::Step, Error> {
+        let counts = counts(ctx, account, self.policy).await?;
+        Ok(self.plan.step(counts, requested))
     }
 
-    /// Count one offboarding that was done. Counted after it is done: a failed attempt that is
-    /// retried must not count twice.
+    /// Record one offboarding that was done. Recorded after it is done: a failed attempt that
+    /// is retried must not count twice.
     pub async fn spend(&mut self, ctx: &Context) -> Result<(), Error> {
         ctx.store
             .record_offboarding(&self.tenant_key, Timestamp::now())
             .await?;
-        self.done += 1;
+        self.plan.spent();
         Ok(())
     }
 }
 
 /// Whether offboarding `account` under `policy` removes something ([`offboarding::counts`]):
 /// an active account, an open invitation or a role under Deactivate; anything under Delete.
-pub(super) async fn counts(
+async fn counts(
     ctx: &Context,
     account: &UserRecord,
     policy: OffboardingPolicy,

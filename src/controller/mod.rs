@@ -396,6 +396,19 @@ where
     }
 }
 
+/// Publish an Event a decision asked for ([`crate::plan::condition::Note`]).
+async fn publish_note<K>(ctx: &Context, obj: &K, note: crate::plan::condition::Note)
+where
+    K: Resource<DynamicType = ()>,
+{
+    let type_ = if note.warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    publish(ctx, obj, type_, note.reason, note.message).await;
+}
+
 /// Server-side apply a status, unless it is already what the object shows.
 async fn apply_status<K, S>(
     ctx: &Context,

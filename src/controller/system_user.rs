@@ -12,13 +12,13 @@ use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use super::guard::{self, Budget};
+use super::guard::Budget;
 use super::invitations::{Executor, KubeSecrets, secret_name};
 use super::snapshot::snapshot;
-use super::{Context, Error, apply_status, publish, reconcile_with};
+use super::{Context, Error, apply_status, publish, publish_note, reconcile_with};
 use crate::crd::{OffboardingPolicy, SystemUser, Tenant};
 use crate::plan::bindings::{assignments as assignments_of, bound_roles};
-use crate::plan::offboarding;
+use crate::plan::offboarding::Step;
 use crate::plan::records::{Assignment, InvitationRecord, ObjectKey, UserRecord, object_key};
 use crate::plan::system_user as plan;
 use crate::plan::world::peers;
@@ -231,12 +231,7 @@ async fn show(ctx: &Context, user: &SystemUser, report: &plan::Report) -> Result
         tracing::warn!(repaired = %report.repaired.join(", "), "store changed behind usher's back; repaired");
     }
     for note in &report.notes {
-        let type_ = if note.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        publish(ctx, user, type_, note.reason, note.message.clone()).await;
+        publish_note(ctx, user, note.clone()).await;
     }
     Ok(())
 }
@@ -279,22 +274,15 @@ async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         None => None,
     };
     let policy = budget.as_ref().map(|b| b.policy).unwrap_or_default();
-    // An account offboarded before (by its Tenant's deletion, say) removes nothing now.
-    let counted = match &budget {
-        Some(_) => guard::counts(ctx, &account, policy).await?,
-        None => false,
+    let requested = user.metadata.deletion_timestamp.as_ref().map(|t| t.0);
+    // Without its Tenant there is no budget to weigh: what the person held goes.
+    let step = match &budget {
+        Some(b) => b.step(ctx, &account, requested).await?,
+        None => Step::Offboard { counted: false },
     };
-    if let (true, Some(budget), Some(tenant)) = (counted, &budget, &tenant)
-        && !budget.allows(user.metadata.deletion_timestamp.as_ref().map(|t| t.0))
-    {
+    if let (Step::Hold, Some(b)) = (step, &budget) {
         // An error, not Ok: the finalizer helper releases the object after any Ok.
-        return Err(Error::Throttled(format!(
-            "{} people of tenant {:?} were offboarded in the last hour (maxPerHour {}); this deletion waits. Set the annotation {} on the Tenant to a new value to let it proceed",
-            budget.done,
-            tenant.name_any(),
-            budget.max,
-            offboarding::ALLOW_ANNOTATION
-        )));
+        return Err(Error::Throttled(b.plan.held(&user.spec.tenant_ref.name)));
     }
     let what = match offboard_account(ctx, &account, policy).await {
         Ok(what) => what,
@@ -309,7 +297,7 @@ async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) => return Err(e),
     };
-    if let (true, Some(budget)) = (counted, budget.as_mut()) {
+    if let (Step::Offboard { counted: true }, Some(budget)) = (step, budget.as_mut()) {
         budget.spend(ctx).await?;
     }
     publish(

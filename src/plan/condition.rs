@@ -1,4 +1,5 @@
-//! kstatus-style conditions: `Ready` with a reason, a message and observedGeneration.
+//! kstatus-style conditions (`Ready` with a reason, a message and observedGeneration), and the
+//! Events that announce their changes.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -34,6 +35,17 @@ pub fn ready(
 /// A timestamp as the API server keeps it: whole seconds.
 pub fn to_time(ts: Timestamp) -> Time {
     Time(Timestamp::from_second(ts.as_second()).unwrap_or(ts))
+}
+
+/// An Event to publish about a transition (Kubernetes Event: type, reason, note).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What happened, for people.
+    pub message: String,
 }
 
 #[cfg(test)]

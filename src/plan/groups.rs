@@ -259,7 +259,7 @@ pub struct GroupDecision {
     /// The status to show (patched when it differs).
     pub status: crate::crd::LocationGroupStatus,
     /// A Warning when it newly turned not Ready.
-    pub event: Option<super::system_user::Note>,
+    pub event: Option<super::condition::Note>,
 }
 
 /// Decide one group of namespace `ns`, given its tenant's name and its state in the tree.
@@ -325,7 +325,7 @@ pub fn decide(
     let old_reason = previous.first().map(|c| c.reason.as_str());
     let event = match state {
         GroupState::NotReady { reason, message } if old_reason != Some(*reason) => {
-            Some(super::system_user::Note {
+            Some(super::condition::Note {
                 warning: true,
                 reason,
                 message: message.clone(),

@@ -30,6 +30,59 @@ pub fn counts(policy: crate::crd::OffboardingPolicy, has_access: bool) -> bool {
     }
 }
 
+/// One tenant's offboarding budget as the store holds it: offboardings in the last hour, the
+/// tenant's `maxPerHour`, and the latest release by [`ALLOW_ANNOTATION`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// The tenant's `maxPerHour`.
+    pub max_per_hour: i32,
+    /// Offboardings in the last hour ([`WINDOW`]), including those spent since it was read.
+    pub done: u64,
+    /// When the latest release was recorded, if any.
+    pub released: Option<Timestamp>,
+}
+
+/// What the guard says about offboarding one account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Offboard it. `counted`: it removes something ([`counts`]), so once done it spends one
+    /// from the budget.
+    Offboard {
+        /// Whether it spends the budget.
+        counted: bool,
+    },
+    /// It would remove something, the hour's budget is spent, and no release covers a deletion
+    /// asked for then: it waits.
+    Hold,
+}
+
+impl Budget {
+    /// The step for an account whose offboarding `counts`, for a deletion asked for at
+    /// `requested` (None: not known, so no release covers it).
+    pub fn step(&self, counts: bool, requested: Option<Timestamp>) -> Step {
+        if counts && !may_offboard(self.done, self.max_per_hour, requested, self.released) {
+            Step::Hold
+        } else {
+            Step::Offboard { counted: counts }
+        }
+    }
+
+    /// Count one offboarding done, after it is done: a failed one that is retried must not
+    /// count twice.
+    pub fn spent(&mut self) {
+        self.done += 1;
+    }
+
+    /// Why one person's deletion waits, for their status and the reconcile error: the count,
+    /// the limit and how to release it.
+    pub fn held(&self, tenant: &str) -> String {
+        format!(
+            "{} people of tenant {tenant:?} were offboarded in the last hour (maxPerHour {}); this deletion waits. Set the annotation {ALLOW_ANNOTATION} on the Tenant to a new value to let it proceed",
+            self.done, self.max_per_hour
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,6 +101,34 @@ mod tests {
             "a release covers only earlier deletions"
         );
         assert!(!may_offboard(0, 0, Some(t), None));
+    }
+
+    #[test]
+    fn the_budget_holds_only_what_counts_and_spending_fills_it() {
+        let t: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let mut budget = Budget {
+            max_per_hour: 2,
+            done: 1,
+            released: None,
+        };
+        assert_eq!(budget.step(true, Some(t)), Step::Offboard { counted: true });
+        budget.spent();
+        assert_eq!(budget.step(true, Some(t)), Step::Hold);
+        // Nothing left to remove (deactivated before): it goes, and spends nothing.
+        assert_eq!(
+            budget.step(false, Some(t)),
+            Step::Offboard { counted: false }
+        );
+        // A release after the request lets it through; an unknown request time never is.
+        budget.released = Some(t + SignedDuration::from_secs(1));
+        assert_eq!(budget.step(true, Some(t)), Step::Offboard { counted: true });
+        assert_eq!(budget.step(true, None), Step::Hold);
+        let why = budget.held("acme");
+        assert!(
+            why.contains("2 people") && why.contains("maxPerHour 2"),
+            "{why}"
+        );
+        assert!(why.contains(ALLOW_ANNOTATION), "{why}");
     }
 
     #[test]

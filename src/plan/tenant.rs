@@ -4,9 +4,9 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use super::condition::ready;
+use super::condition::{Note, ready};
 use super::offboarding;
-use crate::crd::{Tenant, TenantStatus, UserCounts, UserPhase};
+use crate::crd::{OffboardingPolicy, SystemUser, Tenant, TenantStatus, UserCounts, UserPhase};
 
 /// The Tenant condition type shown while the mass-offboarding guard holds offboardings back.
 pub const THROTTLED: &str = "OffboardingThrottled";
@@ -100,9 +100,279 @@ pub fn status(tenant: &Tenant, users: UserCounts, now: Timestamp) -> TenantStatu
     }
 }
 
+/// How many of a tenant's people are being deleted (their SystemUsers Terminating): the
+/// deletions the guard may hold back. Only when there are some is the hour's count read.
+pub fn deleting(members: &[&SystemUser]) -> usize {
+    members
+        .iter()
+        .filter(|u| u.metadata.deletion_timestamp.is_some())
+        .count()
+}
+
+/// What a Tenant's reconcile shows: its status, a Warning when the guard starts holding
+/// deletions back, and when to look again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The status to apply.
+    pub status: TenantStatus,
+    /// The Event to publish, if any.
+    pub note: Option<Note>,
+    /// How long until the Tenant is looked at again without a change.
+    pub requeue: std::time::Duration,
+}
+
+/// The status and Events of a Tenant written to the store, from its people (`members`, the
+/// SystemUsers naming it) and `done`, the offboardings of the last hour (0 when none is being
+/// deleted). While deletions are held, it looks again after 30 s to clear the condition once
+/// they are released; otherwise after `resync`.
+pub fn report(
+    tenant: &Tenant,
+    members: &[&SystemUser],
+    done: u64,
+    now: Timestamp,
+    resync: std::time::Duration,
+) -> Report {
+    let phases = members
+        .iter()
+        .map(|u| u.status.as_ref().and_then(|s| s.phase));
+    let mut status = status(tenant, count(phases), now);
+    let held = deleting(members);
+    let max = tenant
+        .spec
+        .offboarding
+        .clone()
+        .unwrap_or_default()
+        .max_per_hour;
+    if !holds_back(held, done, max) {
+        return Report {
+            status,
+            note: None,
+            requeue: resync,
+        };
+    }
+    let condition = throttled(tenant, "deletions", held, done, max, now);
+    let note = was_throttled(tenant).is_none().then(|| Note {
+        warning: true,
+        reason: THROTTLED,
+        message: condition.message.clone(),
+    });
+    status.conditions.push(condition);
+    Report {
+        status,
+        note,
+        // Held deletions are retried by their own requeues; look again soon to clear this.
+        requeue: std::time::Duration::from_secs(30),
+    }
+}
+
+/// What the deletion of a Tenant comes to once each of its accounts was offered to the guard.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cleanup {
+    /// `held` people wait for the budget: the Tenant stays Terminating with this status (the
+    /// `OffboardingThrottled` condition), and the Event when that is news.
+    Held {
+        /// The status to apply.
+        status: TenantStatus,
+        /// The Warning to publish, when the condition is new.
+        note: Option<Note>,
+        /// Why it waits, for the reconcile error.
+        message: String,
+    },
+    /// Everyone is offboarded: the tenant leaves the store, and this Event says so.
+    Done {
+        /// The Event.
+        note: Note,
+    },
+}
+
+/// The end of a Tenant's deletion: `held` accounts wait for `budget`, `offboarded` were
+/// offboarded now under `policy`.
+pub fn cleanup(
+    tenant: &Tenant,
+    held: usize,
+    offboarded: u64,
+    budget: &offboarding::Budget,
+    policy: OffboardingPolicy,
+    now: Timestamp,
+) -> Cleanup {
+    if held == 0 {
+        return Cleanup::Done {
+            note: Note {
+                warning: false,
+                reason: "Offboarded",
+                message: format!(
+                    "tenant removed from the store; {offboarded} people offboarded ({policy:?})"
+                ),
+            },
+        };
+    }
+    let condition = throttled(
+        tenant,
+        "offboardings of this deleted tenant's people",
+        held,
+        budget.done,
+        budget.max_per_hour,
+        now,
+    );
+    let message = condition.message.clone();
+    let mut status = tenant.status.clone().unwrap_or_default();
+    let note = was_throttled(tenant).is_none().then(|| Note {
+        warning: true,
+        reason: THROTTLED,
+        message: message.clone(),
+    });
+    status.conditions.retain(|c| c.type_ != THROTTLED);
+    status.conditions.push(condition);
+    Cleanup::Held {
+        status,
+        note,
+        message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
     use super::*;
+    use crate::crd::{ObjectRef, OffboardingSpec, SystemUserSpec, TenantSpec};
+
+    fn now() -> Timestamp {
+        "2026-11-22T10:00:00Z".parse().unwrap()
+    }
+
+    fn acme(max_per_hour: i32) -> Tenant {
+        let mut t = Tenant::new(
+            "acme",
+            TenantSpec {
+                display_name: "Acme".into(),
+                contact: None,
+                invitations: None,
+                roles: None,
+                offboarding: Some(OffboardingSpec {
+                    max_per_hour,
+                    ..Default::default()
+                }),
+            },
+        );
+        t.metadata.generation = Some(1);
+        t
+    }
+
+    fn person(name: &str, phase: Option<UserPhase>, leaving: bool) -> SystemUser {
+        let mut u = SystemUser::new(
+            name,
+            SystemUserSpec {
+                tenant_ref: ObjectRef::new("acme"),
+                email: format!("{name}@acme.example"),
+                first_name: None,
+                last_name: None,
+                phone: None,
+                company: None,
+                address: None,
+                accounting_id: None,
+                locations: vec![],
+                suspended: false,
+                comments: None,
+            },
+        );
+        u.status = Some(crate::crd::SystemUserStatus {
+            phase,
+            ..Default::default()
+        });
+        if leaving {
+            u.metadata.deletion_timestamp = Some(Time(now()));
+        }
+        u
+    }
+
+    #[test]
+    fn the_report_counts_people_and_warns_once_when_deletions_are_held() {
+        let people = [
+            person("a", Some(UserPhase::Active), false),
+            person("b", Some(UserPhase::Pending), false),
+            person("c", Some(UserPhase::Active), true),
+            person("d", None, true),
+        ];
+        let members: Vec<&SystemUser> = people.iter().collect();
+        assert_eq!(deleting(&members), 2);
+        let resync = std::time::Duration::from_secs(600);
+        // Budget left: no condition, no Event, the usual resync.
+        let quiet = report(&acme(5), &members, 4, now(), resync);
+        let users = quiet.status.users.clone().unwrap();
+        assert_eq!((users.total, users.active, users.pending), (4, 2, 1));
+        assert_eq!(quiet.note, None);
+        assert_eq!(quiet.requeue, resync);
+        // Spent: the condition, one Warning, and a look again soon.
+        let mut tenant = acme(5);
+        let held = report(&tenant, &members, 5, now(), resync);
+        let condition = held.status.conditions.last().unwrap();
+        assert_eq!(condition.type_, THROTTLED);
+        assert!(
+            condition.message.starts_with("2 deletions wait"),
+            "{}",
+            condition.message
+        );
+        assert_eq!(
+            held.note.as_ref().map(|n| (n.warning, n.reason)),
+            Some((true, THROTTLED))
+        );
+        assert!(held.requeue < resync);
+        // Shown already: no second Warning.
+        tenant.status = Some(held.status.clone());
+        assert_eq!(report(&tenant, &members, 6, now(), resync).note, None);
+    }
+
+    #[test]
+    fn a_deleted_tenant_is_removed_only_once_nobody_is_held() {
+        let budget = offboarding::Budget {
+            max_per_hour: 5,
+            done: 5,
+            released: None,
+        };
+        let mut tenant = acme(5);
+        let Cleanup::Held {
+            status,
+            note,
+            message,
+        } = cleanup(
+            &tenant,
+            15,
+            5,
+            &budget,
+            OffboardingPolicy::Deactivate,
+            now(),
+        )
+        else {
+            panic!("15 people wait");
+        };
+        assert!(message.starts_with("15 offboardings"), "{message}");
+        assert_eq!(status.conditions.last().unwrap().type_, THROTTLED);
+        assert!(note.is_some_and(|n| n.warning && n.reason == THROTTLED));
+        tenant.status = Some(status);
+        let Cleanup::Held { note, .. } = cleanup(
+            &tenant,
+            10,
+            0,
+            &budget,
+            OffboardingPolicy::Deactivate,
+            now(),
+        ) else {
+            panic!("10 people wait");
+        };
+        assert_eq!(note, None, "the condition is shown already");
+        let Cleanup::Done { note } =
+            cleanup(&tenant, 0, 10, &budget, OffboardingPolicy::Delete, now())
+        else {
+            panic!("nobody waits");
+        };
+        assert_eq!(note.reason, "Offboarded");
+        assert!(
+            note.message.contains("10 people offboarded (Delete)"),
+            "{}",
+            note.message
+        );
+    }
 
     #[test]
     fn deletions_are_held_once_the_budget_is_spent_and_only_then() {

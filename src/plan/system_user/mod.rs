@@ -15,8 +15,9 @@ mod writes;
 
 use jiff::{SignedDuration, Timestamp};
 
+pub use crate::plan::condition::Note;
 pub use report::{
-    Note, Outcome, Report, StatusInput, events, offboarding_incomplete, report, requeue_after,
+    Outcome, Report, StatusInput, events, offboarding_incomplete, report, requeue_after,
     requeue_at, status,
 };
 pub use writes::{

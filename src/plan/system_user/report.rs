@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::{Blocked, Decision, RESEND_ANNOTATION};
 use crate::crd::{InvitationStatus, SystemUser, SystemUserStatus, UserPhase};
-use crate::plan::condition::{ready, to_time};
+use crate::plan::condition::{Note, ready, to_time};
 use crate::plan::records::{InvitationRecord, UserRecord};
 
 /// Everything the status is derived from, after the plan was carried out.
@@ -160,17 +160,6 @@ pub fn requeue_after(
         .map_or(resync, |d| {
             (d + std::time::Duration::from_millis(500)).min(resync)
         })
-}
-
-/// An Event to publish about a transition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
-    /// Warning rather than Normal.
-    pub warning: bool,
-    /// CamelCase reason.
-    pub reason: &'static str,
-    /// What happened, for people.
-    pub message: String,
 }
 
 /// The Events a status change deserves: one per transition, none when nothing changed.

@@ -2,8 +2,8 @@
 //! invitation; and which of them repair drift.
 
 use super::RESEND_ANNOTATION;
-use super::report::Note;
 use crate::crd::{SystemUser, UserPhase};
+use crate::plan::condition::Note;
 use crate::plan::records::{InvitationRecord, UserFields, UserRecord, object_key};
 
 /// What to do about the person's account.
