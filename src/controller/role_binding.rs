@@ -7,12 +7,11 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 
 use super::snapshot::snapshot;
-use super::{Context, Error, apply_status, publish, reconcile_plain};
-use crate::crd::{BindingPhase, RoleBinding, RoleBindingStatus};
-use crate::plan::condition::ready;
+use super::{Context, Error, apply_status, publish_note, reconcile_plain};
+use crate::crd::RoleBinding;
+use crate::plan::bindings;
 
 #[tracing::instrument(skip_all, fields(kind = "RoleBinding", namespace = binding.namespace().unwrap_or_default(), object = binding.name_any()))]
 pub(super) async fn reconcile(
@@ -38,34 +37,10 @@ async fn apply(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> {
     let Some(verdict) = snap.verdicts.get(&binding.name_any()) else {
         return Ok(Action::await_change());
     };
-    let generation = binding.metadata.generation;
-    let previous = binding
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    let status = RoleBindingStatus {
-        observed_generation: generation,
-        phase: Some(verdict.phase),
-        conflicts_with: verdict.conflicts_with.clone(),
-        exclusive: verdict.exclusive,
-        conditions: vec![ready(
-            verdict.phase == BindingPhase::Bound,
-            verdict.reason,
-            &verdict.message,
-            generation,
-            previous,
-            Timestamp::now(),
-        )],
-    };
-    let old_phase = binding.status.as_ref().and_then(|s| s.phase);
+    let (status, note) = bindings::report(binding, verdict, Timestamp::now());
     apply_status(ctx, binding, binding.status.as_ref(), &status).await?;
-    if old_phase != Some(verdict.phase) {
-        let type_ = match verdict.phase {
-            BindingPhase::Bound | BindingPhase::Waiting => EventType::Normal,
-            BindingPhase::Conflict | BindingPhase::Invalid => EventType::Warning,
-        };
-        publish(ctx, binding, type_, verdict.reason, verdict.message.clone()).await;
+    if let Some(note) = note {
+        publish_note(ctx, binding, note).await;
     }
     Ok(Action::requeue(ctx.settings.resync))
 }

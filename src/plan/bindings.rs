@@ -324,6 +324,48 @@ pub fn assignments(
     desired
 }
 
+/// The status a RoleBinding shows for its `verdict`, and the Event when its phase changes:
+/// Normal for Bound and Waiting, Warning for Conflict and Invalid.
+pub fn report(
+    binding: &crate::crd::RoleBinding,
+    verdict: &Verdict,
+    now: Timestamp,
+) -> (
+    crate::crd::RoleBindingStatus,
+    Option<super::condition::Note>,
+) {
+    let generation = binding.metadata.generation;
+    let previous = binding
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let status = crate::crd::RoleBindingStatus {
+        observed_generation: generation,
+        phase: Some(verdict.phase),
+        conflicts_with: verdict.conflicts_with.clone(),
+        exclusive: verdict.exclusive,
+        conditions: vec![super::condition::ready(
+            verdict.phase == BindingPhase::Bound,
+            verdict.reason,
+            &verdict.message,
+            generation,
+            previous,
+            now,
+        )],
+    };
+    let old_phase = binding.status.as_ref().and_then(|s| s.phase);
+    let note = (old_phase != Some(verdict.phase)).then(|| super::condition::Note {
+        warning: matches!(
+            verdict.phase,
+            BindingPhase::Conflict | BindingPhase::Invalid
+        ),
+        reason: verdict.reason,
+        message: verdict.message.clone(),
+    });
+    (status, note)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,6 @@
-//! How the four controllers are fed: one watch per kind, fanned out to every controller that
-//! cares, each trigger filtered so that only a relevant change (or a deletion) wakes it.
-//!
-//! Over 500 lines because each controller's trigger filters sit beside the watch they filter, so
-//! that a reader sees in one place what wakes what.
+//! The watch feeds and the trigger filters the controllers are wired with: one watch per kind
+//! ([`Feed`]), fanned out to every controller that subscribes, and each trigger filtered
+//! ([`changes`]) so that only a relevant change, or a deletion, wakes a reconcile.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -15,26 +13,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
-use kube::runtime::controller::Controller;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::index::ByNamespace;
-use super::{
-    Context, MANAGER, Settings, error_policy, location_group, role_binding, scoped_api,
-    system_user, tenant,
-};
-use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
-use crate::mail::Mailer;
+use crate::controller::index::ByNamespace;
+use crate::crd::Tenant;
 use crate::metrics::{KindLabels, Metrics};
 use crate::plan::offboarding::ALLOW_ANNOTATION;
-use crate::plan::system_user::RESEND_ANNOTATION;
-use crate::store::UserStore;
 
-fn hash(value: impl Hash) -> u64 {
+pub(super) fn hash(value: impl Hash) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     value.hash(&mut h);
     h.finish()
@@ -46,7 +36,7 @@ fn hash(value: impl Hash) -> u64 {
 /// every channel has its reader. An object that does not decode (stored under an older schema,
 /// or written around admission) is reported and left out, so that it cannot stop the watch of
 /// every other object of its kind.
-struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
+pub(super) struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
     api: Api<DeserializeGuard<K>>,
     invalid: Box<dyn Fn(&InvalidObject) + Send>,
     index: Arc<ByNamespace<K>>,
@@ -65,7 +55,7 @@ where
         + Sync
         + 'static,
 {
-    fn new(
+    pub(super) fn new(
         api: Api<DeserializeGuard<K>>,
         invalid: impl Fn(&InvalidObject) + Send + 'static,
         index: Arc<ByNamespace<K>>,
@@ -82,19 +72,19 @@ where
     }
 
     /// The cache the watch fills.
-    fn store(&self) -> Store<K> {
+    pub(super) fn store(&self) -> Store<K> {
         self.reader.clone()
     }
 
     /// A stream of every event of the watch, after the cache and the index saw it.
-    fn subscribe(&mut self) -> mpsc::UnboundedReceiver<watcher::Event<K>> {
+    pub(super) fn subscribe(&mut self) -> mpsc::UnboundedReceiver<watcher::Event<K>> {
         let (tx, rx) = mpsc::unbounded();
         self.senders.push(tx);
         rx
     }
 
     /// The watch, until it ends: fills the cache and the index, then hands each event on.
-    fn run(self) -> impl std::future::Future<Output = ()> + Send {
+    pub(super) fn run(self) -> impl std::future::Future<Output = ()> + Send {
         let Self {
             api,
             invalid,
@@ -178,7 +168,7 @@ where
 
 /// Say, once per version, that an object cannot be read: a log line, a metric, and a Warning
 /// Event on the object that `kubectl describe` shows, naming the field at fault.
-fn report_invalid<K>(
+pub(super) fn report_invalid<K>(
     client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
@@ -265,7 +255,7 @@ where
 }
 
 /// Objects whose `key` changed since last seen, and every deleted object.
-fn changes<K>(
+pub(super) fn changes<K>(
     events: mpsc::UnboundedReceiver<watcher::Event<K>>,
     key: impl Fn(&K) -> u64 + Send + 'static,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
@@ -291,24 +281,24 @@ where
 }
 
 /// A Tenant's lifecycle plus the release annotation of the offboarding guard.
-fn tenant_key(t: &Tenant) -> u64 {
+pub(super) fn tenant_key(t: &Tenant) -> u64 {
     hash((lifecycle(t), t.annotations().get(ALLOW_ANNOTATION)))
 }
 
 /// What wakes an object's own controller: its spec, its deletion, and our finalizer being added
 /// (the finalizer helper adds it and waits for that change before the first real reconcile).
-fn lifecycle<K: Resource>(o: &K) -> u64 {
+pub(super) fn lifecycle<K: Resource>(o: &K) -> u64 {
     let m = o.meta();
     hash((
         m.generation,
         m.deletion_timestamp.is_some(),
         m.finalizers
             .as_ref()
-            .is_some_and(|f| f.iter().any(|f| f == super::FINALIZER)),
+            .is_some_and(|f| f.iter().any(|f| f == crate::controller::FINALIZER)),
     ))
 }
 
-fn in_namespace<K>(
+pub(super) fn in_namespace<K>(
     index: &ByNamespace<K>,
     ns: Option<String>,
     keep: impl Fn(&K) -> bool,
@@ -327,235 +317,8 @@ where
 /// Reconciles of one kind at a time at most `concurrency`, and a burst of triggers for one object
 /// (its creation, its binding's, the finalizer, …) folded into one reconcile. Unbounded, a bulk
 /// import had hundreds of reconciles queueing for the store's few connections.
-fn tuned(concurrency: u16) -> kube::runtime::controller::Config {
+pub(super) fn tuned(concurrency: u16) -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default()
         .debounce(std::time::Duration::from_millis(200))
         .concurrency(concurrency)
-}
-
-/// Run the four controllers until shutdown. `wake` carries the SystemUsers whose invitation was
-/// just redeemed, so they turn Active at once.
-pub async fn run(
-    client: Client,
-    store: Arc<dyn UserStore>,
-    mailer: Arc<dyn Mailer>,
-    settings: Settings,
-    metrics: Arc<Metrics>,
-    namespace: Option<&str>,
-    wake: impl Stream<Item = ObjectRef<SystemUser>> + Send + 'static,
-) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        },
-    );
-    let by_ns = super::ByNs::new();
-    let mut users_feed = Feed::new(
-        scoped_api::<DeserializeGuard<SystemUser>>(&client, namespace),
-        report_invalid::<SystemUser>(client.clone(), recorder.clone(), metrics.clone()),
-        by_ns.users.clone(),
-    );
-    let users = users_feed.store();
-    let mut tenants_feed = Feed::new(
-        scoped_api::<DeserializeGuard<Tenant>>(&client, namespace),
-        report_invalid::<Tenant>(client.clone(), recorder.clone(), metrics.clone()),
-        by_ns.tenants.clone(),
-    );
-    let tenants = tenants_feed.store();
-    let mut groups_feed = Feed::new(
-        scoped_api::<DeserializeGuard<LocationGroup>>(&client, namespace),
-        report_invalid::<LocationGroup>(client.clone(), recorder.clone(), metrics.clone()),
-        by_ns.groups.clone(),
-    );
-    let groups = groups_feed.store();
-    let mut bindings_feed = Feed::new(
-        scoped_api::<DeserializeGuard<RoleBinding>>(&client, namespace),
-        report_invalid::<RoleBinding>(client.clone(), recorder.clone(), metrics.clone()),
-        by_ns.bindings.clone(),
-    );
-    let bindings = bindings_feed.store();
-
-    let mail_gate = tokio::sync::Semaphore::new(settings.mail_concurrency.max(1));
-    let ctx = Arc::new(Context {
-        recorder,
-        client: client.clone(),
-        store,
-        mailer,
-        settings,
-        users: users.clone(),
-        tenants: tenants.clone(),
-        groups: groups.clone(),
-        bindings: bindings.clone(),
-        by_ns,
-        metrics,
-        offboard_lock: tokio::sync::Mutex::new(()),
-        mail_gate,
-        failures: Default::default(),
-    });
-
-    // SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings;
-    // the other holders of its address.
-    let (u1, u2, u3) = (
-        ctx.by_ns.users.clone(),
-        ctx.by_ns.users.clone(),
-        ctx.by_ns.users.clone(),
-    );
-    let addresses = std::sync::Mutex::new(HashMap::<String, String>::new());
-    let users_ctl = Controller::for_stream(
-        changes(users_feed.subscribe(), |u: &SystemUser| {
-            hash((lifecycle(u), u.annotations().get(RESEND_ANNOTATION)))
-        }),
-        users.clone(),
-    )
-    // The invitation Secrets are not watched: usher only writes and deletes them, so its
-    // ServiceAccount needs no right to read or list any Secret.
-    .watches_stream(
-        changes(tenants_feed.subscribe(), tenant_key),
-        move |t: Tenant| {
-            let name = t.name_any();
-            in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
-        },
-    )
-    .watches_stream(
-        changes(bindings_feed.subscribe(), |b: &RoleBinding| {
-            hash((
-                lifecycle(b),
-                b.status
-                    .as_ref()
-                    .map(|s| (s.phase, s.conflicts_with.clone())),
-            ))
-        }),
-        move |b: RoleBinding| {
-            let user = b.spec.user_ref.name.clone();
-            in_namespace(&u2, b.namespace(), move |u| u.name_any() == user)
-        },
-    )
-    // Who holds an address is decided among all its holders (DuplicateEmail), so one that
-    // arrives, leaves or changes address wakes the holders of its old address and its new one.
-    .watches_stream(
-        changes(users_feed.subscribe(), |u: &SystemUser| {
-            hash((
-                u.spec.email.to_lowercase(),
-                u.metadata.deletion_timestamp.is_some(),
-            ))
-        }),
-        move |u: SystemUser| {
-            let ns = u.namespace().unwrap_or_default();
-            let uid = u.metadata.uid.clone().unwrap_or_default();
-            let email = u.spec.email.to_lowercase();
-            let old = {
-                let mut seen = addresses.lock().unwrap_or_else(|p| p.into_inner());
-                if u.metadata.deletion_timestamp.is_some() {
-                    seen.remove(&uid)
-                } else {
-                    seen.insert(uid, email.clone())
-                }
-            };
-            let mut emails = vec![email];
-            emails.extend(old.filter(|o| o != &emails[0]));
-            emails
-                .iter()
-                .flat_map(|e| u3.with_key(&ns, e))
-                .filter(|p| p.metadata.uid != u.metadata.uid)
-                .map(|p| ObjectRef::from_obj(&*p))
-                .collect::<Vec<_>>()
-        },
-    )
-    .reconcile_on(wake)
-    .with_config(tuned(32))
-    .shutdown_on_signal()
-    .run(system_user::reconcile, error_policy, ctx.clone())
-    .for_each(|_| futures::future::ready(()));
-
-    // Tenant: its spec; the phases (and existence) of its users.
-    let tenants_ctl = Controller::for_stream(
-        changes(tenants_feed.subscribe(), tenant_key),
-        tenants.clone(),
-    )
-    .watches_stream(
-        changes(users_feed.subscribe(), |u: &SystemUser| {
-            hash((
-                u.status.as_ref().and_then(|s| s.phase),
-                &u.spec.tenant_ref.name,
-                u.metadata.deletion_timestamp.is_some(),
-            ))
-        }),
-        |u: SystemUser| {
-            u.namespace()
-                .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
-        },
-    )
-    .with_config(tuned(4))
-    .shutdown_on_signal()
-    .run(tenant::reconcile, error_policy, ctx.clone())
-    .for_each(|_| futures::future::ready(()));
-
-    // LocationGroup: any group's spec in the namespace (parents decide children); tenants.
-    let (g1, g2) = (ctx.by_ns.groups.clone(), ctx.by_ns.groups.clone());
-    let groups_ctl =
-        Controller::for_stream(changes(groups_feed.subscribe(), lifecycle), groups.clone())
-            .watches_stream(
-                changes(groups_feed.subscribe(), lifecycle),
-                move |g: LocationGroup| in_namespace(&g1, g.namespace(), |_| true),
-            )
-            .watches_stream(
-                changes(tenants_feed.subscribe(), lifecycle),
-                move |t: Tenant| in_namespace(&g2, t.namespace(), |_| true),
-            )
-            .with_config(tuned(8))
-            .shutdown_on_signal()
-            .run(location_group::reconcile, error_policy, ctx.clone())
-            .for_each(|_| futures::future::ready(()));
-
-    // RoleBinding: its spec; its siblings (same user); its user; groups; the catalogue.
-    let (b1, b2, b3, b4) = (
-        ctx.by_ns.bindings.clone(),
-        ctx.by_ns.bindings.clone(),
-        ctx.by_ns.bindings.clone(),
-        ctx.by_ns.bindings.clone(),
-    );
-    let bindings_ctl = Controller::for_stream(
-        changes(bindings_feed.subscribe(), lifecycle),
-        bindings.clone(),
-    )
-    .watches_stream(
-        changes(bindings_feed.subscribe(), lifecycle),
-        move |b: RoleBinding| {
-            let user = b.spec.user_ref.name.clone();
-            in_namespace(&b1, b.namespace(), move |o| o.spec.user_ref.name == user)
-        },
-    )
-    .watches_stream(
-        changes(users_feed.subscribe(), |u: &SystemUser| {
-            hash((lifecycle(u), &u.spec.tenant_ref.name))
-        }),
-        move |u: SystemUser| {
-            let name = u.name_any();
-            in_namespace(&b2, u.namespace(), move |o| o.spec.user_ref.name == name)
-        },
-    )
-    .watches_stream(
-        changes(groups_feed.subscribe(), lifecycle),
-        move |g: LocationGroup| in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some()),
-    )
-    .watches_stream(
-        changes(tenants_feed.subscribe(), lifecycle),
-        move |t: Tenant| in_namespace(&b4, t.namespace(), |_| true),
-    )
-    .with_config(tuned(16))
-    .shutdown_on_signal()
-    .run(role_binding::reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()));
-
-    // The watches end with the controllers: once all four have shut down, stop feeding.
-    let drivers = futures::future::join4(
-        users_feed.run(),
-        tenants_feed.run(),
-        groups_feed.run(),
-        bindings_feed.run(),
-    );
-    let controllers = futures::future::join4(users_ctl, tenants_ctl, groups_ctl, bindings_ctl);
-    futures::future::select(Box::pin(controllers), Box::pin(drivers)).await;
 }

@@ -1,0 +1,296 @@
+//! How the four controllers are fed, and what wakes each: one function per controller, each
+//! subscribing to the watch feeds ([`feed::Feed`]) it needs, with the filter that says which
+//! change of a watched object is worth a reconcile.
+
+mod feed;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
+
+use super::{
+    Context, MANAGER, Settings, error_policy, location_group, role_binding, scoped_api,
+    system_user, tenant,
+};
+use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
+use crate::mail::Mailer;
+use crate::metrics::Metrics;
+use crate::plan::system_user::RESEND_ANNOTATION;
+use crate::store::UserStore;
+use feed::{Feed, changes, hash, in_namespace, lifecycle, report_invalid, tenant_key, tuned};
+
+/// The four watches, one per kind.
+struct Feeds {
+    users: Feed<SystemUser>,
+    tenants: Feed<Tenant>,
+    groups: Feed<LocationGroup>,
+    bindings: Feed<RoleBinding>,
+}
+
+impl Feeds {
+    /// The watches of the four kinds in `namespace` (None: all), filling the indexes of
+    /// `by_ns`; objects that do not decode are reported through `recorder`.
+    fn new(
+        client: &Client,
+        namespace: Option<&str>,
+        recorder: &Recorder,
+        metrics: &Arc<Metrics>,
+        by_ns: &super::ByNs,
+    ) -> Self {
+        Self {
+            users: Feed::new(
+                scoped_api::<DeserializeGuard<SystemUser>>(client, namespace),
+                report_invalid::<SystemUser>(client.clone(), recorder.clone(), metrics.clone()),
+                by_ns.users.clone(),
+            ),
+            tenants: Feed::new(
+                scoped_api::<DeserializeGuard<Tenant>>(client, namespace),
+                report_invalid::<Tenant>(client.clone(), recorder.clone(), metrics.clone()),
+                by_ns.tenants.clone(),
+            ),
+            groups: Feed::new(
+                scoped_api::<DeserializeGuard<LocationGroup>>(client, namespace),
+                report_invalid::<LocationGroup>(client.clone(), recorder.clone(), metrics.clone()),
+                by_ns.groups.clone(),
+            ),
+            bindings: Feed::new(
+                scoped_api::<DeserializeGuard<RoleBinding>>(client, namespace),
+                report_invalid::<RoleBinding>(client.clone(), recorder.clone(), metrics.clone()),
+                by_ns.bindings.clone(),
+            ),
+        }
+    }
+}
+
+/// Run the four controllers until shutdown. `wake` carries the SystemUsers whose invitation was
+/// just redeemed, so they turn Active at once.
+pub async fn run(
+    client: Client,
+    store: Arc<dyn UserStore>,
+    mailer: Arc<dyn Mailer>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    namespace: Option<&str>,
+    wake: impl Stream<Item = ObjectRef<SystemUser>> + Send + 'static,
+) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        },
+    );
+    let by_ns = super::ByNs::new();
+    let mut feeds = Feeds::new(&client, namespace, &recorder, &metrics, &by_ns);
+    let mail_gate = tokio::sync::Semaphore::new(settings.mail_concurrency.max(1));
+    let ctx = Arc::new(Context {
+        recorder,
+        client,
+        store,
+        mailer,
+        settings,
+        users: feeds.users.store(),
+        tenants: feeds.tenants.store(),
+        groups: feeds.groups.store(),
+        bindings: feeds.bindings.store(),
+        by_ns,
+        metrics,
+        offboard_lock: tokio::sync::Mutex::new(()),
+        mail_gate,
+        failures: Default::default(),
+    });
+
+    let controllers = futures::future::join4(
+        system_users(&mut feeds, ctx.clone(), wake),
+        tenants(&mut feeds, ctx.clone()),
+        location_groups(&mut feeds, ctx.clone()),
+        role_bindings(&mut feeds, ctx),
+    );
+    // The watches end with the controllers: once all four have shut down, stop feeding.
+    let Feeds {
+        users,
+        tenants,
+        groups,
+        bindings,
+    } = feeds;
+    let drivers = futures::future::join4(users.run(), tenants.run(), groups.run(), bindings.run());
+    futures::future::select(Box::pin(controllers), Box::pin(drivers)).await;
+}
+
+/// SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings; the
+/// other holders of its address; a redemption (`wake`).
+fn system_users<W>(
+    feeds: &mut Feeds,
+    ctx: Arc<Context>,
+    wake: W,
+) -> impl Future<Output = ()> + use<W>
+where
+    W: Stream<Item = ObjectRef<SystemUser>> + Send + 'static,
+{
+    let (u1, u2, u3) = (
+        ctx.by_ns.users.clone(),
+        ctx.by_ns.users.clone(),
+        ctx.by_ns.users.clone(),
+    );
+    let addresses = std::sync::Mutex::new(HashMap::<String, String>::new());
+    Controller::for_stream(
+        changes(feeds.users.subscribe(), |u: &SystemUser| {
+            hash((lifecycle(u), u.annotations().get(RESEND_ANNOTATION)))
+        }),
+        ctx.users.clone(),
+    )
+    // The invitation Secrets are not watched: usher only writes and deletes them, so its
+    // ServiceAccount needs no right to read or list any Secret.
+    .watches_stream(
+        changes(feeds.tenants.subscribe(), tenant_key),
+        move |t: Tenant| {
+            let name = t.name_any();
+            in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
+        },
+    )
+    .watches_stream(
+        changes(feeds.bindings.subscribe(), |b: &RoleBinding| {
+            hash((
+                lifecycle(b),
+                b.status
+                    .as_ref()
+                    .map(|s| (s.phase, s.conflicts_with.clone())),
+            ))
+        }),
+        move |b: RoleBinding| {
+            let user = b.spec.user_ref.name.clone();
+            in_namespace(&u2, b.namespace(), move |u| u.name_any() == user)
+        },
+    )
+    // Who holds an address is decided among all its holders (DuplicateEmail), so one that
+    // arrives, leaves or changes address wakes the holders of its old address and its new one.
+    .watches_stream(
+        changes(feeds.users.subscribe(), |u: &SystemUser| {
+            hash((
+                u.spec.email.to_lowercase(),
+                u.metadata.deletion_timestamp.is_some(),
+            ))
+        }),
+        move |u: SystemUser| {
+            let ns = u.namespace().unwrap_or_default();
+            let uid = u.metadata.uid.clone().unwrap_or_default();
+            let email = u.spec.email.to_lowercase();
+            let old = {
+                let mut seen = addresses.lock().unwrap_or_else(|p| p.into_inner());
+                if u.metadata.deletion_timestamp.is_some() {
+                    seen.remove(&uid)
+                } else {
+                    seen.insert(uid, email.clone())
+                }
+            };
+            let mut emails = vec![email];
+            emails.extend(old.filter(|o| o != &emails[0]));
+            emails
+                .iter()
+                .flat_map(|e| u3.with_key(&ns, e))
+                .filter(|p| p.metadata.uid != u.metadata.uid)
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        },
+    )
+    .reconcile_on(wake)
+    .with_config(tuned(32))
+    .shutdown_on_signal()
+    .run(system_user::reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+}
+
+/// Tenant: its spec and the release annotation; the phases (and existence) of its users.
+fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
+    Controller::for_stream(
+        changes(feeds.tenants.subscribe(), tenant_key),
+        ctx.tenants.clone(),
+    )
+    .watches_stream(
+        changes(feeds.users.subscribe(), |u: &SystemUser| {
+            hash((
+                u.status.as_ref().and_then(|s| s.phase),
+                &u.spec.tenant_ref.name,
+                u.metadata.deletion_timestamp.is_some(),
+            ))
+        }),
+        |u: SystemUser| {
+            u.namespace()
+                .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
+        },
+    )
+    .with_config(tuned(4))
+    .shutdown_on_signal()
+    .run(tenant::reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+}
+
+/// LocationGroup: any group's spec in the namespace (parents decide children); tenants.
+fn location_groups(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
+    let (g1, g2) = (ctx.by_ns.groups.clone(), ctx.by_ns.groups.clone());
+    Controller::for_stream(
+        changes(feeds.groups.subscribe(), lifecycle),
+        ctx.groups.clone(),
+    )
+    .watches_stream(
+        changes(feeds.groups.subscribe(), lifecycle),
+        move |g: LocationGroup| in_namespace(&g1, g.namespace(), |_| true),
+    )
+    .watches_stream(
+        changes(feeds.tenants.subscribe(), lifecycle),
+        move |t: Tenant| in_namespace(&g2, t.namespace(), |_| true),
+    )
+    .with_config(tuned(8))
+    .shutdown_on_signal()
+    .run(location_group::reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+}
+
+/// RoleBinding: its spec; its siblings (same user); its user; groups; the catalogue.
+fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
+    let (b1, b2, b3, b4) = (
+        ctx.by_ns.bindings.clone(),
+        ctx.by_ns.bindings.clone(),
+        ctx.by_ns.bindings.clone(),
+        ctx.by_ns.bindings.clone(),
+    );
+    Controller::for_stream(
+        changes(feeds.bindings.subscribe(), lifecycle),
+        ctx.bindings.clone(),
+    )
+    .watches_stream(
+        changes(feeds.bindings.subscribe(), lifecycle),
+        move |b: RoleBinding| {
+            let user = b.spec.user_ref.name.clone();
+            in_namespace(&b1, b.namespace(), move |o| o.spec.user_ref.name == user)
+        },
+    )
+    .watches_stream(
+        changes(feeds.users.subscribe(), |u: &SystemUser| {
+            hash((lifecycle(u), &u.spec.tenant_ref.name))
+        }),
+        move |u: SystemUser| {
+            let name = u.name_any();
+            in_namespace(&b2, u.namespace(), move |o| o.spec.user_ref.name == name)
+        },
+    )
+    .watches_stream(
+        changes(feeds.groups.subscribe(), lifecycle),
+        move |g: LocationGroup| in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some()),
+    )
+    .watches_stream(
+        changes(feeds.tenants.subscribe(), lifecycle),
+        move |t: Tenant| in_namespace(&b4, t.namespace(), |_| true),
+    )
+    .with_config(tuned(16))
+    .shutdown_on_signal()
+    .run(role_binding::reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+}
