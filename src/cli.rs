@@ -85,10 +85,10 @@ pub struct RunArgs {
     /// Where mail goes: file://DIR (one .eml per message), smtp://host:port, smtps://host:port.
     #[arg(long, env = "USHER_MAIL", default_value = "file://outbox")]
     mail: String,
-    /// Invitation mails in flight at once. A crash duplicates each mail that the relay accepted
-    /// but usher had not yet marked sent, so 1 (the default) means at most one duplicate per
-    /// crash; raise it when a slow relay limits onboarding.
-    #[arg(long, env = "USHER_MAIL_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Invitation mails in flight at once, over pooled connections to the relay. A crash can
+    /// send again each mail the relay accepted but usher had not yet marked sent; the copy
+    /// carries the same working link.
+    #[arg(long, env = "USHER_MAIL_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     mail_concurrency: u16,
     /// The From header when a tenant sets none.
     #[arg(
@@ -122,6 +122,14 @@ pub struct RunArgs {
     /// How long a Lease holds without renewal, e.g. 15s.
     #[arg(long, env = "USHER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     lease_duration: std::time::Duration,
+    /// The Secret holding the key invitation tokens are derived from; usher reads it by name
+    /// and creates it, with a random key, if it does not exist.
+    #[arg(long, env = "USHER_TOKEN_KEY_SECRET", default_value = crate::token_key::DEFAULT_NAME)]
+    token_key_secret: String,
+    /// That Secret's namespace (default: the pod's own, from POD_NAMESPACE; outside a cluster,
+    /// the kubeconfig's namespace).
+    #[arg(long, env = "USHER_TOKEN_KEY_NAMESPACE")]
+    token_key_namespace: Option<String>,
     /// Log lines as text or JSON.
     #[arg(long, env = "USHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -196,6 +204,11 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         public_url: args.public_url,
         namespace: args.namespace,
         resync: args.resync,
+        token_key_secret: (
+            args.token_key_namespace
+                .or_else(|| std::env::var("POD_NAMESPACE").ok()),
+            args.token_key_secret,
+        ),
         leader_election: args.leader_election.then_some(crate::run::Election {
             namespace: args.lease_namespace,
             duration: args.lease_duration,

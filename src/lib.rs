@@ -22,4 +22,5 @@ pub mod run;
 pub mod server;
 pub mod store;
 pub mod token;
+pub mod token_key;
 pub mod validate;

@@ -55,6 +55,9 @@ pub struct Options {
     pub resync: Duration,
     /// Reconcile only while holding a Lease.
     pub leader_election: Option<Election>,
+    /// The Secret (namespace, name) holding the key invitation tokens are derived from; no
+    /// namespace: the client's default one.
+    pub token_key_secret: (Option<String>, String),
 }
 
 /// Where and how long the leader Lease is held.
@@ -88,21 +91,6 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         Some(ObjectRef::<SystemUser>::new(&key.name).within(&key.namespace))
     });
 
-    let settings = Settings {
-        mail_from: opts.mail_from.clone(),
-        public_url: opts.public_url.clone(),
-        resync: opts.resync,
-        mail_concurrency: opts.mail_concurrency,
-    };
-    let controllers = controller::run(
-        client.clone(),
-        store.clone(),
-        mailer,
-        settings,
-        metrics,
-        opts.namespace.as_deref(),
-        wake,
-    );
     let http = server::serve(listener, state, shutdown_signal());
     let work = async {
         tokio::select! {
@@ -112,6 +100,29 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         if !crds_ready(&client, opts.namespace.as_deref()).await? {
             return Ok(()); // shut down while waiting
         }
+        let (key_namespace, key_name) = &opts.token_key_secret;
+        let key_namespace = key_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let token_key = crate::token_key::load(&client, &key_namespace, key_name)
+            .await
+            .map_err(|e| RunError::Kube(e.to_string()))?;
+        let settings = Settings {
+            mail_from: opts.mail_from.clone(),
+            public_url: opts.public_url.clone(),
+            resync: opts.resync,
+            mail_concurrency: opts.mail_concurrency,
+            token_key,
+        };
+        let controllers = controller::run(
+            client.clone(),
+            store.clone(),
+            mailer,
+            settings,
+            metrics,
+            opts.namespace.as_deref(),
+            wake,
+        );
         match &opts.leader_election {
             None => {
                 controllers.await;

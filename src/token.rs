@@ -1,4 +1,11 @@
-//! Invitation tokens: 256 random bits from the operating system's CSPRNG, URL-safe base64.
+//! Invitation tokens: 256 bits, URL-safe base64 (43 characters).
+//!
+//! A token is derived from a secret key and the invitation it belongs to ([`TokenKey::derive`],
+//! HMAC-SHA256 over the account id, the attempt and the invitation's creation time), the way
+//! Django derives its password-reset tokens. So the token of an invitation can be made again
+//! after a crash, and a mail sent again carries the same working link as the first; only a new
+//! attempt (the resend annotation, an address change, expiry) makes a new token. The key lives in
+//! a Kubernetes Secret, not in the store: a copy of the store alone yields no token.
 //!
 //! Only the SHA-256 of a token is ever stored; the plaintext exists in memory between issuing and
 //! mailing (and in the optional invitation Secret). The fingerprint shown in status is the first
@@ -40,6 +47,73 @@ impl Token {
     /// The hash under which the store keeps it.
     pub fn hash(&self) -> TokenHash {
         TokenHash::of(&self.0)
+    }
+}
+
+/// The secret invitation tokens are derived from: 256 bits, from the OS CSPRNG or read from the
+/// key Secret. Its Debug output never shows it.
+#[derive(Clone)]
+pub struct TokenKey([u8; KEY_BYTES]);
+
+/// Bytes in a [`TokenKey`] (256 bits).
+pub const KEY_BYTES: usize = 32;
+
+/// What is wrong with key material read from outside.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Not exactly [`KEY_BYTES`] bytes.
+    #[error("the token key must be {KEY_BYTES} bytes, found {0}")]
+    Length(usize),
+    /// No randomness for a new key.
+    #[error("no randomness available for a token key: {0}")]
+    Random(String),
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(***)")
+    }
+}
+
+impl TokenKey {
+    /// A new key from the OS CSPRNG. Errors: no randomness ([`KeyError::Random`]).
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut bytes = [0u8; KEY_BYTES];
+        getrandom::fill(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
+        Ok(Self(bytes))
+    }
+
+    /// A key from its bytes, as the key Secret holds them. Errors: not [`KEY_BYTES`] bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        <[u8; KEY_BYTES]>::try_from(bytes)
+            .map(Self)
+            .map_err(|_| KeyError::Length(bytes.len()))
+    }
+
+    /// The key's bytes, to store in the key Secret.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The token of one invitation: HMAC-SHA256 (RFC 2104) under this key of the account id,
+    /// the attempt and the invitation's creation time in microseconds since the epoch (the
+    /// precision the store keeps), each length-prefixed so that no two invitations share an
+    /// input. The same invitation always gives the same token; another one, or another key, an
+    /// unrelated one.
+    pub fn derive(&self, user_id: &str, attempt: i32, created_at: jiff::Timestamp) -> Token {
+        use hmac::{KeyInit, Mac};
+        let mut mac =
+            hmac::Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(b"usher invitation token v1");
+        for part in [
+            user_id.as_bytes(),
+            &attempt.to_be_bytes(),
+            &created_at.as_microsecond().to_be_bytes(),
+        ] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        Token(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
     }
 }
 
@@ -108,6 +182,50 @@ mod tests {
         assert_eq!(h.fingerprint(), "ba7816bf");
         assert!(h.matches(&TokenHash::of("abc")));
         assert!(!h.matches(&TokenHash::of("abd")));
+    }
+
+    #[test]
+    fn a_derived_token_is_the_same_for_its_invitation_only() {
+        let key = TokenKey::generate().unwrap();
+        let at: jiff::Timestamp = "2026-12-01T10:00:00.123456Z".parse().unwrap();
+        let t = key.derive("u1", 1, at);
+        assert!(well_formed(t.expose()), "{}", t.expose());
+        assert_eq!(URL_SAFE_NO_PAD.decode(t.expose()).unwrap().len() * 8, 256);
+        // Made again after a crash, from what the store keeps (microseconds): the same link.
+        let stored = jiff::Timestamp::from_microsecond(at.as_microsecond()).unwrap();
+        assert_eq!(key.derive("u1", 1, stored), t);
+        // Anything else: another token.
+        let others = [
+            key.derive("u1", 2, at),
+            key.derive("u2", 1, at),
+            key.derive("u1", 1, at + jiff::SignedDuration::from_micros(1)),
+            key.derive("u", 11, at),
+            TokenKey::generate().unwrap().derive("u1", 1, at),
+        ];
+        let distinct: HashSet<_> = others.iter().map(|o| o.expose().to_string()).collect();
+        assert_eq!(distinct.len(), others.len());
+        assert!(!distinct.contains(t.expose()));
+        // RFC 4231 test case 2 pins the primitive: HMAC-SHA256("Jefe", "what do ya want for
+        // nothing?").
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(mac.finalize().into_bytes()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn a_key_is_32_bytes_and_never_shown() {
+        let key = TokenKey::generate().unwrap();
+        assert_eq!(key.bytes().len(), KEY_BYTES);
+        assert!(TokenKey::from_bytes(key.bytes()).is_ok());
+        assert!(matches!(
+            TokenKey::from_bytes(&[0; 16]),
+            Err(KeyError::Length(16))
+        ));
+        assert_eq!(format!("{key:?}"), "TokenKey(***)");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::plan::system_user::{
     AccessAction, AccountAction, InvitationAction, InvitationSettings, UserPlan,
 };
 use crate::store::UserStore;
-use crate::token::Token;
+use crate::token::{Token, TokenKey};
 
 /// The invitation Secret's name for a user: `<user>-invitation`.
 pub fn secret_name(user: &str) -> String {
@@ -119,6 +119,8 @@ pub(super) struct Executor<'a> {
     pub mail_from: &'a str,
     /// Base of the acceptance link when the tenant sets none.
     pub public_url: &'a str,
+    /// The key tokens are derived from.
+    pub key: &'a TokenKey,
 }
 
 impl<'a> Executor<'a> {
@@ -132,6 +134,7 @@ impl<'a> Executor<'a> {
             metrics: &ctx.metrics,
             mail_from: &ctx.settings.mail_from,
             public_url: &ctx.settings.public_url,
+            key: &ctx.settings.token_key,
         }
     }
 
@@ -191,10 +194,10 @@ impl<'a> Executor<'a> {
             }
         }
         let expires_at = now + settings.ttl;
-        let token = match &writes.invitation {
+        let (token, expires_at) = match &writes.invitation {
             InvitationAction::Keep => return Ok(()),
             InvitationAction::Issue { attempt, trigger } => {
-                let token = Token::generate().map_err(|e| Error::Random(e.to_string()))?;
+                let token = self.key.derive(&acc.id, *attempt, now);
                 let record = InvitationRecord {
                     token_hash: token.hash(),
                     user_id: acc.id.clone(),
@@ -209,23 +212,25 @@ impl<'a> Executor<'a> {
                 store.record_invitation(&record).await?;
                 self.metrics.invitations_issued.inc();
                 *latest = Some(record);
-                token
+                (token, expires_at)
             }
             InvitationAction::Resend { attempt } => {
-                let token = Token::generate().map_err(|e| Error::Random(e.to_string()))?;
-                if !store
-                    .rotate_unsent(&acc.id, *attempt, &token.hash(), expires_at)
-                    .await?
-                {
-                    // Sent, used or revoked meanwhile: read again next time.
-                    *latest = store.latest_invitation(&acc.id).await?;
-                    return Ok(());
+                // The same token as any mail of this attempt that went out before a crash:
+                // whichever copy the person clicks, it works.
+                let again = latest
+                    .as_ref()
+                    .filter(|l| l.attempt == *attempt)
+                    .map(|l| (self.key.derive(&acc.id, *attempt, l.created_at), l))
+                    .filter(|(token, l)| token.hash().matches(&l.token_hash));
+                match again {
+                    Some((token, l)) => (token, l.expires_at),
+                    // Made under another key (or by an usher before derived tokens): it cannot
+                    // be made again, so a new one replaces it.
+                    None => match self.rotate(&acc.id, *attempt, expires_at, latest).await? {
+                        Some(token) => (token, expires_at),
+                        None => return Ok(()),
+                    },
                 }
-                if let Some(l) = latest.as_mut() {
-                    l.token_hash = token.hash();
-                    l.expires_at = expires_at;
-                }
-                token
             }
         };
         if settings.expose_token {
@@ -247,6 +252,32 @@ impl<'a> Executor<'a> {
         }
         tracing::info!(fingerprint = %token.hash().fingerprint(), "invitation sent");
         Ok(())
+    }
+
+    /// Replace the token of the unsent invitation `attempt` with a new random one, valid until
+    /// `expires_at`; None when it was sent, used or revoked meanwhile (then `latest` is read
+    /// again and nothing is sent).
+    async fn rotate(
+        &self,
+        user_id: &str,
+        attempt: i32,
+        expires_at: Timestamp,
+        latest: &mut Option<InvitationRecord>,
+    ) -> Result<Option<Token>, Error> {
+        let token = Token::generate().map_err(|e| Error::Random(e.to_string()))?;
+        if !self
+            .store
+            .rotate_unsent(user_id, attempt, &token.hash(), expires_at)
+            .await?
+        {
+            *latest = self.store.latest_invitation(user_id).await?;
+            return Ok(None);
+        }
+        if let Some(l) = latest.as_mut() {
+            l.token_hash = token.hash();
+            l.expires_at = expires_at;
+        }
+        Ok(Some(token))
     }
 
     /// Record that the mail went out, retrying a store hiccup: unrecorded, it is sent again.
@@ -343,6 +374,7 @@ mod tests {
         secrets: Remembered,
         gate: tokio::sync::Semaphore,
         metrics: Metrics,
+        key: TokenKey,
     }
 
     impl Bench {
@@ -355,6 +387,7 @@ mod tests {
                 secrets: Remembered::default(),
                 gate: tokio::sync::Semaphore::new(1),
                 metrics: Metrics::default(),
+                key: TokenKey::generate().unwrap(),
             }
         }
 
@@ -367,6 +400,7 @@ mod tests {
                 metrics: &self.metrics,
                 mail_from: "usher@ops.example",
                 public_url: "https://usher.example",
+                key: &self.key,
             }
         }
 
@@ -584,7 +618,7 @@ mod tests {
             .unwrap();
         let mailed = b.mailed();
         assert_eq!(mailed.len(), 1);
-        // The same attempt, with a new token: the lost one never went out, so nothing is dead.
+        // The same attempt and the same token, made again from the key: nothing was rewritten.
         let done = b
             .store
             .latest_invitation(&account.id)
@@ -592,8 +626,78 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(done.attempt, 1);
-        assert_ne!(done.token_hash, unsent.token_hash);
+        assert_eq!(done.token_hash, unsent.token_hash);
+        assert_eq!(done.expires_at, unsent.expires_at);
         assert!(done.sent_at.is_some());
+        assert_eq!(b.redeem(&mailed[0].1).await, Ok(()));
+    }
+
+    /// A relay that takes the first message and then loses the connection before answering, as
+    /// a crash between "relay accepted" and "marked sent" looks to usher.
+    struct AcceptedThenLost {
+        inner: FileMailer,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Mailer for AcceptedThenLost {
+        async fn send(&self, message: lettre::Message) -> Result<(), crate::mail::MailError> {
+            self.inner.send(message).await?;
+            match self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Err(crate::mail::MailError::Transport("connection lost".into())),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mail_sent_twice_carries_one_link_and_the_first_copy_redeems() {
+        let b = Bench::new().await;
+        let lossy = AcceptedThenLost {
+            inner: FileMailer::new(b.outbox.path().join("mail")),
+            calls: Default::default(),
+        };
+        let sam = person("sam@acme.example");
+        let acme = tenant(false);
+        for attempt in 0..2 {
+            let mut account = b.store.user_by_external_id("acme/sam").await.unwrap();
+            let mut latest = match &account {
+                Some(a) => b.store.latest_invitation(&a.id).await.unwrap(),
+                None => None,
+            };
+            let decision = plan::decide(
+                &sam,
+                &Seen {
+                    tenant: Some(&acme),
+                    peers: &[],
+                    account: account.as_ref(),
+                    own: true,
+                    latest: latest.as_ref(),
+                    assignments: &[],
+                    roles: vec![],
+                    desired: vec![],
+                },
+            );
+            let executor = Executor {
+                mailer: &lossy,
+                ..b.executor()
+            };
+            let done = executor
+                .carry_out(
+                    &sam,
+                    &acme,
+                    decision.settings.as_ref().unwrap(),
+                    &decision.writes,
+                    &mut account,
+                    &mut latest,
+                    Timestamp::now(),
+                )
+                .await;
+            assert_eq!(done.is_ok(), attempt == 1, "{done:?}");
+        }
+        let mailed = b.mailed();
+        assert_eq!(mailed.len(), 2, "the mail went out twice");
+        assert_eq!(mailed[0].1, mailed[1].1, "with one link");
         assert_eq!(b.redeem(&mailed[0].1).await, Ok(()));
     }
 

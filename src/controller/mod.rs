@@ -56,8 +56,10 @@ pub struct Settings {
     /// How often an unchanged object is looked at again.
     pub resync: Duration,
     /// Mails in flight at once. A crash can duplicate each one in flight (sent, but not yet
-    /// marked sent), so 1 bounds duplicates to one per crash; a slow relay may want more.
+    /// marked sent); the duplicate carries the same link, so it costs a mail, not a dead link.
     pub mail_concurrency: usize,
+    /// The key invitation tokens are derived from.
+    pub token_key: crate::token::TokenKey,
 }
 
 /// What every reconcile shares.

@@ -1,5 +1,6 @@
 //! deploy/ installs, and its RBAC is enough for the whole invitation flow and offboarding, and
-//! no more: usher, running with its ServiceAccount's own token, cannot read Secrets.
+//! no more: usher, running with its ServiceAccount's own token, reads one Secret (its token key,
+//! by name) and no other.
 
 use std::time::Duration;
 
@@ -70,6 +71,20 @@ async fn deploy_rbac_runs_the_whole_flow_and_nothing_more() {
         assert_eq!(yes, allowed, "can-i {verb} {resource}: {answer}");
     }
 
+    // One Secret is readable, by name only: the token key, in usher's own namespace.
+    for (what, ns_, allowed) in [
+        ("secrets/usher-token-key", "usher-system", true),
+        ("secrets/other", "usher-system", false),
+        ("secrets/usher-token-key", ns.as_str(), false),
+    ] {
+        let (_, answer) = kubectl(&["auth", "can-i", "get", what, "-n", ns_, "--as", sa]);
+        assert_eq!(
+            answer.trim().starts_with("yes"),
+            allowed,
+            "can-i get {what} in {ns_}: {answer}"
+        );
+    }
+
     for (ns_, allowed) in [("usher-system", true), (ns.as_str(), false)] {
         let (_, answer) = kubectl(&[
             "auth",
@@ -97,7 +112,13 @@ async fn deploy_rbac_runs_the_whole_flow_and_nothing_more() {
     )
     .await;
     let kc = kubeconfig.display().to_string();
-    let usher = Usher::start_with_env(&ns, &smtp.url(), &[], &[("KUBECONFIG", &kc)]).await;
+    let usher = Usher::start_with_env(
+        &ns,
+        &smtp.url(),
+        &[],
+        &[("KUBECONFIG", &kc), ("POD_NAMESPACE", "usher-system")],
+    )
+    .await;
     let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
     wait_for(&users, "rita", "Pending with a role", |u| {
         u.status
