@@ -120,6 +120,9 @@ where
     }
 }
 
+/// The annotation `kubectl apply` keeps the last applied object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// The event for the objects that decoded. An object that no longer decodes leaves the cache
 /// (as a deletion of the version cached before) rather than lingering there stale.
 fn screen<K>(
@@ -130,9 +133,14 @@ fn screen<K>(
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    // managedFields is most of an object's size and usher never reads it.
+    // managedFields and `kubectl apply`'s copy of the whole object are most of an object's
+    // size, and usher reads neither.
     let lean = |mut o: K| {
-        o.meta_mut().managed_fields = None;
+        let meta = o.meta_mut();
+        meta.managed_fields = None;
+        if let Some(a) = meta.annotations.as_mut() {
+            a.remove(LAST_APPLIED);
+        }
         o
     };
     let gone = |bad: InvalidObject| {
@@ -321,4 +329,40 @@ pub(super) fn tuned(concurrency: u16) -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default()
         .debounce(std::time::Duration::from_millis(200))
         .concurrency(concurrency)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_neither_managed_fields_nor_the_last_applied_copy() {
+        let mut tenant: Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "usher.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "acme", "namespace": "acme"},
+            "spec": {"displayName": "Acme"}
+        }))
+        .unwrap();
+        tenant.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        tenant.metadata.annotations = Some(BTreeMap::from([
+            (LAST_APPLIED.to_string(), "{\"big\": \"copy\"}".to_string()),
+            (ALLOW_ANNOTATION.to_string(), "1".to_string()),
+        ]));
+        let (cache, _writer) = reflector::store::<Tenant>();
+        let event = watcher::Event::Apply(DeserializeGuard(Ok(tenant)));
+        let Some(watcher::Event::Apply(lean)) = screen(event, &cache, &|_| {}) else {
+            panic!("an Apply comes out");
+        };
+        assert_eq!(lean.metadata.managed_fields, None);
+        let annotations = lean.metadata.annotations.unwrap();
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert_eq!(
+            annotations.get(ALLOW_ANNOTATION).map(String::as_str),
+            Some("1")
+        );
+    }
 }
