@@ -50,7 +50,7 @@ impl Cli {
                 for p in &problems {
                     let _ = writeln!(out, "{p}");
                 }
-                return if problems.is_empty() {
+                return if problems.iter().all(|p| p.warning) {
                     ExitCode::SUCCESS
                 } else {
                     ExitCode::FAILURE

@@ -425,6 +425,7 @@ mod tests {
                     assignments: &[],
                     roles: vec![],
                     desired: vec![],
+                    expires: None,
                 },
             );
             let settings = decision.settings.clone().unwrap();
@@ -676,6 +677,7 @@ mod tests {
                     assignments: &[],
                     roles: vec![],
                     desired: vec![],
+                    expires: None,
                 },
             );
             let executor = Executor {

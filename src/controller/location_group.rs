@@ -47,7 +47,7 @@ async fn cleanup(group: &LocationGroup, ctx: &Context) -> Result<Action, Error> 
 async fn apply(group: &LocationGroup, ctx: &Context) -> Result<Action, Error> {
     let ns = group.namespace().ok_or(Error::Malformed("no namespace"))?;
     let name = group.name_any();
-    let snap = snapshot(ctx, &ns, None);
+    let snap = snapshot(ctx, &ns, None, jiff::Timestamp::now());
     let Some((tenant, state)) = snap.groups.get(&name) else {
         // Gone from the cache: deleted meanwhile.
         return Ok(Action::await_change());

@@ -10,7 +10,7 @@ use kube::runtime::controller::Action;
 
 use super::snapshot::snapshot;
 use super::{Context, Error, apply_status, publish_note, reconcile_plain};
-use crate::crd::RoleBinding;
+use crate::crd::{BindingPhase, RoleBinding};
 use crate::plan::bindings;
 
 #[tracing::instrument(skip_all, fields(kind = "RoleBinding", namespace = binding.namespace().unwrap_or_default(), object = binding.name_any()))]
@@ -33,14 +33,23 @@ async fn apply(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> {
     let ns = binding
         .namespace()
         .ok_or(Error::Malformed("no namespace"))?;
-    let snap = snapshot(ctx, &ns, Some(&binding.spec.user_ref.name));
+    let now = Timestamp::now();
+    let snap = snapshot(ctx, &ns, Some(&binding.spec.user_ref.name), now);
     let Some(verdict) = snap.verdicts.get(&binding.name_any()) else {
         return Ok(Action::await_change());
     };
-    let (status, note) = bindings::report(binding, verdict, Timestamp::now());
+    let (status, note) = bindings::report(binding, verdict, now);
     apply_status(ctx, binding, binding.status.as_ref(), &status).await?;
     if let Some(note) = note {
         publish_note(ctx, binding, note).await;
     }
-    Ok(Action::requeue(ctx.settings.resync))
+    // A Bound binding with an end is looked at again right then, not at the next resync.
+    let ends = (verdict.phase == BindingPhase::Bound)
+        .then(|| binding.spec.expires_at.as_ref().map(|t| t.0))
+        .flatten();
+    Ok(Action::requeue(bindings::wait_until(
+        ends,
+        now,
+        ctx.settings.resync,
+    )))
 }

@@ -17,7 +17,7 @@ use super::invitations::{Executor, KubeSecrets, secret_name};
 use super::snapshot::snapshot;
 use super::{Context, Error, apply_status, publish, publish_note, reconcile_with};
 use crate::crd::{OffboardingPolicy, SystemUser, Tenant};
-use crate::plan::bindings::{assignments as assignments_of, bound_roles};
+use crate::plan::bindings::{assignments as assignments_of, bound_roles, next_expiry};
 use crate::plan::offboarding::Step;
 use crate::plan::records::{Assignment, InvitationRecord, ObjectKey, UserRecord, object_key};
 use crate::plan::system_user as plan;
@@ -75,6 +75,7 @@ struct Read {
     assignments: Vec<Assignment>,
     roles: Vec<String>,
     desired: Vec<Assignment>,
+    expires: Option<Timestamp>,
 }
 
 impl Read {
@@ -88,6 +89,7 @@ impl Read {
             assignments: &self.assignments,
             roles: self.roles.clone(),
             desired: self.desired.clone(),
+            expires: self.expires,
         }
     }
 }
@@ -128,9 +130,10 @@ async fn read(ctx: &Context, user: &SystemUser) -> Result<Read, Error> {
         None => Vec::new(),
     };
     // Roles: the Bound bindings of this person, decided for the namespace as a whole.
-    let snap = snapshot(ctx, &ns, Some(&me));
+    let snap = snapshot(ctx, &ns, Some(&me), Timestamp::now());
     Ok(Read {
         roles: bound_roles(&me, &snap.bindings, &snap.verdicts),
+        expires: next_expiry(&me, &snap.bindings, &snap.verdicts),
         desired: assignments_of(&ns, &me, &snap.bindings, &snap.verdicts),
         tenant,
         peers,

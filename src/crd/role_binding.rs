@@ -24,6 +24,7 @@ use super::{KEY_MESSAGE, KEY_RULE, ObjectRef};
         type_ = "string",
         json_path = ".spec.scope.locationGroup"
     ),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".spec.expiresAt"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Age",
@@ -44,6 +45,12 @@ pub struct RoleBindingSpec {
     /// Where the role applies. Absent: the whole tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<BindingScope>,
+
+    /// Access until then (RFC 3339, e.g. 2027-03-31T23:59:59Z), for a contractor or a stand-in.
+    /// From that moment the binding is Expired: its role leaves the user store, it no longer
+    /// blocks the person's other roles, and an Event says so. Absent: no end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Where a role applies.
@@ -67,6 +74,8 @@ pub enum BindingPhase {
     Invalid,
     /// The user or group does not exist (yet).
     Waiting,
+    /// Its spec.expiresAt has passed: nothing is granted any more.
+    Expired,
 }
 
 /// The observed state of a RoleBinding.
@@ -76,7 +85,7 @@ pub struct RoleBindingStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Bound, Conflict, Invalid or Waiting.
+    /// Bound, Conflict, Invalid, Waiting or Expired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<BindingPhase>,
     /// The names of the bindings that keep this one from being Bound.

@@ -35,6 +35,8 @@ pub struct Binding {
     pub created: Option<Timestamp>,
     /// Whether its role was exclusive when it was last decided (its `status.exclusive`).
     pub was_exclusive: bool,
+    /// When its access ends (`spec.expiresAt`); None: never.
+    pub expires: Option<Timestamp>,
 }
 
 impl From<&crate::crd::RoleBinding> for Binding {
@@ -46,6 +48,7 @@ impl From<&crate::crd::RoleBinding> for Binding {
             group: b.spec.scope.as_ref().map(|s| s.location_group.clone()),
             created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
             was_exclusive: b.status.as_ref().and_then(|s| s.exclusive).unwrap_or(false),
+            expires: b.spec.expires_at.as_ref().map(|t| t.0),
         }
     }
 }
@@ -85,6 +88,8 @@ pub struct World<'a> {
     pub catalogues: &'a BTreeMap<String, Vec<Role>>,
     /// Group states by name, with each group's tenant.
     pub groups: &'a BTreeMap<String, (String, GroupState)>,
+    /// The clock: a binding whose `expires` is not after it is Expired.
+    pub now: Timestamp,
 }
 
 fn verdict(
@@ -110,6 +115,25 @@ pub fn evaluate(world: &World<'_>) -> BTreeMap<String, Verdict> {
     // (binding, exclusive, retired: its exclusive role left the catalogue; it blocks, never binds)
     let mut eligible: BTreeMap<&str, Vec<(&Binding, bool, bool)>> = BTreeMap::new();
     for b in world.bindings {
+        // Ended: it grants nothing and blocks nothing, whatever else is true of it.
+        if let Some(at) = b.expires.filter(|at| *at <= world.now) {
+            let tenant = world.users.get(&b.user).map(|u| u.tenant.clone());
+            out.insert(
+                b.name.clone(),
+                verdict(
+                    BindingPhase::Expired,
+                    "BindingExpired",
+                    format!(
+                        "{}'s access as {} ended at {} (spec.expiresAt); remove this binding from git, or move the date to grant it again",
+                        b.user,
+                        scope_text(b),
+                        at.strftime("%Y-%m-%dT%H:%M:%SZ")
+                    ),
+                    tenant,
+                ),
+            );
+            continue;
+        }
         let Some(user) = world.users.get(&b.user) else {
             out.insert(
                 b.name.clone(),
@@ -324,6 +348,32 @@ pub fn assignments(
     desired
 }
 
+/// When the earliest expiry among `user`'s Bound bindings comes, if any: the moment their
+/// access changes without any edit, so both the binding and the person are looked at then.
+pub fn next_expiry(
+    user: &str,
+    bindings: &[Binding],
+    verdicts: &BTreeMap<String, Verdict>,
+) -> Option<Timestamp> {
+    bound_of(user, bindings, verdicts)
+        .filter_map(|b| b.expires)
+        .min()
+}
+
+/// How long to wait before looking again: until `at` (just after it, so that the clock has
+/// passed it), and at most `resync`.
+pub fn wait_until(
+    at: Option<Timestamp>,
+    now: Timestamp,
+    resync: std::time::Duration,
+) -> std::time::Duration {
+    at.filter(|at| *at > now)
+        .and_then(|at| std::time::Duration::try_from(at.duration_since(now)).ok())
+        .map_or(resync, |d| {
+            (d + std::time::Duration::from_millis(50)).min(resync)
+        })
+}
+
 /// The status a RoleBinding shows for its `verdict`, and the Event when its phase changes:
 /// Normal for Bound and Waiting, Warning for Conflict and Invalid.
 pub fn report(
@@ -383,6 +433,7 @@ mod tests {
             role: role.into(),
             group: group.map(Into::into),
             created: at(t),
+            expires: None,
         }
     }
 
@@ -437,11 +488,51 @@ mod tests {
             users: &users,
             catalogues: &catalogues,
             groups: &groups,
+            now: at(1000).unwrap(),
         })
     }
 
     fn phase(v: &BTreeMap<String, Verdict>, name: &str) -> BindingPhase {
         v[name].phase
+    }
+
+    #[test]
+    fn a_binding_past_its_end_grants_and_blocks_nothing_and_one_ahead_is_looked_at_then() {
+        let ending = |expires| Binding {
+            expires: at(expires),
+            ..b("tech", "alice", "Technician", None, 1)
+        };
+        let manager = b("mgr", "alice", "Manager", None, 2);
+        // Still running: the exclusive role holds, the other waits, and the end is due.
+        let bindings = [ending(2000), manager.clone()];
+        let v = run(&bindings);
+        assert_eq!(phase(&v, "tech"), BindingPhase::Bound);
+        assert_eq!(phase(&v, "mgr"), BindingPhase::Conflict);
+        assert_eq!(next_expiry("alice", &bindings, &v), at(2000));
+        // Ended (at the very second, too): Expired, and the other role is free.
+        for end in [500, 1000] {
+            let bindings = [ending(end), manager.clone()];
+            let v = run(&bindings);
+            assert_eq!(phase(&v, "tech"), BindingPhase::Expired, "ended at {end}");
+            assert_eq!(v["tech"].reason, "BindingExpired");
+            assert!(v["tech"].message.contains("spec.expiresAt"));
+            assert_eq!(phase(&v, "mgr"), BindingPhase::Bound);
+            assert_eq!(assignments("acme", "alice", &bindings, &v).len(), 1);
+            assert_eq!(next_expiry("alice", &bindings, &v), None);
+        }
+    }
+
+    #[test]
+    fn the_wait_for_an_end_lands_just_after_it_and_never_past_the_resync() {
+        let now = at(0).unwrap();
+        let resync = std::time::Duration::from_secs(600);
+        assert_eq!(
+            wait_until(at(10), now, resync),
+            std::time::Duration::from_millis(10_050)
+        );
+        assert_eq!(wait_until(at(10_000), now, resync), resync);
+        assert_eq!(wait_until(at(-1), now, resync), resync, "past: nothing due");
+        assert_eq!(wait_until(None, now, resync), resync);
     }
 
     #[test]

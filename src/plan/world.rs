@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use jiff::Timestamp;
+
 use super::bindings::{self, Binding, UserRef, Verdict, World};
 use super::groups::{self, Group, GroupState};
 use super::system_user::Peer;
@@ -31,12 +33,14 @@ fn live(meta: &kube::api::ObjectMeta) -> bool {
 impl Namespace {
     /// Decide the groups and the bindings of one namespace from its objects. `users` and
     /// `bindings` may be a subset (one person and their bindings): exclusivity is decided
-    /// between one person's bindings, so the verdicts are those of the whole namespace.
+    /// between one person's bindings, so the verdicts are those of the whole namespace. `now`
+    /// decides which bindings have expired.
     pub fn build<'a>(
         tenants: impl IntoIterator<Item = &'a Tenant>,
         groups: impl IntoIterator<Item = &'a LocationGroup>,
         users: impl IntoIterator<Item = &'a SystemUser>,
         bindings: impl IntoIterator<Item = &'a RoleBinding>,
+        now: Timestamp,
     ) -> Self {
         let catalogues: BTreeMap<String, Vec<Role>> = tenants
             .into_iter()
@@ -72,6 +76,7 @@ impl Namespace {
             users: &users,
             catalogues: &catalogues,
             groups: &groups,
+            now,
         });
         Self {
             catalogues,
@@ -145,13 +150,13 @@ mod tests {
         gone.metadata.deletion_timestamp = deleted();
         let users = [user("rita", "rita@acme.example")];
         let bindings = [binding("rita-manager", "Manager")];
-        let live = Namespace::build(&[tenant()], [], &users, &bindings);
+        let live = Namespace::build(&[tenant()], [], &users, &bindings, Timestamp::UNIX_EPOCH);
         assert_eq!(live.verdicts["rita-manager"].reason, "Bound");
-        let dying = Namespace::build(&[gone], [], &users, &bindings);
+        let dying = Namespace::build(&[gone], [], &users, &bindings, Timestamp::UNIX_EPOCH);
         assert_eq!(dying.verdicts["rita-manager"].reason, "TenantNotFound");
         let mut leaving = binding("rita-manager", "Manager");
         leaving.metadata.deletion_timestamp = deleted();
-        let without = Namespace::build(&[tenant()], [], &users, &[leaving]);
+        let without = Namespace::build(&[tenant()], [], &users, &[leaving], Timestamp::UNIX_EPOCH);
         assert!(without.verdicts.is_empty());
     }
 

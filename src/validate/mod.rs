@@ -42,11 +42,19 @@ pub struct Problem {
     pub object: String,
     /// What is wrong.
     pub message: String,
+    /// Worth a look, not wrong: the cluster accepts it and nothing fails (a RoleBinding whose
+    /// `expiresAt` has passed). Warnings alone leave `usher validate`'s exit status 0.
+    pub warning: bool,
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}: {}", self.file, self.object, self.message)
+        let warning = if self.warning { "warning: " } else { "" };
+        write!(
+            f,
+            "{}: {}: {warning}{}",
+            self.file, self.object, self.message
+        )
     }
 }
 
@@ -73,6 +81,7 @@ fn files(paths: &[PathBuf], problems: &mut Vec<Problem>) -> Vec<PathBuf> {
                 file: dir.display().to_string(),
                 object: "-".into(),
                 message: format!("cannot read: {e}"),
+                warning: false,
             }),
         }
     }
@@ -90,6 +99,7 @@ fn files(paths: &[PathBuf], problems: &mut Vec<Problem>) -> Vec<PathBuf> {
                 file: p.display().to_string(),
                 object: "-".into(),
                 message: "no such file or folder".into(),
+                warning: false,
             });
         }
     }
@@ -151,6 +161,7 @@ pub fn validate(paths: &[PathBuf]) -> Vec<Problem> {
                 file: shown,
                 object: "-".into(),
                 message: format!("cannot read: {e}"),
+                warning: false,
             }),
         }
     }
@@ -242,6 +253,7 @@ fn validate_within(sources: &[(String, Vec<u8>)], deadline: Duration) -> Vec<Pro
                 file: shown.clone(),
                 object: "-".into(),
                 message: format!("not UTF-8 text: invalid byte at offset {}", e.valid_up_to()),
+                warning: false,
             }),
         }
     }
@@ -255,6 +267,7 @@ fn validate_within(sources: &[(String, Vec<u8>)], deadline: Duration) -> Vec<Pro
             file: file.clone(),
             object: "-".into(),
             message,
+            warning: false,
         };
         let Some(results) = parsed.remove(&i) else {
             problems.push(problem(match stuck {
@@ -308,6 +321,7 @@ fn validate_within(sources: &[(String, Vec<u8>)], deadline: Duration) -> Vec<Pro
             file: doc.file.clone(),
             object: object_name(v),
             message,
+            warning: false,
         };
         let kind = v["kind"].as_str().unwrap_or_default();
         if v["apiVersion"] != format!("{}/{}", crd::GROUP, crd::VERSION) {
@@ -403,6 +417,7 @@ fn check_namespace(docs: &[&Doc], problems: &mut Vec<Problem>) {
                 file: doc.file.clone(),
                 object: object_name(&doc.value),
                 message: format!("defined twice in this namespace (first in {})", first.file),
+                warning: false,
             });
             continue;
         }
@@ -416,7 +431,7 @@ fn check_namespace(docs: &[&Doc], problems: &mut Vec<Problem>) {
             _ => {}
         }
     }
-    let mut report = |kind: &str, name: &str, message: String| {
+    let mut report = |kind: &str, name: &str, message: String, warning: bool| {
         problems.push(Problem {
             file: file_of
                 .get(&(kind.to_string(), name.to_string()))
@@ -424,13 +439,20 @@ fn check_namespace(docs: &[&Doc], problems: &mut Vec<Problem>) {
                 .unwrap_or_default(),
             object: format!("{kind}/{name}"),
             message,
+            warning,
         });
     };
 
-    let world = Namespace::build(&tenants, &groups_list, &users, &bindings_list);
+    let world = Namespace::build(
+        &tenants,
+        &groups_list,
+        &users,
+        &bindings_list,
+        jiff::Timestamp::now(),
+    );
     for (name, (_, state)) in &world.groups {
         if let GroupState::NotReady { reason, message } = state {
-            report("LocationGroup", name, format!("{reason}: {message}"));
+            report("LocationGroup", name, format!("{reason}: {message}"), false);
         }
     }
 
@@ -452,16 +474,20 @@ fn check_namespace(docs: &[&Doc], problems: &mut Vec<Problem>) {
                 "SystemUser",
                 &u.name_any(),
                 format!("{}: {}", blocked.reason(), blocked.message(&u.spec.email)),
+                false,
             );
         }
     }
 
     for (name, v) in &world.verdicts {
         if v.phase != BindingPhase::Bound {
+            // Past its end: the cluster shows it Expired and grants nothing, which is right;
+            // only the file is left to clean up.
             report(
                 "RoleBinding",
                 name,
                 format!("{:?} ({}): {}", v.phase, v.reason, v.message),
+                v.phase == BindingPhase::Expired,
             );
         }
     }

@@ -10,7 +10,7 @@ use usher::crd::{SystemUser, Tenant, UserPhase};
 use usher_testenv::{Smtp, SmtpTls};
 
 use crate::support::{
-    Usher, apply_yaml, client, eventually, invitation_in, namespace, recipient, wait_for,
+    Usher, apply_yaml, client, events_of, eventually, invitation_in, namespace, recipient, wait_for,
 };
 
 fn tenant(extra: &str) -> String {
@@ -594,24 +594,6 @@ async fn mail_goes_over_verified_tls() {
         smtp.messages().is_empty(),
         "nothing may go to an unverified relay"
     );
-}
-
-/// The Events of one object with this reason, their messages.
-async fn events_of(client: &kube::Client, ns: &str, name: &str, reason: &str) -> Vec<String> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
-    eventually(Duration::from_secs(15), || async {
-        let list = events.list(&Default::default()).await.ok()?;
-        let found: Vec<String> = list
-            .items
-            .iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .filter_map(|e| e.note.clone())
-            .collect();
-        (!found.is_empty()).then_some(found)
-    })
-    .await
-    .unwrap_or_default()
 }
 
 async fn set_email(users: &Api<SystemUser>, name: &str, email: &str) {

@@ -511,3 +511,21 @@ pub fn scim_filter(attr: &str, value: &str) -> String {
         url::form_urlencoded::byte_serialize(f.as_bytes()).collect::<String>()
     )
 }
+
+/// The Events of one object with this reason, their messages.
+pub async fn events_of(client: &kube::Client, ns: &str, name: &str, reason: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    eventually(Duration::from_secs(15), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let found: Vec<String> = list
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note.clone())
+            .collect();
+        (!found.is_empty()).then_some(found)
+    })
+    .await
+    .unwrap_or_default()
+}

@@ -253,7 +253,8 @@ fn location_groups(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output =
     .for_each(|_| futures::future::ready(()))
 }
 
-/// RoleBinding: its spec; its siblings (same user); its user; groups; the catalogue.
+/// RoleBinding: its spec; its siblings (same user), their specs and phases; its user; groups;
+/// the catalogue.
 fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
     let (b1, b2, b3, b4) = (
         ctx.by_ns.bindings.clone(),
@@ -265,8 +266,11 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         changes(feeds.bindings.subscribe(), lifecycle),
         ctx.bindings.clone(),
     )
+    // A sibling's spec, or its phase: one that expires frees what it blocked, without an edit.
     .watches_stream(
-        changes(feeds.bindings.subscribe(), lifecycle),
+        changes(feeds.bindings.subscribe(), |b: &RoleBinding| {
+            hash((lifecycle(b), b.status.as_ref().and_then(|s| s.phase)))
+        }),
         move |b: RoleBinding| {
             let user = b.spec.user_ref.name.clone();
             in_namespace(&b1, b.namespace(), move |o| o.spec.user_ref.name == user)

@@ -256,6 +256,8 @@ pub struct Seen<'a> {
     pub roles: Vec<String>,
     /// The assignments those bindings make in the store.
     pub desired: Vec<Assignment>,
+    /// When the first of those bindings expires (`spec.expiresAt`), if any.
+    pub expires: Option<Timestamp>,
 }
 
 /// What one reconcile of a person should do, decided before anything is written.
@@ -279,6 +281,9 @@ pub struct Decision {
     pub repaired: Vec<&'static str>,
     /// The roles the status shows.
     pub roles: Vec<String>,
+    /// When a binding of the person expires: the store's assignments change then, so the person
+    /// is looked at again right then.
+    pub expires: Option<Timestamp>,
 }
 
 /// Decide one reconcile of `user` from what was read: whether it may be provisioned, the
@@ -309,6 +314,7 @@ pub fn decide(user: &SystemUser, seen: &Seen<'_>) -> Decision {
             withdraw: refusal && holds,
             repaired: Vec::new(),
             roles: seen.roles.clone(),
+            expires: None,
         };
     };
     let namespace = user.metadata.namespace.as_deref().unwrap_or_default();
@@ -325,6 +331,7 @@ pub fn decide(user: &SystemUser, seen: &Seen<'_>) -> Decision {
         assignments,
         withdraw: false,
         roles: seen.roles.clone(),
+        expires: seen.expires,
     }
 }
 

@@ -317,7 +317,12 @@ pub fn report(
         // The Tenant watch wakes the person when it appears; this is only a safety net.
         resync
     } else {
-        requeue_after(outcome.latest, now, resync)
+        // The sooner of the invitation's expiry and a binding's.
+        requeue_after(outcome.latest, now, resync).min(crate::plan::bindings::wait_until(
+            decision.expires,
+            now,
+            resync,
+        ))
     };
     Report {
         status,

@@ -14,6 +14,7 @@ fn seen<'a>(tenant: Option<&'a Tenant>, peers: &'a [Peer]) -> Seen<'a> {
         assignments: &[],
         roles: vec![],
         desired: vec![],
+        expires: None,
     }
 }
 
