@@ -249,3 +249,33 @@ fn drift_is_one_warning_and_a_missing_tenant_waits_for_the_resync_only() {
     assert_eq!(r.status.conditions[0].reason, "TenantNotFound");
     assert_eq!(r.requeue, resync);
 }
+
+#[test]
+fn a_person_is_looked_at_again_when_a_binding_of_theirs_ends() {
+    let t = tenant(None);
+    let u = user("alice", "alice@acme.example");
+    let acc = account(true, true);
+    let resync = std::time::Duration::from_secs(600);
+    let ends = now() + 90.seconds();
+    let d = decide(
+        &u,
+        &Seen {
+            account: Some(&acc),
+            expires: Some(ends),
+            ..seen(Some(&t), &[])
+        },
+    );
+    assert_eq!(d.expires, Some(ends));
+    let r = report(
+        &u,
+        &d,
+        &Outcome {
+            account: Some(&acc),
+            ..Default::default()
+        },
+        "alice-invitation",
+        now(),
+        resync,
+    );
+    assert_eq!(r.requeue, std::time::Duration::from_millis(90_050));
+}
