@@ -121,6 +121,13 @@ pub struct InvitationPolicy {
     )]
     #[schemars(length(max = 100), inner(length(max = 253)))]
     pub allowed_domains: Option<Vec<String>>,
+
+    /// Refuse addresses at disposable (throwaway) mail providers, such as mailinator.com or a
+    /// subdomain of one: such a SystemUser is Failed with reason DisposableEmail and gets no
+    /// mail. The list is the mailchecker project's (over 55,000 domains), updated with usher.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refuse_disposable: Option<bool>,
 }
 
 /// A role of the tenant's catalogue.

@@ -417,6 +417,63 @@ async fn resyncs_with_nothing_to_do_write_nothing_and_send_nothing() {
     assert_eq!(after.4, before.4, "mails during resyncs");
 }
 
+/// Issue 17, throwaway addresses: a tenant with `refuseDisposable` fails a person at a disposable
+/// provider (a subdomain of one included) with its own reason and Event, and mails only the
+/// others; lifting the refusal invites them.
+#[tokio::test]
+async fn a_tenant_that_refuses_throwaway_addresses_mails_only_lasting_ones() {
+    let client = client().await;
+    let ns = namespace(&client, "invite-disposable").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("    refuseDisposable: true\n")
+            + &user("temp", "temp@eu.mailinator.com", "Temp")
+            + &user("real", "real@acme.example", "Real")),
+    )
+    .await;
+    let _usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    let temp = wait_for(&users, "temp", "Failed", |u| {
+        phase(u) == Some(UserPhase::Failed)
+    })
+    .await;
+    let condition = &temp.status.unwrap().conditions[0];
+    assert_eq!(condition.reason, "DisposableEmail");
+    assert!(
+        condition.message.contains("mailinator.com"),
+        "{}",
+        condition.message
+    );
+    wait_for(&users, "real", "Pending", |u| {
+        phase(u) == Some(UserPhase::Pending)
+    })
+    .await;
+    let said = events_of(&client, &ns, "temp", "DisposableEmail").await;
+    assert_eq!(said.len(), 1, "{said:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent: Vec<String> = smtp.messages().iter().map(|m| recipient(m)).collect();
+    assert_eq!(sent, ["real@acme.example"]);
+
+    // Lifted: the Tenant's change is decided again for its people.
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &ns);
+    tenants
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"spec": {"invitations": {"refuseDisposable": false}}}),
+            ),
+        )
+        .await
+        .expect("patch");
+    wait_for(&users, "temp", "Pending", |u| {
+        phase(u) == Some(UserPhase::Pending)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn duplicate_emails_and_foreign_domains_fail_without_a_mail() {
     let client = client().await;

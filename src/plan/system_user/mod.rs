@@ -49,6 +49,11 @@ pub enum Blocked {
         /// The domains the tenant allows.
         allowed: Vec<String>,
     },
+    /// The tenant refuses disposable (throwaway) mail providers, and the address is at one.
+    DisposableEmail {
+        /// The provider's domain that matched (the address's domain or a parent of it).
+        domain: String,
+    },
     /// The address passed admission but no mail can be addressed to it (RFC 5321/5322 and
     /// RFC 6531 as the mailer parses them): a trailing dot, two dots in a row, a stray `>`.
     EmailUndeliverable {
@@ -67,6 +72,7 @@ impl Blocked {
             Self::TenantTerminating(_) => "TenantTerminating",
             Self::DuplicateEmail { .. } => "DuplicateEmail",
             Self::EmailDomainNotAllowed { .. } => "EmailDomainNotAllowed",
+            Self::DisposableEmail { .. } => "DisposableEmail",
             Self::EmailUndeliverable { .. } => "EmailUndeliverable",
             Self::StoreRefused(_) => "StoreRefused",
         }
@@ -87,6 +93,9 @@ impl Blocked {
             Self::EmailDomainNotAllowed { allowed } => format!(
                 "the tenant only invites addresses in {}; {email} is not one of them",
                 allowed.join(", ")
+            ),
+            Self::DisposableEmail { domain } => format!(
+                "{email} is at {domain}, a disposable (throwaway) mail provider, and the tenant refuses those (spec.invitations.refuseDisposable); no invitation was sent. Use the person's lasting address"
             ),
             Self::EmailUndeliverable { reason } => {
                 format!("no mail can be sent to {email:?} ({reason}); correct spec.email")
@@ -129,10 +138,8 @@ pub fn blocked(user: &SystemUser, tenant: Option<&Tenant>, peers: &[Peer]) -> Op
         });
     }
     let email = user.spec.email.to_lowercase();
-    if let Some(allowed) = tenant
-        .spec
-        .invitations
-        .as_ref()
+    let policy = tenant.spec.invitations.as_ref();
+    if let Some(allowed) = policy
         .and_then(|i| i.allowed_domains.as_ref())
         .filter(|d| !d.is_empty())
     {
@@ -143,6 +150,11 @@ pub fn blocked(user: &SystemUser, tenant: Option<&Tenant>, peers: &[Peer]) -> Op
             });
         }
     }
+    if policy.and_then(|i| i.refuse_disposable) == Some(true)
+        && let Some(domain) = disposable_provider(&email)
+    {
+        return Some(Blocked::DisposableEmail { domain });
+    }
     let me = rank(user);
     peers
         .iter()
@@ -152,6 +164,18 @@ pub fn blocked(user: &SystemUser, tenant: Option<&Tenant>, peers: &[Peer]) -> Op
         .map(|p| Blocked::DuplicateEmail {
             holder: p.name.clone(),
         })
+}
+
+/// The disposable (throwaway) mail provider an address is at, if any: its domain or a parent
+/// domain of it is on mailchecker's list (so `x@eu.mailinator.com` is caught as `mailinator.com`).
+pub fn disposable_provider(email: &str) -> Option<String> {
+    static LIST: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
+        std::sync::LazyLock::new(|| mailchecker::blacklist().into_iter().collect());
+    let domain = email.rsplit_once('@')?.1.to_lowercase();
+    let labels: Vec<&str> = domain.trim_end_matches('.').split('.').collect();
+    (0..labels.len().saturating_sub(1))
+        .map(|i| labels[i..].join("."))
+        .find(|d| LIST.contains(d.as_str()))
 }
 
 /// Who keeps an address two SystemUsers of a tenant declare: the older, and between two created
@@ -299,6 +323,7 @@ pub fn decide(user: &SystemUser, seen: &Seen<'_>) -> Decision {
             Some(
                 Blocked::DuplicateEmail { .. }
                     | Blocked::EmailDomainNotAllowed { .. }
+                    | Blocked::DisposableEmail { .. }
                     | Blocked::EmailUndeliverable { .. }
             )
         );

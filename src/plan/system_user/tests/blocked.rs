@@ -162,3 +162,49 @@ fn an_account_by_address_is_taken_over_only_from_nobody_or_from_the_loser_of_the
     let loser = at("zz-jo", "jo@acme.example", now());
     assert!(!restorable(&loser, Some(&winner)));
 }
+
+#[test]
+fn a_tenant_that_refuses_throwaway_addresses_fails_them_and_only_them() {
+    let refusing = tenant(Some(InvitationPolicy {
+        refuse_disposable: Some(true),
+        ..Default::default()
+    }));
+    for (email, provider) in [
+        ("sam@mailinator.com", "mailinator.com"),
+        ("Sam@Mailinator.COM", "mailinator.com"),
+        ("sam@eu.mailinator.com", "mailinator.com"),
+        ("sam@33mail.com", "33mail.com"),
+    ] {
+        assert_eq!(
+            blocked(&user("sam", email), Some(&refusing), &[]),
+            Some(Blocked::DisposableEmail {
+                domain: provider.into()
+            }),
+            "{email}"
+        );
+    }
+    for email in examples::REAL_ADDRESSES
+        .iter()
+        .chain(&["sam@gmail.com", "sam@mail.example"])
+    {
+        assert_eq!(
+            blocked(&user("sam", email), Some(&refusing), &[]),
+            None,
+            "{email}"
+        );
+    }
+    // Not asked for: nobody is refused for it.
+    assert_eq!(
+        blocked(&user("sam", "sam@mailinator.com"), Some(&tenant(None)), &[]),
+        None
+    );
+    let refused = Blocked::DisposableEmail {
+        domain: "mailinator.com".into(),
+    };
+    assert_eq!(refused.reason(), "DisposableEmail");
+    assert!(
+        refused
+            .message("sam@mailinator.com")
+            .contains("refuseDisposable")
+    );
+}
