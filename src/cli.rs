@@ -1,5 +1,6 @@
-//! The `usher` command line: `run`, `validate` and `crds`. A thin layer: it parses arguments
-//! and hands them to [`crate::run`], [`crate::validate`] or [`crate::crd`].
+//! The `usher` command line: `run`, `validate`, `find` and `crds`. A thin layer: it parses
+//! arguments and hands them to [`crate::run`], [`crate::validate`], [`crate::find`] or
+//! [`crate::crd`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,19 @@ enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Find people the way admin pages search: a case-insensitive word in their first or last
+    /// name, email, company, street, city, region, postal code, country or phone (phone numbers
+    /// match on their digits). Prints a table as kubectl does.
+    Find {
+        /// The word, e.g. a surname, a city, a ZIP code or part of a phone number.
+        word: String,
+        /// The namespace to search (default: the kubeconfig's).
+        #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        /// Search every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
     /// Print the CustomResourceDefinitions as multi-document YAML (or write one file per kind).
     Crds {
         /// Write `<group>_<plural>.yaml` files into this folder instead of printing.
@@ -43,6 +57,11 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         let result = match self.command {
             Command::Crds { dir } => crds(dir.as_deref()),
+            Command::Find {
+                word,
+                namespace,
+                all_namespaces,
+            } => find(&word, namespace, all_namespaces),
             Command::Run(args) => run(*args),
             Command::Validate { paths } => {
                 let problems = crate::validate::validate(&paths);
@@ -147,6 +166,9 @@ pub enum CliError {
     /// A CRD could not be rendered as YAML (a bug in the types).
     #[error("cannot render the CRDs as YAML: {0}")]
     Render(#[from] serde_yaml_ng::Error),
+    /// `usher find` could not read the cluster.
+    #[error(transparent)]
+    Find(#[from] crate::find::FindError),
     /// `usher run` failed (the store, the mail transport, the Kubernetes API, the listener).
     #[error(transparent)]
     Run(#[from] crate::run::RunError),
@@ -186,6 +208,32 @@ fn crds(dir: Option<&Path>) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+fn find(word: &str, namespace: Option<String>, all: bool) -> Result<(), CliError> {
+    use crate::find::Scope;
+    let scope = if all {
+        Scope::All
+    } else {
+        Scope::Namespace(namespace)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::run::RunError::Io(format!("starting the runtime: {e}")))?;
+    let found = runtime.block_on(crate::find::find(word, &scope))?;
+    if found.is_empty() {
+        // As kubectl says it: on stderr, and not an error.
+        eprintln!("No SystemUsers match {word:?}.");
+        return Ok(());
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(crate::find::table(&found, all).as_bytes())
+        .map_err(|source| CliError::Write {
+            path: "stdout".into(),
+            source,
+        })
 }
 
 fn run(args: RunArgs) -> Result<(), CliError> {

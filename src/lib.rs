@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod find;
 pub mod mail;
 pub mod metrics;
 pub mod plan;

@@ -17,6 +17,12 @@ use super::{EMAIL_MESSAGE, EMAIL_RULE, ObjectRef};
     doc = "A person with access to a tenant. usher creates the account in the user store, mails an invitation with a single-use token, shows Pending until the person accepts and Active after; deleting the object offboards the person.",
     selectable = ".spec.email",
     selectable = ".spec.tenantRef.name",
+    selectable = ".spec.firstName",
+    selectable = ".spec.lastName",
+    selectable = ".spec.company",
+    selectable = ".spec.phone",
+    selectable = ".spec.address.city",
+    selectable = ".spec.address.postalCode",
     printcolumn(name = "Email", type_ = "string", json_path = ".spec.email"),
     printcolumn(
         name = "Tenant",

@@ -4,6 +4,7 @@
 
 pub mod bindings;
 pub mod condition;
+pub mod find;
 pub mod groups;
 pub mod offboarding;
 pub mod records;

@@ -14,6 +14,7 @@ mod crds;
 mod deploy;
 mod drift;
 mod examples;
+mod find;
 mod hostile;
 mod invitations;
 mod kubectl;
