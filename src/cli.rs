@@ -1,6 +1,6 @@
-//! The `usher` command line: `run`, `validate`, `find` and `crds`. A thin layer: it parses
-//! arguments and hands them to [`crate::run`], [`crate::validate`], [`crate::find`] or
-//! [`crate::crd`].
+//! The `usher` command line: `run`, `validate`, `find`, `import` and `crds`. A thin layer: it
+//! parses arguments and hands them to [`crate::run`], [`crate::validate`], [`crate::find`],
+//! [`crate::import`] or [`crate::crd`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -44,6 +44,30 @@ enum Command {
         #[arg(short = 'A', long)]
         all_namespaces: bool,
     },
+    /// Turn a list of people (a CSV export: `,` `;` or tab separated, a BOM and quotes welcome)
+    /// into the manifests to commit: one file per person in DIR, a SystemUser and, with
+    /// --role, its RoleBinding. Bad rows are refused with their line and the reason `usher
+    /// validate` gives; people already declared under DIR are skipped. Exit 1 if a row was refused.
+    Import {
+        /// The CSV file; its header line names the columns (email, first name, last name, phone,
+        /// company, street, city, region, zip, country, …).
+        file: PathBuf,
+        /// The Tenant the people belong to.
+        #[arg(long)]
+        tenant: String,
+        /// Their namespace.
+        #[arg(short = 'n', long)]
+        namespace: String,
+        /// A role to bind each person to.
+        #[arg(long)]
+        role: Option<String>,
+        /// The LocationGroup the role applies on (default: tenant-wide).
+        #[arg(long, requires = "role")]
+        group: Option<String>,
+        /// The folder to write to; also searched for the Tenant and for people already declared.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Print the CustomResourceDefinitions as multi-document YAML (or write one file per kind).
     Crds {
         /// Write `<group>_<plural>.yaml` files into this folder instead of printing.
@@ -62,6 +86,30 @@ impl Cli {
                 namespace,
                 all_namespaces,
             } => find(&word, namespace, all_namespaces),
+            Command::Import {
+                file,
+                tenant,
+                namespace,
+                role,
+                group,
+                out,
+            } => {
+                let opts = crate::import::ImportOptions {
+                    tenant,
+                    namespace,
+                    role,
+                    group,
+                    out,
+                };
+                return match import(&file, &opts) {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::FAILURE,
+                    Err(err) => {
+                        eprintln!("usher: {err}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             Command::Run(args) => run(*args),
             Command::Validate { paths } => {
                 let problems = crate::validate::validate(&paths);
@@ -166,6 +214,17 @@ pub enum CliError {
     /// A CRD could not be rendered as YAML (a bug in the types).
     #[error("cannot render the CRDs as YAML: {0}")]
     Render(#[from] serde_yaml_ng::Error),
+    /// `usher import` could not read its CSV or write a manifest.
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// `usher find` could not read the cluster.
     #[error(transparent)]
     Find(#[from] crate::find::FindError),
@@ -208,6 +267,37 @@ fn crds(dir: Option<&Path>) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Run an import and print what it did; false when a row was refused.
+fn import(file: &Path, opts: &crate::import::ImportOptions) -> Result<bool, CliError> {
+    let shown = file.display().to_string();
+    let bytes = std::fs::read(file).map_err(|source| CliError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let report = crate::import::import(&shown, &bytes, opts)?;
+    let mut out = std::io::stdout().lock();
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    for (line, path) in &report.written {
+        let _ = writeln!(out, "{shown}:{line}: written {path}");
+    }
+    for (line, why) in &report.skipped {
+        let _ = writeln!(out, "{shown}:{line}: skipped: {why}");
+    }
+    for (line, why) in &report.refused {
+        let _ = writeln!(out, "{shown}:{line}: refused: {why}");
+    }
+    let _ = writeln!(
+        out,
+        "{} written, {} already declared, {} refused",
+        report.written.len(),
+        report.skipped.len(),
+        report.refused.len()
+    );
+    Ok(report.refused.is_empty())
 }
 
 fn find(word: &str, namespace: Option<String>, all: bool) -> Result<(), CliError> {

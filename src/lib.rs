@@ -16,6 +16,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod find;
+pub mod import;
 pub mod mail;
 pub mod metrics;
 pub mod plan;

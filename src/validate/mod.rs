@@ -106,6 +106,23 @@ fn files(paths: &[PathBuf], problems: &mut Vec<Problem>) -> Vec<PathBuf> {
     out
 }
 
+/// The documents of the YAML files under `paths`, each with its file, for tools that read what
+/// git declares (`usher import`); what cannot be read or parsed is left out (`usher validate`
+/// reports it).
+pub(crate) fn documents(paths: &[PathBuf]) -> Vec<(String, Value)> {
+    let mut ignored = Vec::new();
+    files(paths, &mut ignored)
+        .into_iter()
+        .filter_map(|f| Some((f.display().to_string(), std::fs::read_to_string(&f).ok()?)))
+        .flat_map(|(file, text)| {
+            parse(&text)
+                .into_iter()
+                .filter_map(Result::ok)
+                .map(move |v| (file.clone(), v))
+        })
+        .collect()
+}
+
 fn object_name(v: &Value) -> String {
     format!(
         "{}/{}",

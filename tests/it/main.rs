@@ -16,6 +16,7 @@ mod drift;
 mod examples;
 mod find;
 mod hostile;
+mod import;
 mod invitations;
 mod kubectl;
 mod leader;
