@@ -434,6 +434,131 @@ async fn grants_reach_down_a_three_level_tree(store: Arc<dyn UserStore>) {
 }
 
 /// Every check, in order, on one store.
+/// Issue 17, where the product reads access: the `access` view of the SQL stores answers "may
+/// this person open pricing at fresno-01?" in one query, with inherited scope expanded, and
+/// gives nothing to an account that is not active.
+async fn the_access_view_answers_the_sign_in_question(store: Arc<dyn UserStore>, url: &str) {
+    let tenant = "view/acme";
+    store
+        .put_tenant(&TenantRecord {
+            key: tenant.into(),
+            display_name: "Acme".into(),
+        })
+        .await
+        .unwrap();
+    let role = |name: &str, permissions: &[&str]| RoleRecord {
+        name: name.into(),
+        description: None,
+        exclusive: false,
+        permissions: permissions.iter().map(|p| p.to_string()).collect(),
+    };
+    store
+        .put_roles(
+            tenant,
+            &[
+                role("Manager", &["pricing", "reports"]),
+                role("Auditor", &["reports"]),
+                role("Viewer", &[]),
+            ],
+        )
+        .await
+        .unwrap();
+    let group = |name: &str, parent: Option<&str>, locations: &[&str]| GroupRecord {
+        key: format!("view/{name}"),
+        tenant: tenant.into(),
+        parent: parent.map(|p| format!("view/{p}")),
+        display_name: name.into(),
+        path: name.into(),
+        locations: locations
+            .iter()
+            .map(|id| usher::crd::Location {
+                id: id.to_string(),
+                name: None,
+            })
+            .collect(),
+    };
+    for g in [
+        group("main", None, &["hq-01"]),
+        group("west", Some("main"), &["west-01"]),
+        group("fresno", Some("west"), &["fresno-01", "fresno-02"]),
+    ] {
+        store.put_group(&g).await.unwrap();
+    }
+    let person = |name: &str| UserFields {
+        tenant: tenant.into(),
+        external_id: format!("view/{name}"),
+        email: format!("{name}@view.example"),
+        profile: Default::default(),
+    };
+    let dana = store.create_user(&person("dana")).await.unwrap();
+    let omar = store.create_user(&person("omar")).await.unwrap();
+    let pending = store.create_user(&person("pending")).await.unwrap();
+    for user in [&dana, &omar] {
+        store
+            .set_active(&user.id, true, Timestamp::now())
+            .await
+            .unwrap();
+    }
+    let assign = |binding: &str, role: &str, group: Option<&str>| Assignment {
+        binding: format!("view/{binding}"),
+        role: role.into(),
+        group: group.map(|g| format!("view/{g}")),
+    };
+    store
+        .set_assignments(&dana.id, &[assign("dana-manager", "Manager", Some("west"))])
+        .await
+        .unwrap();
+    store
+        .set_assignments(&omar.id, &[assign("omar-auditor", "Auditor", None)])
+        .await
+        .unwrap();
+    store
+        .set_assignments(&pending.id, &[assign("p-manager", "Manager", None)])
+        .await
+        .unwrap();
+
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let may = |who: &'static str, permission: &'static str, location: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM access WHERE person = $1 AND permission = $2
+                 AND (tenant_wide = 1 OR location = $3)",
+            )
+            .bind(format!("view/{who}"))
+            .bind(permission)
+            .bind(location)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n > 0
+        }
+    };
+    // Manager on west: west and everything below it, its permissions only.
+    assert!(may("dana", "pricing", "fresno-01").await);
+    assert!(may("dana", "reports", "fresno-02").await);
+    assert!(may("dana", "pricing", "west-01").await);
+    assert!(!may("dana", "pricing", "hq-01").await, "main is above west");
+    assert!(!may("dana", "work-orders", "fresno-01").await);
+    // A tenant-wide role reaches every location.
+    assert!(may("omar", "reports", "hq-01").await);
+    assert!(!may("omar", "pricing", "hq-01").await);
+    // Not active: nothing, whatever the role.
+    assert!(!may("pending", "pricing", "hq-01").await);
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM access WHERE person = 'view/pending'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    // Suspending someone takes it away at once.
+    store
+        .set_active(&dana.id, false, Timestamp::now())
+        .await
+        .unwrap();
+    assert!(!may("dana", "pricing", "fresno-01").await);
+}
+
 /// The SQL stores keep one account per (tenant, address), whatever the case, so that no race
 /// between two reconciles can give one mailbox two accounts.
 async fn one_account_per_address(store: Arc<dyn UserStore>) {
@@ -508,11 +633,11 @@ pub async fn contract(store: Arc<dyn UserStore>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_passes_the_contract() {
     let dir = usher_testenv::scratch_dir("contract").unwrap();
-    let store = usher::store::open(&format!("sqlite://{}", dir.join("usher.db").display()))
-        .await
-        .unwrap();
+    let url = format!("sqlite://{}", dir.join("usher.db").display());
+    let store = usher::store::open(&url).await.unwrap();
     contract(store.clone()).await;
-    one_account_per_address(store).await;
+    one_account_per_address(store.clone()).await;
+    the_access_view_answers_the_sign_in_question(store, &url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -520,7 +645,8 @@ async fn postgres_passes_the_contract() {
     let url = usher_testenv::postgres().database("contract").unwrap();
     let store = usher::store::open(&url).await.unwrap();
     contract(store.clone()).await;
-    one_account_per_address(store).await;
+    one_account_per_address(store.clone()).await;
+    the_access_view_answers_the_sign_in_question(store, &url).await;
 }
 
 #[tokio::test]
