@@ -1,6 +1,6 @@
-//! The `usher` command line: `run`, `validate`, `find`, `import` and `crds`. A thin layer: it
-//! parses arguments and hands them to [`crate::run`], [`crate::validate`], [`crate::find`],
-//! [`crate::import`] or [`crate::crd`].
+//! The `usher` command line: `run`, `validate`, `find`, `review`, `import` and `crds`. A thin
+//! layer: it parses arguments and hands them to [`crate::run`], [`crate::validate`],
+//! [`crate::find`], [`crate::review`], [`crate::import`] or [`crate::crd`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -44,6 +44,23 @@ enum Command {
         #[arg(short = 'A', long)]
         all_namespaces: bool,
     },
+    /// The periodic access review of each tenant, to sign off: who holds which role where (and
+    /// what it reaches and permits), invitations waiting more than N days, suspended people,
+    /// access ending within N days.
+    Review {
+        /// The namespace to review (default: the kubeconfig's).
+        #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        /// Review every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Output: table (to read), csv (for a spreadsheet) or json.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: crate::review::Format,
+        /// How long an invitation may wait, and how far ahead ending access is listed, in days.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=3650))]
+        days: i64,
+    },
     /// Turn a list of people (a CSV export: `,` `;` or tab separated, a BOM and quotes welcome)
     /// into the manifests to commit: one file per person in DIR, a SystemUser and, with
     /// --role, its RoleBinding. Bad rows are refused with their line and the reason `usher
@@ -86,6 +103,12 @@ impl Cli {
                 namespace,
                 all_namespaces,
             } => find(&word, namespace, all_namespaces),
+            Command::Review {
+                namespace,
+                all_namespaces,
+                output,
+                days,
+            } => review(namespace, all_namespaces, output, days),
             Command::Import {
                 file,
                 tenant,
@@ -298,6 +321,32 @@ fn import(file: &Path, opts: &crate::import::ImportOptions) -> Result<bool, CliE
         report.refused.len()
     );
     Ok(report.refused.is_empty())
+}
+
+fn review(
+    namespace: Option<String>,
+    all: bool,
+    format: crate::review::Format,
+    days: i64,
+) -> Result<(), CliError> {
+    use crate::find::Scope;
+    let scope = if all {
+        Scope::All
+    } else {
+        Scope::Namespace(namespace)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::run::RunError::Io(format!("starting the runtime: {e}")))?;
+    let reviews = runtime.block_on(crate::review::reviews(&scope, days))?;
+    std::io::stdout()
+        .lock()
+        .write_all(crate::review::render(&reviews, format, days).as_bytes())
+        .map_err(|source| CliError::Write {
+            path: "stdout".into(),
+            source,
+        })
 }
 
 fn find(word: &str, namespace: Option<String>, all: bool) -> Result<(), CliError> {

@@ -20,6 +20,7 @@ pub mod import;
 pub mod mail;
 pub mod metrics;
 pub mod plan;
+pub mod review;
 pub mod run;
 pub mod server;
 pub mod store;

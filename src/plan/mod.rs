@@ -9,6 +9,7 @@ pub mod groups;
 pub mod offboarding;
 pub mod records;
 pub mod retry;
+pub mod review;
 pub mod system_user;
 pub mod tenant;
 pub mod world;

@@ -24,6 +24,7 @@ mod make_run;
 mod observability;
 mod offboarding;
 mod reliability;
+mod review;
 mod roles;
 mod secrets;
 mod stores;
