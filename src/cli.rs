@@ -329,20 +329,36 @@ fn review(
     format: crate::review::Format,
     days: i64,
 ) -> Result<(), CliError> {
-    use crate::find::Scope;
-    let scope = if all {
-        Scope::All
+    let reviews = block_on(crate::review::reviews(&scope(namespace, all), days))?;
+    print(&crate::review::render(&reviews, format, days))
+}
+
+/// Where `-n NS` / `-A` point: one namespace (None: the kubeconfig's) or all of them.
+fn scope(namespace: Option<String>, all: bool) -> crate::find::Scope {
+    if all {
+        crate::find::Scope::All
     } else {
-        Scope::Namespace(namespace)
-    };
+        crate::find::Scope::Namespace(namespace)
+    }
+}
+
+/// Run one future of a short command (`find`, `review`) to its end.
+fn block_on<T, E>(work: impl std::future::Future<Output = Result<T, E>>) -> Result<T, CliError>
+where
+    CliError: From<E>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| crate::run::RunError::Io(format!("starting the runtime: {e}")))?;
-    let reviews = runtime.block_on(crate::review::reviews(&scope, days))?;
+    Ok(runtime.block_on(work)?)
+}
+
+/// Print to stdout; a closed pipe or a full disk is an error that says so.
+fn print(text: &str) -> Result<(), CliError> {
     std::io::stdout()
         .lock()
-        .write_all(crate::review::render(&reviews, format, days).as_bytes())
+        .write_all(text.as_bytes())
         .map_err(|source| CliError::Write {
             path: "stdout".into(),
             source,
@@ -350,29 +366,13 @@ fn review(
 }
 
 fn find(word: &str, namespace: Option<String>, all: bool) -> Result<(), CliError> {
-    use crate::find::Scope;
-    let scope = if all {
-        Scope::All
-    } else {
-        Scope::Namespace(namespace)
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| crate::run::RunError::Io(format!("starting the runtime: {e}")))?;
-    let found = runtime.block_on(crate::find::find(word, &scope))?;
+    let found = block_on(crate::find::find(word, &scope(namespace, all)))?;
     if found.is_empty() {
         // As kubectl says it: on stderr, and not an error.
         eprintln!("No SystemUsers match {word:?}.");
         return Ok(());
     }
-    std::io::stdout()
-        .lock()
-        .write_all(crate::find::table(&found, all).as_bytes())
-        .map_err(|source| CliError::Write {
-            path: "stdout".into(),
-            source,
-        })
+    print(&crate::find::table(&found, all))
 }
 
 fn run(args: RunArgs) -> Result<(), CliError> {

@@ -26,12 +26,15 @@ pub enum FindError {
     Kube(String),
 }
 
-/// The SystemUsers in `scope` that match `word`, sorted by namespace and name. Errors: the
-/// cluster cannot be reached or refuses the list ([`FindError::Kube`]).
-pub async fn find(word: &str, scope: &Scope) -> Result<Vec<SystemUser>, FindError> {
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| FindError::Kube(e.to_string()))?;
+/// Every object of kind `K` in `scope`, read with the kubeconfig's client. Errors: the cluster
+/// cannot be reached or refuses the list ([`FindError::Kube`]).
+pub(crate) async fn list<K>(client: &kube::Client, scope: &Scope) -> Result<Vec<K>, FindError>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     let namespace = match scope {
         Scope::All => None,
         Scope::Namespace(ns) => Some(
@@ -39,12 +42,21 @@ pub async fn find(word: &str, scope: &Scope) -> Result<Vec<SystemUser>, FindErro
                 .unwrap_or_else(|| client.default_namespace().to_string()),
         ),
     };
-    let api = crate::controller::scoped_api::<SystemUser>(&client, namespace.as_deref());
-    let mut found: Vec<SystemUser> = api
+    crate::controller::scoped_api::<K>(client, namespace.as_deref())
         .list(&ListParams::default())
         .await
-        .map_err(|e| FindError::Kube(e.to_string()))?
-        .items
+        .map(|l| l.items)
+        .map_err(|e| FindError::Kube(e.to_string()))
+}
+
+/// The SystemUsers in `scope` that match `word`, sorted by namespace and name. Errors: the
+/// cluster cannot be reached or refuses the list ([`FindError::Kube`]).
+pub async fn find(word: &str, scope: &Scope) -> Result<Vec<SystemUser>, FindError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| FindError::Kube(e.to_string()))?;
+    let mut found: Vec<SystemUser> = list::<SystemUser>(&client, scope)
+        .await?
         .into_iter()
         .filter(|u| matches(u, word))
         .collect();

@@ -4,11 +4,10 @@
 
 use std::io::Write;
 
-use kube::api::ListParams;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
-use crate::find::{FindError, Scope};
+use crate::find::{FindError, Scope, list};
 use crate::plan::review::{TenantReview, review};
 
 /// How the review is printed.
@@ -20,27 +19,6 @@ pub enum Format {
     Csv,
     /// The reviews as a JSON array.
     Json,
-}
-
-async fn list<K>(client: &kube::Client, scope: &Scope) -> Result<Vec<K>, FindError>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let namespace = match scope {
-        Scope::All => None,
-        Scope::Namespace(ns) => Some(
-            ns.clone()
-                .unwrap_or_else(|| client.default_namespace().to_string()),
-        ),
-    };
-    crate::controller::scoped_api::<K>(client, namespace.as_deref())
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .map_err(|e| FindError::Kube(e.to_string()))
 }
 
 /// The reviews of every tenant in `scope`, sorted by namespace and tenant; `days` as in

@@ -406,6 +406,16 @@ mod tests {
 
         /// Read what the controller would, decide, and carry it out, as one reconcile does.
         async fn reconcile(&self, user: &SystemUser, tenant: &Tenant) -> Result<(), Error> {
+            self.reconcile_mailing(user, tenant, &self.mailer).await
+        }
+
+        /// [`Bench::reconcile`], handing mail to `mailer`.
+        async fn reconcile_mailing(
+            &self,
+            user: &SystemUser,
+            tenant: &Tenant,
+            mailer: &dyn Mailer,
+        ) -> Result<(), Error> {
             let mut account = self
                 .store
                 .user_by_external_id(&format!("acme/{}", user.name_any()))
@@ -429,7 +439,11 @@ mod tests {
                 },
             );
             let settings = decision.settings.clone().unwrap();
-            self.executor()
+            let executor = Executor {
+                mailer,
+                ..self.executor()
+            };
+            executor
                 .carry_out(
                     user,
                     tenant,
@@ -661,40 +675,7 @@ mod tests {
         let sam = person("sam@acme.example");
         let acme = tenant(false);
         for attempt in 0..2 {
-            let mut account = b.store.user_by_external_id("acme/sam").await.unwrap();
-            let mut latest = match &account {
-                Some(a) => b.store.latest_invitation(&a.id).await.unwrap(),
-                None => None,
-            };
-            let decision = plan::decide(
-                &sam,
-                &Seen {
-                    tenant: Some(&acme),
-                    peers: &[],
-                    account: account.as_ref(),
-                    own: true,
-                    latest: latest.as_ref(),
-                    assignments: &[],
-                    roles: vec![],
-                    desired: vec![],
-                    expires: None,
-                },
-            );
-            let executor = Executor {
-                mailer: &lossy,
-                ..b.executor()
-            };
-            let done = executor
-                .carry_out(
-                    &sam,
-                    &acme,
-                    decision.settings.as_ref().unwrap(),
-                    &decision.writes,
-                    &mut account,
-                    &mut latest,
-                    Timestamp::now(),
-                )
-                .await;
+            let done = b.reconcile_mailing(&sam, &acme, &lossy).await;
             assert_eq!(done.is_ok(), attempt == 1, "{done:?}");
         }
         let mailed = b.mailed();

@@ -2,7 +2,7 @@
 //! and `usher find WORD` across all of them, on messy real-world data, against the real control
 //! plane.
 
-use crate::support::{apply_yaml, client, kubectl, namespace};
+use crate::support::{apply_yaml, client, kubectl, namespace, usher_cli};
 
 const PEOPLE: &str = "\
 apiVersion: usher.dev/v1alpha1
@@ -41,17 +41,8 @@ spec:
 ";
 
 fn usher_find(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher"))
-        .arg("find")
-        .args(args)
-        .env("KUBECONFIG", &usher_testenv::shared().kubeconfig)
-        .output()
-        .expect("usher find runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, out, err) = usher_cli(&[&["find"], args].concat());
+    (code == 0, out, err)
 }
 
 /// The NAME column of a table printed without NAMESPACE.

@@ -6,7 +6,9 @@ use kube::api::Api;
 use usher::crd::{SystemUser, UserPhase};
 use usher_testenv::Smtp;
 
-use crate::support::{Usher, apply, client, discovery, documents, namespace, wait_for, yaml_files};
+use crate::support::{
+    Usher, apply, client, discovery, documents, namespace, usher_cli, wait_for, yaml_files,
+};
 
 /// An export as spreadsheets write them: a BOM, `;` separators, CRLF line ends, quoted fields, a
 /// blank line, a duplicate, a row without an address and one whose address admission refuses.
@@ -19,18 +21,8 @@ const EXPORT: &str = "\u{feff}E-Mail;Vorname;First name;Last Name;Company;ZIP;Ci
     ana@acme.example.;x;Ana;;;;\r\n";
 
 fn usher(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher"))
-        .args(args)
-        .output()
-        .expect("usher runs");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (code, out, err) = usher_cli(args);
+    (code, out + &err)
 }
 
 #[tokio::test]

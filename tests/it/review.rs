@@ -7,22 +7,11 @@ use std::time::Duration;
 use kube::api::Api;
 use usher::crd::{SystemUser, UserPhase};
 
-use crate::support::{Usher, apply_yaml, client, namespace, wait_for};
+use crate::support::{Usher, apply_yaml, client, namespace, usher_cli, wait_for};
 
 fn usher(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher"))
-        .args(args)
-        .env("KUBECONFIG", &usher_testenv::shared().kubeconfig)
-        .output()
-        .expect("usher runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (code, out, err) = usher_cli(args);
+    (code == 0, out + &err)
 }
 
 #[tokio::test]

@@ -529,3 +529,18 @@ pub async fn events_of(client: &kube::Client, ns: &str, name: &str, reason: &str
     .await
     .unwrap_or_default()
 }
+
+/// Run the `usher` binary with `args` against the shared control plane (its kubeconfig); its exit
+/// code, stdout and stderr.
+pub fn usher_cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_usher"))
+        .args(args)
+        .env("KUBECONFIG", &usher_testenv::shared().kubeconfig)
+        .output()
+        .expect("usher runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
