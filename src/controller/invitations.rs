@@ -521,6 +521,7 @@ mod tests {
                 locations: vec![],
                 suspended: false,
                 comments: None,
+                attributes: Default::default(),
             },
         );
         u.metadata = ObjectMeta {

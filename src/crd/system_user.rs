@@ -84,6 +84,18 @@ pub struct SystemUserSpec {
     #[schemars(length(max = 100))]
     pub accounting_id: Option<String>,
 
+    /// Per-person options the product reads, e.g. {allowTickets: "true"}: at most 16, each named
+    /// in camelCase (a lowercase letter, then letters and digits, up to 63 characters) with a
+    /// value of up to 256 characters. Written to every store: the `attributes` column (JSON) of
+    /// the SQL stores, `attributes` ({name, value} pairs) in usher's SCIM User extension.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[x_kube(
+        validation = Rule::new(r"self.all(k, size(k) <= 63 && k.matches('^[a-z][A-Za-z0-9]*$'))").message("each attribute name must be camelCase: a lowercase letter, then letters and digits, at most 63 characters"),
+        validation = Rule::new(r"self.all(k, size(self[k]) <= 256)").message("each attribute value must be at most 256 characters")
+    )]
+    #[schemars(extend("maxProperties" = 16))]
+    pub attributes: std::collections::BTreeMap<String, String>,
+
     /// Ids of the locations this person is responsible for (see LocationGroup spec.locations).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(

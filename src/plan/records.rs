@@ -94,6 +94,10 @@ pub struct Profile {
     /// Notes for admins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comments: Option<String>,
+    /// Per-person options by name (spec.attributes). Kept out of the profile's JSON: the SQL
+    /// stores give them a column of their own, for the product to read.
+    #[serde(skip)]
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl From<&SystemUserSpec> for Profile {
@@ -107,6 +111,7 @@ impl From<&SystemUserSpec> for Profile {
             accounting_id: spec.accounting_id.clone(),
             locations: spec.locations.clone(),
             comments: spec.comments.clone(),
+            attributes: spec.attributes.clone(),
         }
     }
 }

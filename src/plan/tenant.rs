@@ -274,6 +274,7 @@ mod tests {
                 locations: vec![],
                 suspended: false,
                 comments: None,
+                attributes: Default::default(),
             },
         );
         u.status = Some(crate::crd::SystemUserStatus {

@@ -136,11 +136,12 @@ impl SqlStore {
             .await?;
         sqlx::query(
             "INSERT INTO users (id, tenant, external_id, email, email_lower, profile, active,
-             activated_us, created_us, updated_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             activated_us, created_us, updated_us, attributes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant,
              external_id = excluded.external_id, email = excluded.email,
              email_lower = excluded.email_lower, profile = excluded.profile,
-             updated_us = excluded.updated_us",
+             updated_us = excluded.updated_us, attributes = excluded.attributes",
         )
         .bind(id)
         .bind(&fields.tenant)
@@ -152,6 +153,7 @@ impl SqlStore {
         .bind(accepted.map(micros))
         .bind(now)
         .bind(now)
+        .bind(attributes_json(fields)?)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -181,13 +183,17 @@ impl SqlStore {
 
 fn user_from_row(row: &AnyRow) -> Result<UserRecord, StoreError> {
     let profile: String = row.try_get("profile")?;
+    let attributes: String = row.try_get("attributes")?;
+    let mut profile = serde_json::from_str::<Profile>(&profile)
+        .map_err(|e| StoreError::Backend(format!("bad stored profile: {e}")))?;
+    profile.attributes = serde_json::from_str(&attributes)
+        .map_err(|e| StoreError::Backend(format!("bad stored attributes: {e}")))?;
     Ok(UserRecord {
         id: row.try_get("id")?,
         tenant: row.try_get("tenant")?,
         external_id: row.try_get("external_id")?,
         email: row.try_get("email")?,
-        profile: serde_json::from_str::<Profile>(&profile)
-            .map_err(|e| StoreError::Backend(format!("bad stored profile: {e}")))?,
+        profile,
         active: row.try_get::<i64, _>("active")? != 0,
         activated_at: row
             .try_get::<Option<i64>, _>("activated_us")?
@@ -226,6 +232,12 @@ fn profile_json(fields: &UserFields) -> Result<String, StoreError> {
         .map_err(|e| StoreError::Backend(format!("encoding a profile: {e}")))
 }
 
+/// The `attributes` column: a JSON object of name → value.
+fn attributes_json(fields: &UserFields) -> Result<String, StoreError> {
+    serde_json::to_string(&fields.profile.attributes)
+        .map_err(|e| StoreError::Backend(format!("encoding attributes: {e}")))
+}
+
 #[async_trait]
 impl Health for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -254,7 +266,7 @@ impl Accounts for SqlStore {
         let now = micros(Timestamp::now());
         sqlx::query(
             "INSERT INTO users (id, tenant, external_id, email, email_lower, profile, active,
-             created_us, updated_us) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8)",
+             created_us, updated_us, attributes) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9)",
         )
         .bind(&id)
         .bind(&fields.tenant)
@@ -264,6 +276,7 @@ impl Accounts for SqlStore {
         .bind(profile_json(fields)?)
         .bind(now)
         .bind(now)
+        .bind(attributes_json(fields)?)
         .execute(&self.pool)
         .await
         .map_err(|e| address_taken(e, fields))?;
@@ -281,7 +294,8 @@ impl Accounts for SqlStore {
     async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError> {
         let row = sqlx::query(
             "UPDATE users SET tenant = $1, external_id = $2, email = $3, email_lower = $4,
-             profile = $5, updated_us = $6, holds_address = 1 WHERE id = $7 RETURNING *",
+             profile = $5, updated_us = $6, holds_address = 1, attributes = $8 WHERE id = $7
+             RETURNING *",
         )
         .bind(&fields.tenant)
         .bind(&fields.external_id)
@@ -290,6 +304,7 @@ impl Accounts for SqlStore {
         .bind(profile_json(fields)?)
         .bind(micros(Timestamp::now()))
         .bind(id)
+        .bind(attributes_json(fields)?)
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| address_taken(e, fields))?

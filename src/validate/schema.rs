@@ -186,6 +186,16 @@ pub fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldProbl
             }
         }
         Value::Object(map) => {
+            // The API server's words for a map with too many entries.
+            let n = map.len() as u64;
+            if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
+                && n > max
+            {
+                out.push(problem(
+                    path,
+                    format!("Too many: {n}: must have at most {max} items"),
+                ));
+            }
             let props = schema.get("properties").and_then(Value::as_object);
             for req in required(schema) {
                 if !map.contains_key(req) {

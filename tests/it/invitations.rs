@@ -905,3 +905,56 @@ async fn two_holders_of_one_address_created_together_leave_one_way_in() {
         "exactly one way in, adam's"
     );
 }
+
+/// Issue 17, per-person options: `spec.attributes` reach the store's `attributes` column, follow
+/// edits (one removed in git goes from the store too), and `kubectl explain` documents them.
+#[tokio::test]
+async fn per_person_options_are_written_to_the_store_and_follow_edits() {
+    let client = client().await;
+    let ns = namespace(&client, "attributes").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("")
+            + &user("sam", "sam@acme.example", "Sam")
+            + "  attributes: {allowTickets: \"true\", costCenter: CC-17}\n"),
+    )
+    .await;
+    let usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    wait_for(&users, "sam", "Pending", |u| {
+        phase(u) == Some(UserPhase::Pending)
+    })
+    .await;
+    let column = || {
+        let rows = crate::support::sql(
+            &usher.db,
+            &format!("SELECT attributes FROM users WHERE external_id = '{ns}/sam'"),
+        );
+        serde_json::from_str::<serde_json::Value>(rows[0][0].as_str().unwrap()).unwrap()
+    };
+    assert_eq!(
+        column(),
+        serde_json::json!({"allowTickets": "true", "costCenter": "CC-17"})
+    );
+    users
+        .patch(
+            "sam",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"attributes": {"costCenter": null, "allowTickets": "false"}}})),
+        )
+        .await
+        .expect("patch");
+    let followed = eventually(Duration::from_secs(30), || async {
+        (column() == serde_json::json!({"allowTickets": "false"})).then_some(())
+    })
+    .await;
+    assert!(
+        followed.is_some(),
+        "the store follows the edit: {}",
+        column()
+    );
+    let (ok, explained) = crate::support::kubectl(&["explain", "systemusers.spec.attributes"]);
+    assert!(ok && explained.contains("camelCase"), "{explained}");
+}

@@ -22,6 +22,9 @@ fn fields(name: &str) -> UserFields {
         profile: Profile {
             first_name: Some(name.into()),
             locations: vec!["fresno-01".into()],
+            attributes: [("allowTickets", "true"), ("costCenter", "CC-17")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
             ..Default::default()
         },
     }
@@ -65,8 +68,25 @@ async fn accounts_round_trip(store: Arc<dyn UserStore>) {
     assert!(read.matches(&fields("alice")));
     let mut changed = fields("alice");
     changed.profile.last_name = Some("Ng".into());
+    // Per-person options: one dropped in git, one changed, one new; the store holds exactly those.
+    changed.profile.attributes.remove("costCenter");
+    changed
+        .profile
+        .attributes
+        .insert("allowTickets".into(), "false".into());
+    changed
+        .profile
+        .attributes
+        .insert("shift".into(), "night".into());
     let updated = store.update_user(&created.id, &changed).await.unwrap();
     assert_eq!(updated.profile.last_name.as_deref(), Some("Ng"));
+    let reread = store
+        .user_by_external_id("acme/alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reread.profile.attributes, changed.profile.attributes);
+    assert!(reread.matches(&changed), "read back as written: {reread:?}");
     store
         .set_active(&created.id, true, Timestamp::now())
         .await

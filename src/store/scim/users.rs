@@ -134,6 +134,14 @@ impl ScimStore {
                 .as_array()
                 .map(|l| l.iter().filter_map(text).collect())
                 .unwrap_or_default();
+            profile.attributes = ext["attributes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|pair| Some((text(&pair["name"])?, text(&pair["value"])?)))
+                        .collect()
+                })
+                .unwrap_or_default();
         }
         UserRecord {
             id: text(&scim["id"]).unwrap_or_default(),
@@ -262,7 +270,14 @@ impl ScimStore {
 
 /// usher's extension of a User for `tenant` and profile `p` (only the fields that are set).
 fn extension_json(tenant: &str, p: &Profile) -> Value {
-    let mut ext = json!({"tenant": tenant, "locations": p.locations});
+    // SCIM has no map: attributes are {name, value} pairs, written whole each time (a replace of
+    // a multi-valued attribute replaces all its values), so one removed in git goes here too.
+    let attributes: Vec<Value> = p
+        .attributes
+        .iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
+    let mut ext = json!({"tenant": tenant, "locations": p.locations, "attributes": attributes});
     for (key, value) in [
         ("company", &p.company),
         ("accountingId", &p.accounting_id),

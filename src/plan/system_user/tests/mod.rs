@@ -44,6 +44,7 @@ fn user(name: &str, email: &str) -> SystemUser {
             locations: vec![],
             suspended: false,
             comments: None,
+            attributes: Default::default(),
         },
         status: None,
     }

@@ -1,0 +1,4 @@
+-- PostgreSQL twin of ../sqlite/0006_user_attributes.sql.
+-- A person's options (SystemUser spec.attributes), name -> value, as a JSON object in a column
+-- of its own, so that the product reads them without parsing the profile.
+ALTER TABLE users ADD COLUMN attributes TEXT NOT NULL DEFAULT '{}';
