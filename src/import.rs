@@ -2,9 +2,10 @@
 //! (a spreadsheet export) becomes the manifests to commit — one file per person, a SystemUser and,
 //! with `--role`, its RoleBinding.
 //!
-//! Real exports are messy, so the reader (the `csv` crate) takes a UTF-8 byte-order mark, `,` `;`
-//! or tab separators (whichever the header line uses most), quoted fields, blank lines and
-//! columns in any order, named as people name them ("E-mail", "Last name", "ZIP", …).
+//! Real exports are messy, so the reader (the `csv` crate) takes a UTF-8 byte-order mark, or
+//! Windows-1252 text (`encoding_rs`), `,` `;` or tab separators (whichever the header line uses
+//! most), quoted fields, blank lines and columns in any order, named as people name them
+//! ("E-mail", "Last name", "ZIP", …).
 //!
 //! Each row is checked as `usher validate` checks a manifest (the same function, on the manifest
 //! the row would become, beside the tenant found in DIR), and a bad row is refused with its line
@@ -102,26 +103,31 @@ fn separator(text: &str) -> u8 {
         .unwrap_or(b',')
 }
 
+/// `text` as a DNS label's worth: lowercase ASCII letters and digits, any run of anything else
+/// one `-`, none at either end, at most 40 characters (a name has room for a suffix).
+fn label(text: &str) -> String {
+    let mut slug = String::new();
+    for c in text.to_lowercase().chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    slug.truncate(40);
+    slug.trim_end_matches('-').to_string()
+}
+
 /// A stable object name for an address: its local part as a DNS label, and 6 hex characters of
 /// the address's SHA-256 so that two addresses never share a name.
 pub fn name_for(email: &str) -> String {
     let email = email.trim().to_lowercase();
-    let local = email.split('@').next().unwrap_or_default();
-    let mut slug: String = local
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    slug = slug.trim_matches('-').to_string();
-    while slug.contains("--") {
-        slug = slug.replace("--", "-");
-    }
-    slug.truncate(40);
-    let slug = slug.trim_end_matches('-');
+    let local = label(email.split('@').next().unwrap_or_default());
     let hash = hex::encode(Sha256::digest(email.as_bytes()));
-    if slug.is_empty() {
+    if local.is_empty() {
         format!("person-{}", &hash[..6])
     } else {
-        format!("{slug}-{}", &hash[..6])
+        format!("{local}-{}", &hash[..6])
     }
 }
 
@@ -147,7 +153,12 @@ struct Row {
 
 /// Read the rows of a CSV export. Errors: no header with an email column, or an unreadable file.
 fn rows(file: &str, bytes: &[u8]) -> Result<Vec<Row>, ImportError> {
-    let text = String::from_utf8_lossy(bytes);
+    // Spreadsheets in Western locales still save "CSV" as Windows-1252: what is not UTF-8 is
+    // read as that (the WHATWG decoder), rather than turned into replacement characters.
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => encoding_rs::WINDOWS_1252.decode(bytes).0,
+    };
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(separator(text))
@@ -225,14 +236,10 @@ fn manifests(row: &Row, name: &str, opts: &ImportOptions) -> Vec<Value> {
         if let Some(group) = &opts.group {
             binding["scope"] = json!({"locationGroup": group});
         }
-        let role_slug = name_for(&format!("{role}@x"));
-        let role_slug = role_slug
-            .rsplit_once('-')
-            .map_or(role_slug.as_str(), |(s, _)| s);
         docs.push(json!({
             "apiVersion": "usher.dev/v1alpha1",
             "kind": "RoleBinding",
-            "metadata": {"name": format!("{name}-{role_slug}"), "namespace": opts.namespace},
+            "metadata": {"name": format!("{name}-{}", label(role)), "namespace": opts.namespace},
             "spec": binding,
         }));
     }
@@ -422,6 +429,25 @@ mod tests {
         assert!(again.written.is_empty(), "{again:#?}");
         assert_eq!(lines(&again.skipped), [3, 4, 6]);
         assert_eq!(lines(&again.refused), [7, 8]);
+    }
+
+    #[test]
+    fn a_windows_1252_export_keeps_its_accents() {
+        let dir = tempfile::tempdir().unwrap();
+        // "José;Müller" as Excel saves it in a Western locale: é = 0xE9, ü = 0xFC.
+        let mut csv = b"email;first name;last name\njose@acme.example;Jos".to_vec();
+        csv.extend([0xE9, b';', b'M', 0xFC]);
+        csv.extend(b"ller\n");
+        let report = import("people.csv", &csv, &opts(dir.path())).unwrap();
+        let written = std::fs::read_to_string(&report.written[0].1).unwrap();
+        assert!(
+            written.contains("firstName: José") && written.contains("lastName: Müller"),
+            "{written}"
+        );
+        assert!(
+            written.contains("name: jose-") && written.contains("-technician"),
+            "{written}"
+        );
     }
 
     #[test]
