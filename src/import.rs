@@ -155,11 +155,17 @@ struct Row {
 fn rows(file: &str, bytes: &[u8]) -> Result<Vec<Row>, ImportError> {
     // Spreadsheets in Western locales still save "CSV" as Windows-1252: what is not UTF-8 is
     // read as that (the WHATWG decoder), rather than turned into replacement characters.
-    let text = match std::str::from_utf8(bytes) {
-        Ok(text) => std::borrow::Cow::Borrowed(text),
-        Err(_) => encoding_rs::WINDOWS_1252.decode(bytes).0,
+    // A byte-order mark says UTF-8 whatever follows (a stray byte is then replaced, not the
+    // whole file misread).
+    let text = match (
+        bytes.strip_prefix(b"\xEF\xBB\xBF"),
+        std::str::from_utf8(bytes),
+    ) {
+        (Some(rest), _) => String::from_utf8_lossy(rest),
+        (None, Ok(text)) => std::borrow::Cow::Borrowed(text),
+        (None, Err(_)) => encoding_rs::WINDOWS_1252.decode(bytes).0,
     };
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let text: &str = &text;
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(separator(text))
         .flexible(true)
@@ -269,6 +275,11 @@ pub fn import(file: &str, bytes: &[u8], opts: &ImportOptions) -> Result<ImportRe
         .iter()
         .find(|(_, v)| v["kind"] == "Tenant" && v["metadata"]["name"] == opts.tenant.as_str())
         .map(|(_, v)| v.clone());
+    // Objects already declared by name (any kind): a file for one of them is never written.
+    let names: HashMap<String, String> = declared
+        .iter()
+        .filter_map(|(file, v)| Some((v["metadata"]["name"].as_str()?.to_string(), file.clone())))
+        .collect();
     let known: HashMap<String, (String, String)> = declared
         .iter()
         .filter(|(_, v)| {
@@ -294,6 +305,15 @@ pub fn import(file: &str, bytes: &[u8], opts: &ImportOptions) -> Result<ImportRe
 
     // The files follow the Tenant file's convention: with a namespace when it has one, without
     // when kustomize or Flux sets it for the folder.
+    if let Some(ns) = tenant_doc["metadata"]["namespace"]
+        .as_str()
+        .filter(|ns| *ns != opts.namespace)
+    {
+        report.notes.push(format!(
+            "the Tenant {:?} in DIR is in namespace {ns}, not {}: its people must be in its namespace",
+            opts.tenant, opts.namespace
+        ));
+    }
     let namespaced = tenant_doc["metadata"]["namespace"].is_string() || !found_tenant;
     if namespaced {
         tenant_doc["metadata"]["namespace"] = json!(opts.namespace);
@@ -326,6 +346,13 @@ pub fn import(file: &str, bytes: &[u8], opts: &ImportOptions) -> Result<ImportRe
         }
         first_line.insert(key, row.line);
         let name = name_for(email);
+        if let Some(file) = names.get(&name) {
+            report.skipped.push((
+                row.line,
+                format!("an object named {name} is already declared in {file}; its address was changed there, or it is another tenant's"),
+            ));
+            continue;
+        }
         let mut docs = manifests(row, &name, opts);
         if !namespaced {
             for d in &mut docs {
@@ -340,8 +367,9 @@ pub fn import(file: &str, bytes: &[u8], opts: &ImportOptions) -> Result<ImportRe
     // Checked as `usher validate` checks them, beside the tenant: one source per row, so that each
     // problem names its line.
     let mut sources = vec![("tenant".to_string(), yaml(&[tenant_doc]).into_bytes())];
-    for (row, _, docs) in &candidates {
-        sources.push((format!("line {}", row.line), yaml(docs).into_bytes()));
+    // Keyed by position, not by line: a file with bare CR line ends reports one line for all.
+    for (i, (_, _, docs)) in candidates.iter().enumerate() {
+        sources.push((format!("row {i}"), yaml(docs).into_bytes()));
     }
     let mut problems: HashMap<String, Vec<String>> = HashMap::new();
     for p in crate::validate::validate_sources(&sources) {
@@ -361,17 +389,31 @@ pub fn import(file: &str, bytes: &[u8], opts: &ImportOptions) -> Result<ImportRe
         path: opts.out.display().to_string(),
         source,
     })?;
-    for (row, name, docs) in candidates {
-        if let Some(why) = problems.remove(&format!("line {}", row.line)) {
+    for (i, (row, name, docs)) in candidates.into_iter().enumerate() {
+        if let Some(why) = problems.remove(&format!("row {i}")) {
             report.refused.push((row.line, why.join("; ")));
             continue;
         }
         let path = opts.out.join(format!("{name}.yaml"));
-        std::fs::write(&path, yaml(&docs)).map_err(|source| ImportError::Write {
-            path: path.display().to_string(),
-            source,
-        })?;
-        report.written.push((row.line, path.display().to_string()));
+        // Never over a file that is there: what a person edited in it stays.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, yaml(&docs).as_bytes()));
+        match written {
+            Ok(()) => report.written.push((row.line, path.display().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => report.skipped.push((
+                row.line,
+                format!("{} exists already; it is left as it is", path.display()),
+            )),
+            Err(source) => {
+                return Err(ImportError::Write {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        }
     }
     report.refused.sort();
     Ok(report)
@@ -429,6 +471,39 @@ mod tests {
         assert!(again.written.is_empty(), "{again:#?}");
         assert_eq!(lines(&again.skipped), [3, 4, 6]);
         assert_eq!(lines(&again.refused), [7, 8]);
+    }
+
+    #[test]
+    fn an_edited_file_is_never_overwritten_and_bare_cr_rows_are_each_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        // Old Mac line ends (CR only): every row still gets its own verdict.
+        let csv = "email,first name\rann@acme.example,Ann\rbad..dot@acme.example,Bad\rcy@acme.example,Cy\r";
+        let report = import("people.csv", csv.as_bytes(), &opts(dir.path())).unwrap();
+        assert_eq!(report.written.len(), 2, "{report:#?}");
+        assert_eq!(report.refused.len(), 1, "{report:#?}");
+        assert!(report.refused[0].1.contains("bad-dot"), "{report:#?}");
+        // A person fixes Ann's address in her file; importing the old list again keeps the fix.
+        let ann = report
+            .written
+            .iter()
+            .find(|(_, p)| p.contains("ann-"))
+            .unwrap()
+            .1
+            .clone();
+        let fixed = std::fs::read_to_string(&ann)
+            .unwrap()
+            .replace("ann@acme.example", "ann.lee@acme.example");
+        std::fs::write(&ann, &fixed).unwrap();
+        let again = import("people.csv", csv.as_bytes(), &opts(dir.path())).unwrap();
+        assert!(again.written.is_empty(), "{again:#?}");
+        assert_eq!(std::fs::read_to_string(&ann).unwrap(), fixed);
+        assert!(
+            again
+                .skipped
+                .iter()
+                .any(|(_, why)| why.contains("already declared")),
+            "{again:#?}"
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum KeyLoadError {
         /// What the API server said.
         source: kube::Error,
     },
+    /// No randomness for a new key.
+    #[error("no randomness for a new token key: {0}")]
+    Random(String),
     /// It exists but does not hold a usable key.
     #[error(
         "the token key Secret {namespace}/{name} holds no valid {FIELD:?} field ({reason}); delete it to have a new key made (every open invitation then needs a resend)"
@@ -77,7 +80,7 @@ pub async fn load(
                 .ok_or_else(|| invalid("missing".into()))?;
             return TokenKey::from_bytes(&bytes.0).map_err(|e| invalid(e.to_string()));
         }
-        let key = TokenKey::generate().map_err(|e| invalid(e.to_string()))?;
+        let key = TokenKey::generate().map_err(|e| KeyLoadError::Random(e.to_string()))?;
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.into()),

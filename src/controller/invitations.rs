@@ -3,8 +3,8 @@
 //!
 //! The order is what makes a crash safe: the token's hash is recorded before the mail goes out
 //! and the "sent" mark after it. A crash in between leaves an unsent invitation, which the next
-//! reconcile completes with a fresh token for the same attempt: at most one duplicate mail per
-//! mail in flight, never a lost invitation, never two open tokens.
+//! reconcile completes with the same token, made again from the key: at most one duplicate mail
+//! per mail in flight, each with a working link, never a lost invitation, never two open tokens.
 //!
 //! It touches nothing of Kubernetes but the token's Secret, and that through [`SecretSink`], so
 //! it is unit-tested on the in-memory SQLite store and the file mailer (see the tests below).
@@ -217,15 +217,17 @@ impl<'a> Executor<'a> {
             InvitationAction::Resend { attempt } => {
                 // The same token as any mail of this attempt that went out before a crash:
                 // whichever copy the person clicks, it works.
+                // An invitation that expired before its mail could go (a long outage, a short
+                // ttl) gets a new token and a new expiry instead: a dead link helps nobody.
                 let again = latest
                     .as_ref()
-                    .filter(|l| l.attempt == *attempt)
+                    .filter(|l| l.attempt == *attempt && l.expires_at > now)
                     .map(|l| (self.key.derive(&acc.id, *attempt, l.created_at), l))
                     .filter(|(token, l)| token.hash().matches(&l.token_hash));
                 match again {
                     Some((token, l)) => (token, l.expires_at),
-                    // Made under another key (or by an usher before derived tokens): it cannot
-                    // be made again, so a new one replaces it.
+                    // Expired, or made under another key (or by an usher before derived
+                    // tokens): a new token replaces it.
                     None => match self.rotate(&acc.id, *attempt, expires_at, latest).await? {
                         Some(token) => (token, expires_at),
                         None => return Ok(()),
@@ -683,6 +685,71 @@ mod tests {
         assert_eq!(mailed.len(), 2, "the mail went out twice");
         assert_eq!(mailed[0].1, mailed[1].1, "with one link");
         assert_eq!(b.redeem(&mailed[0].1).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn an_unsent_invitation_that_expired_meanwhile_goes_out_with_a_new_token_and_expiry() {
+        let b = Bench::new().await;
+        std::fs::write(b.outbox.path().join("mail"), b"").unwrap();
+        let sam = person("sam@acme.example");
+        let short = {
+            let mut t = tenant(false);
+            t.spec.invitations.as_mut().unwrap().ttl = Some("5m".into());
+            t
+        };
+        assert!(b.reconcile(&sam, &short).await.is_err(), "the mail fails");
+        let account = b
+            .store
+            .user_by_external_id("acme/sam")
+            .await
+            .unwrap()
+            .unwrap();
+        let unsent = b
+            .store
+            .latest_invitation(&account.id)
+            .await
+            .unwrap()
+            .unwrap();
+        std::fs::remove_file(b.outbox.path().join("mail")).unwrap();
+        // Six minutes later (the executor is handed the clock), the ttl has passed.
+        let later = Timestamp::now() + jiff::SignedDuration::from_mins(6);
+        let mut acc = Some(account.clone());
+        let mut latest = Some(unsent.clone());
+        let decision = plan::decide(
+            &sam,
+            &Seen {
+                tenant: Some(&short),
+                peers: &[],
+                account: acc.as_ref(),
+                own: true,
+                latest: latest.as_ref(),
+                assignments: &[],
+                roles: vec![],
+                desired: vec![],
+                expires: None,
+            },
+        );
+        b.executor()
+            .carry_out(
+                &sam,
+                &short,
+                decision.settings.as_ref().unwrap(),
+                &decision.writes,
+                &mut acc,
+                &mut latest,
+                later,
+            )
+            .await
+            .unwrap();
+        let sent = b
+            .store
+            .latest_invitation(&account.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(sent.token_hash, unsent.token_hash, "a new token");
+        assert!(sent.expires_at > later, "valid from now on");
+        assert_eq!(b.mailed().len(), 1);
     }
 
     #[tokio::test]

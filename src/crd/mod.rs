@@ -132,10 +132,21 @@ mod tests {
     /// without losing a field (a typo in an example would otherwise only show at admission).
     #[test]
     fn every_example_decodes_into_its_type_without_unknown_fields() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    files(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut paths = Vec::new();
+        // examples/ and examples/products/<product>/ alike.
+        files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"), &mut paths);
         let mut decoded = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
+        for path in paths {
             let text = std::fs::read_to_string(&path).unwrap();
             for doc in serde_yaml_ng::Deserializer::from_str(&text) {
                 let value = serde_json::Value::deserialize(doc).unwrap();

@@ -294,7 +294,9 @@ impl Accounts for SqlStore {
     async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError> {
         let row = sqlx::query(
             "UPDATE users SET tenant = $1, external_id = $2, email = $3, email_lower = $4,
-             profile = $5, updated_us = $6, holds_address = 1, attributes = $8 WHERE id = $7
+             profile = $5, updated_us = $6, attributes = $8,
+             holds_address = CASE WHEN email_lower = $4 THEN holds_address ELSE 1 END
+             WHERE id = $7
              RETURNING *",
         )
         .bind(&fields.tenant)

@@ -252,6 +252,9 @@ impl ScimStore {
                     remove(&format!("{USER_EXTENSION}:{key}"));
                 }
             }
+            if p.attributes.is_empty() {
+                remove(&format!("{USER_EXTENSION}:attributes"));
+            }
         }
         ops
     }
@@ -277,7 +280,12 @@ fn extension_json(tenant: &str, p: &Profile) -> Value {
         .iter()
         .map(|(name, value)| json!({"name": name, "value": value}))
         .collect();
-    let mut ext = json!({"tenant": tenant, "locations": p.locations, "attributes": attributes});
+    let mut ext = json!({"tenant": tenant, "locations": p.locations});
+    // An empty array is "unassigned" to many servers, which then keep the old values: none is
+    // sent, and an update removes the attribute instead (see `update_operations`).
+    if !attributes.is_empty() {
+        ext["attributes"] = json!(attributes);
+    }
     for (key, value) in [
         ("company", &p.company),
         ("accountingId", &p.accounting_id),
