@@ -144,7 +144,10 @@ mod tests {
         }
         let mut paths = Vec::new();
         // examples/ and examples/products/<product>/ alike.
-        files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"), &mut paths);
+        files(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"),
+            &mut paths,
+        );
         let mut decoded = 0;
         for path in paths {
             let text = std::fs::read_to_string(&path).unwrap();
