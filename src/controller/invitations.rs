@@ -408,15 +408,17 @@ mod tests {
 
         /// Read what the controller would, decide, and carry it out, as one reconcile does.
         async fn reconcile(&self, user: &SystemUser, tenant: &Tenant) -> Result<(), Error> {
-            self.reconcile_mailing(user, tenant, &self.mailer).await
+            self.reconcile_with(user, tenant, &self.mailer, Timestamp::now())
+                .await
         }
 
-        /// [`Bench::reconcile`], handing mail to `mailer`.
-        async fn reconcile_mailing(
+        /// [`Bench::reconcile`], handing mail to `mailer`, with the clock at `now`.
+        async fn reconcile_with(
             &self,
             user: &SystemUser,
             tenant: &Tenant,
             mailer: &dyn Mailer,
+            now: Timestamp,
         ) -> Result<(), Error> {
             let mut account = self
                 .store
@@ -453,7 +455,7 @@ mod tests {
                     &decision.writes,
                     &mut account,
                     &mut latest,
-                    Timestamp::now(),
+                    now,
                 )
                 .await
         }
@@ -678,7 +680,9 @@ mod tests {
         let sam = person("sam@acme.example");
         let acme = tenant(false);
         for attempt in 0..2 {
-            let done = b.reconcile_mailing(&sam, &acme, &lossy).await;
+            let done = b
+                .reconcile_with(&sam, &acme, &lossy, Timestamp::now())
+                .await;
             assert_eq!(done.is_ok(), attempt == 1, "{done:?}");
         }
         let mailed = b.mailed();
@@ -713,32 +717,7 @@ mod tests {
         std::fs::remove_file(b.outbox.path().join("mail")).unwrap();
         // Six minutes later (the executor is handed the clock), the ttl has passed.
         let later = Timestamp::now() + jiff::SignedDuration::from_mins(6);
-        let mut acc = Some(account.clone());
-        let mut latest = Some(unsent.clone());
-        let decision = plan::decide(
-            &sam,
-            &Seen {
-                tenant: Some(&short),
-                peers: &[],
-                account: acc.as_ref(),
-                own: true,
-                latest: latest.as_ref(),
-                assignments: &[],
-                roles: vec![],
-                desired: vec![],
-                expires: None,
-            },
-        );
-        b.executor()
-            .carry_out(
-                &sam,
-                &short,
-                decision.settings.as_ref().unwrap(),
-                &decision.writes,
-                &mut acc,
-                &mut latest,
-                later,
-            )
+        b.reconcile_with(&sam, &short, &b.mailer, later)
             .await
             .unwrap();
         let sent = b
