@@ -460,6 +460,18 @@ mod tests {
                 .await
         }
 
+        /// Sam's account and its newest invitation, as the store holds them now.
+        async fn sam(&self) -> (UserRecord, Option<InvitationRecord>) {
+            let account = self
+                .store
+                .user_by_external_id("acme/sam")
+                .await
+                .unwrap()
+                .unwrap();
+            let latest = self.store.latest_invitation(&account.id).await.unwrap();
+            (account, latest)
+        }
+
         /// Each mail in the outbox: (recipient, token), sorted (file times are too coarse to
         /// tell the order of two mails sent within milliseconds).
         fn mailed(&self) -> Vec<(String, String)> {
@@ -549,19 +561,9 @@ mod tests {
         assert_eq!(mailed[0].0, "sam@acme.example");
         // The Secret got the token the mail carries; the store only its hash, marked sent.
         assert_eq!(*b.secrets.0.lock().unwrap(), vec![mailed[0].1.clone()]);
-        let account = b
-            .store
-            .user_by_external_id("acme/sam")
-            .await
-            .unwrap()
-            .unwrap();
+        let (account, latest) = b.sam().await;
         assert!(!account.active);
-        let latest = b
-            .store
-            .latest_invitation(&account.id)
-            .await
-            .unwrap()
-            .unwrap();
+        let latest = latest.unwrap();
         assert_eq!(latest.token_hash, crate::token::TokenHash::of(&mailed[0].1));
         assert_eq!(latest.attempt, 1);
         assert!(latest.sent_at.is_some());
@@ -592,19 +594,9 @@ mod tests {
         );
         assert_eq!(b.redeem(old_token).await, Err(RedeemRefusal::Expired));
         assert_eq!(b.redeem(new_token).await, Ok(()));
-        let account = b
-            .store
-            .user_by_external_id("acme/sam")
-            .await
-            .unwrap()
-            .unwrap();
+        let (account, latest) = b.sam().await;
         assert_eq!(account.email, "sam@acme.example");
-        let latest = b
-            .store
-            .latest_invitation(&account.id)
-            .await
-            .unwrap()
-            .unwrap();
+        let latest = latest.unwrap();
         assert_eq!(latest.attempt, 2);
     }
 
@@ -617,18 +609,8 @@ mod tests {
             .reconcile(&person("sam@acme.example"), &tenant(false))
             .await;
         assert!(matches!(failed, Err(Error::Mail(_))), "{failed:?}");
-        let account = b
-            .store
-            .user_by_external_id("acme/sam")
-            .await
-            .unwrap()
-            .unwrap();
-        let unsent = b
-            .store
-            .latest_invitation(&account.id)
-            .await
-            .unwrap()
-            .unwrap();
+        let (_, unsent) = b.sam().await;
+        let unsent = unsent.unwrap();
         assert!(unsent.sent_at.is_none() && unsent.open());
         assert_eq!(b.metrics.mail_errors.get(), 1);
 
@@ -639,12 +621,7 @@ mod tests {
         let mailed = b.mailed();
         assert_eq!(mailed.len(), 1);
         // The same attempt and the same token, made again from the key: nothing was rewritten.
-        let done = b
-            .store
-            .latest_invitation(&account.id)
-            .await
-            .unwrap()
-            .unwrap();
+        let done = b.sam().await.1.unwrap();
         assert_eq!(done.attempt, 1);
         assert_eq!(done.token_hash, unsent.token_hash);
         assert_eq!(done.expires_at, unsent.expires_at);
@@ -702,30 +679,15 @@ mod tests {
             t
         };
         assert!(b.reconcile(&sam, &short).await.is_err(), "the mail fails");
-        let account = b
-            .store
-            .user_by_external_id("acme/sam")
-            .await
-            .unwrap()
-            .unwrap();
-        let unsent = b
-            .store
-            .latest_invitation(&account.id)
-            .await
-            .unwrap()
-            .unwrap();
+        let (_, unsent) = b.sam().await;
+        let unsent = unsent.unwrap();
         std::fs::remove_file(b.outbox.path().join("mail")).unwrap();
         // Six minutes later (the executor is handed the clock), the ttl has passed.
         let later = Timestamp::now() + jiff::SignedDuration::from_mins(6);
         b.reconcile_with(&sam, &short, &b.mailer, later)
             .await
             .unwrap();
-        let sent = b
-            .store
-            .latest_invitation(&account.id)
-            .await
-            .unwrap()
-            .unwrap();
+        let sent = b.sam().await.1.unwrap();
         assert_ne!(sent.token_hash, unsent.token_hash, "a new token");
         assert!(sent.expires_at > later, "valid from now on");
         assert_eq!(b.mailed().len(), 1);
@@ -742,12 +704,7 @@ mod tests {
         suspended.spec.suspended = true;
         b.reconcile(&suspended, &tenant(false)).await.unwrap();
         assert_eq!(b.redeem(&token).await, Err(RedeemRefusal::Expired));
-        let account = b
-            .store
-            .user_by_external_id("acme/sam")
-            .await
-            .unwrap()
-            .unwrap();
+        let (account, _) = b.sam().await;
         assert!(!account.active);
         assert_eq!(b.mailed().len(), 1);
     }
