@@ -230,6 +230,7 @@ async fn mail_floor(smtp_url: &str, n: usize) -> Duration {
                     last_name: None,
                     accept_url: "http://127.0.0.1:8080/accept",
                     token: &token,
+                    code: "7K3QD-M9XTV",
                     expires_at,
                 }
                 .message()

@@ -81,6 +81,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     let client = kube_client(&metrics).await?;
     let (redeemed_tx, redeemed_rx) = futures::channel::mpsc::unbounded();
     let state = Arc::new(AppState::new(store.clone(), redeemed_tx, metrics.clone()));
+    let code_key = state.token_key.clone();
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| RunError::Io(format!("cannot listen on {}: {e}", opts.listen)))?;
@@ -107,6 +108,8 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         let token_key = crate::token_key::load(&client, &key_namespace, key_name)
             .await
             .map_err(|e| RunError::Kube(e.to_string()))?;
+        // Short codes are derived from the key too: the page answers them from now on.
+        let _ = code_key.set(token_key.clone());
         let settings = Settings {
             mail_from: opts.mail_from.clone(),
             public_url: opts.public_url.clone(),

@@ -1,4 +1,5 @@
-//! Invitation tokens: 256 bits, URL-safe base64 (43 characters).
+//! Invitation tokens: 256 bits, URL-safe base64 (43 characters), and the short code a person
+//! can type instead ([`ShortCode`], 50 bits, derived from the token's hash).
 //!
 //! A token is derived from a secret key and the invitation it belongs to ([`TokenKey::derive`],
 //! HMAC-SHA256 over the account id, the attempt and the invitation's creation time), the way
@@ -117,6 +118,74 @@ impl TokenKey {
     }
 }
 
+impl TokenKey {
+    /// The short code of the invitation whose token hashes to `hash`: [`CODE_BITS`] bits of
+    /// HMAC-SHA256 (RFC 2104) under this key of the hash, under a label of its own so that it
+    /// shares nothing with a token. Derived from the hash, every invitation has one (a rotated or
+    /// older random token too), it is the same in every copy of the mail, and a copy of the
+    /// store alone (which holds the hash) yields none.
+    pub fn short_code(&self, hash: &TokenHash) -> ShortCode {
+        use hmac::{KeyInit, Mac};
+        let mut mac =
+            hmac::Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(b"usher short code v1");
+        mac.update(hash.as_str().as_bytes());
+        let out = mac.finalize().into_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&out[..8]);
+        ShortCode(u64::from_be_bytes(first) >> (64 - CODE_BITS))
+    }
+}
+
+/// Bits in a [`ShortCode`]: 50, ten characters of Crockford base32.
+pub const CODE_BITS: u32 = 50;
+/// Characters in a [`ShortCode`], not counting the hyphen it is shown with.
+pub const CODE_LEN: usize = (CODE_BITS / 5) as usize;
+
+/// The short code a person can type instead of following the link: [`CODE_BITS`] bits, shown as
+/// ten characters of Crockford base32 (no I, L, O or U) in two groups, `7K3QD-M9XTV`. It
+/// redeems only together with the invited address, and is throttled per address (SECURITY.md
+/// gives the arithmetic). Its Debug output never shows it.
+#[derive(Clone, Copy)]
+pub struct ShortCode(u64);
+
+impl std::fmt::Debug for ShortCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShortCode(***)")
+    }
+}
+
+impl PartialEq for ShortCode {
+    /// Constant time: the comparison says nothing about how close a guess was.
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for ShortCode {}
+
+impl ShortCode {
+    /// The code as people see it: ten characters in two groups of five, `7K3QD-M9XTV`.
+    pub fn expose(&self) -> String {
+        let digits = crockford::encode(self.0);
+        let padded = format!("{digits:0>CODE_LEN$}");
+        format!("{}-{}", &padded[..CODE_LEN / 2], &padded[CODE_LEN / 2..])
+    }
+
+    /// Read a code as a person types it: case does not matter, hyphens and spaces are ignored,
+    /// and I, L and O read as 1, 1 and 0 (Crockford). None when it is not ten such characters.
+    pub fn parse(text: &str) -> Option<Self> {
+        let compact: String = text
+            .chars()
+            .filter(|c| !matches!(c, '-' | ' ' | '\t'))
+            .collect();
+        if compact.chars().count() != CODE_LEN {
+            return None;
+        }
+        crockford::decode(&compact).ok().map(Self)
+    }
+}
+
 /// Whether `text` is shaped like a token we issue (URL-safe base64 of 32 bytes).
 /// Malformed input is answered 400 without touching the store.
 pub fn well_formed(text: &str) -> bool {
@@ -214,6 +283,64 @@ mod tests {
             hex::encode(mac.finalize().into_bytes()),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn a_short_code_is_ten_typeable_characters_of_fifty_bits() {
+        let key = TokenKey::generate().unwrap();
+        let hash = TokenHash::of("some token");
+        let code = key.short_code(&hash);
+        let shown = code.expose();
+        assert_eq!(shown.len(), CODE_LEN + 1, "{shown}");
+        assert_eq!(&shown[5..6], "-");
+        assert!(
+            shown
+                .chars()
+                .filter(|c| *c != '-')
+                .all(|c| "0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(c)),
+            "{shown}"
+        );
+        // The same for every copy; another token, or another key, gives another one.
+        assert_eq!(key.short_code(&hash), code);
+        assert_ne!(key.short_code(&TokenHash::of("another token")), code);
+        assert_ne!(TokenKey::generate().unwrap().short_code(&hash), code);
+        assert_eq!(format!("{code:?}"), "ShortCode(***)");
+        // Typed by a person: any case, with or without the hyphen or spaces, I/L/O for 1/1/0.
+        let typed = shown.to_lowercase().replace('-', " ");
+        assert_eq!(ShortCode::parse(&typed), Some(code));
+        assert_eq!(ShortCode::parse(&shown.replace('-', "")), Some(code));
+        let misread = shown.replace('1', "l").replace('0', "O");
+        assert_eq!(ShortCode::parse(&misread), Some(code));
+        // Not ten characters of the alphabet: not a code.
+        for bad in [
+            "",
+            "ABCDE",
+            "ABCDE-FGHJK-M",
+            "ABCDE-FGHJU",
+            "ÄBCDE-FGHJK",
+            "ABCDE-FGHJ!",
+        ] {
+            assert_eq!(ShortCode::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn short_codes_spread_over_all_fifty_bits() {
+        // Leading zeros are kept, so every code is ten characters, and the top and bottom bits
+        // both vary: no bit of the fifty is lost to the encoding.
+        let key = TokenKey::generate().unwrap();
+        let (mut or, mut and) = (0u64, u64::MAX);
+        for i in 0..2_000 {
+            let code = key.short_code(&TokenHash::of(&i.to_string()));
+            assert_eq!(code.expose().len(), CODE_LEN + 1);
+            assert_eq!(ShortCode::parse(&code.expose()), Some(code));
+            or |= code.0;
+            and &= code.0;
+        }
+        assert_eq!(or, (1 << CODE_BITS) - 1);
+        assert_eq!(and, 0);
+        assert_eq!(ShortCode(0).expose(), "00000-00000");
+        assert_eq!(ShortCode((1 << CODE_BITS) - 1).expose(), "ZZZZZ-ZZZZZ");
     }
 
     #[test]

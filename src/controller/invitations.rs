@@ -31,7 +31,7 @@ use crate::plan::system_user::{
     AccessAction, AccountAction, InvitationAction, InvitationSettings, UserPlan,
 };
 use crate::store::UserStore;
-use crate::token::{Token, TokenKey};
+use crate::token::{ShortCode, Token, TokenKey};
 
 /// The invitation Secret's name for a user: `<user>-invitation`.
 pub fn secret_name(user: &str) -> String {
@@ -42,11 +42,13 @@ pub fn secret_name(user: &str) -> String {
 /// person's invitation Secret, written before the mail is sent.
 #[async_trait]
 pub(super) trait SecretSink: Send + Sync {
-    /// Write `token`, valid until `expires_at`, for `user`. Errors: the Kubernetes API refused.
+    /// Write `token` and its short `code`, valid until `expires_at`, for `user`. Errors: the
+    /// Kubernetes API refused.
     async fn put(
         &self,
         user: &SystemUser,
         token: &Token,
+        code: ShortCode,
         expires_at: Timestamp,
     ) -> Result<(), Error>;
 }
@@ -66,6 +68,7 @@ impl SecretSink for KubeSecrets<'_> {
         &self,
         user: &SystemUser,
         token: &Token,
+        code: ShortCode,
         expires_at: Timestamp,
     ) -> Result<(), Error> {
         let ns = user.namespace().ok_or(Error::Malformed("no namespace"))?;
@@ -88,6 +91,7 @@ impl SecretSink for KubeSecrets<'_> {
             "type": "Opaque",
             "stringData": {
                 "token": token.expose(),
+                "code": code.expose(),
                 "expiresAt": expires_at.to_string(),
             },
         });
@@ -235,8 +239,9 @@ impl<'a> Executor<'a> {
                 }
             }
         };
+        let code = self.key.short_code(&token.hash());
         if settings.expose_token {
-            self.secrets.put(user, &token, expires_at).await?;
+            self.secrets.put(user, &token, code, expires_at).await?;
         }
         // From the server's acceptance to the mark, a crash duplicates the mail: the gate keeps
         // that window to `mail_concurrency` mails.
@@ -245,7 +250,7 @@ impl<'a> Executor<'a> {
             .acquire()
             .await
             .map_err(|_| Error::Malformed("mail gate closed"))?;
-        self.send(user, tenant, &token, expires_at).await?;
+        self.send(user, tenant, &token, code, expires_at).await?;
         let sent = Timestamp::now();
         self.mark_sent(&token, sent).await?;
         drop(permit);
@@ -306,6 +311,7 @@ impl<'a> Executor<'a> {
         user: &SystemUser,
         tenant: &Tenant,
         token: &Token,
+        code: ShortCode,
         expires_at: Timestamp,
     ) -> Result<(), Error> {
         let policy = tenant.spec.invitations.as_ref();
@@ -322,6 +328,7 @@ impl<'a> Executor<'a> {
                 .and_then(|p| p.accept_url.as_deref())
                 .unwrap_or(&default_accept),
             token: token.expose(),
+            code: &code.expose(),
             expires_at,
         };
         let started = std::time::Instant::now();
@@ -357,14 +364,23 @@ mod tests {
     use crate::plan::system_user::{self as plan, Seen};
     use crate::store::{Accounts, Invitations, SqlStore};
 
-    /// Remembers the tokens it was given, as the Secret would hold them.
+    /// Remembers the tokens and short codes it was given, as the Secret would hold them.
     #[derive(Default)]
-    struct Remembered(Mutex<Vec<String>>);
+    struct Remembered(Mutex<Vec<(String, String)>>);
 
     #[async_trait]
     impl SecretSink for Remembered {
-        async fn put(&self, _: &SystemUser, token: &Token, _: Timestamp) -> Result<(), Error> {
-            self.0.lock().unwrap().push(token.expose().to_string());
+        async fn put(
+            &self,
+            _: &SystemUser,
+            token: &Token,
+            code: ShortCode,
+            _: Timestamp,
+        ) -> Result<(), Error> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((token.expose().to_string(), code.expose()));
             Ok(())
         }
     }
@@ -472,13 +488,13 @@ mod tests {
             (account, latest)
         }
 
-        /// Each mail in the outbox: (recipient, token), sorted (file times are too coarse to
-        /// tell the order of two mails sent within milliseconds).
-        fn mailed(&self) -> Vec<(String, String)> {
+        /// Each mail in the outbox: (recipient, token, short code), sorted (file times are too
+        /// coarse to tell the order of two mails sent within milliseconds).
+        fn mailed(&self) -> Vec<(String, String, String)> {
             let Ok(dir) = std::fs::read_dir(self.outbox.path().join("mail")) else {
                 return vec![];
             };
-            let mut mails: Vec<(String, String)> = dir
+            let mut mails: Vec<(String, String, String)> = dir
                 .map(|e| e.unwrap().path())
                 .filter(|p| p.extension().is_some_and(|e| e == "eml"))
                 .map(|p| {
@@ -490,7 +506,12 @@ mod tests {
                         .split_whitespace()
                         .find_map(|w| w.split_once("/accept?token=").map(|(_, t)| t.to_string()))
                         .unwrap();
-                    (to.to_string(), token)
+                    let code = text
+                        .split_whitespace()
+                        .find(|w| crate::token::ShortCode::parse(w).is_some() && w.contains('-'))
+                        .unwrap()
+                        .to_string();
+                    (to.to_string(), token, code)
                 })
                 .collect();
             mails.sort();
@@ -559,8 +580,15 @@ mod tests {
         let mailed = b.mailed();
         assert_eq!(mailed.len(), 1);
         assert_eq!(mailed[0].0, "sam@acme.example");
-        // The Secret got the token the mail carries; the store only its hash, marked sent.
-        assert_eq!(*b.secrets.0.lock().unwrap(), vec![mailed[0].1.clone()]);
+        // The Secret got the token and short code the mail carries; the store only the token's
+        // hash, marked sent. The code is the one the key gives for that hash.
+        let (_, token, code) = &mailed[0];
+        assert_eq!(
+            *b.secrets.0.lock().unwrap(),
+            vec![(token.clone(), code.clone())]
+        );
+        let hash = crate::token::TokenHash::of(token);
+        assert_eq!(&b.key.short_code(&hash).expose(), code);
         let (account, latest) = b.sam().await;
         assert!(!account.active);
         let latest = latest.unwrap();
@@ -585,7 +613,7 @@ mod tests {
             .await
             .unwrap();
         let mailed = b.mailed();
-        let [(new, new_token), (old, old_token)] = &mailed[..] else {
+        let [(new, new_token, _), (old, old_token, _)] = &mailed[..] else {
             panic!("two mails expected, got {}", mailed.len());
         };
         assert_eq!(
@@ -665,6 +693,7 @@ mod tests {
         let mailed = b.mailed();
         assert_eq!(mailed.len(), 2, "the mail went out twice");
         assert_eq!(mailed[0].1, mailed[1].1, "with one link");
+        assert_eq!(mailed[0].2, mailed[1].2, "and one short code");
         assert_eq!(b.redeem(&mailed[0].1).await, Ok(()));
     }
 

@@ -84,6 +84,8 @@ pub struct Invitation<'a> {
     pub accept_url: &'a str,
     /// The token in plain text.
     pub token: &'a str,
+    /// The short code in plain text, as [`crate::token::ShortCode::expose`] shows it.
+    pub code: &'a str,
     /// When the token expires.
     pub expires_at: Timestamp,
 }
@@ -95,6 +97,7 @@ impl std::fmt::Debug for Invitation<'_> {
             .field("to", &self.to)
             .field("expires_at", &self.expires_at)
             .field("token", &"<redacted>")
+            .field("code", &"<redacted>")
             .finish_non_exhaustive()
     }
 }
@@ -181,8 +184,8 @@ impl Invitation<'_> {
         url
     }
 
-    /// The message: text and HTML alternatives, both with the link, the token, the tenant's
-    /// name and the expiry in UTC.
+    /// The message: text and HTML alternatives, both with the link, the token, the short code
+    /// (with the address it goes with), the tenant's name and the expiry in UTC.
     pub fn message(&self) -> Result<Message, MailError> {
         let full_name = one_line(
             &[self.first_name, self.last_name]
@@ -215,6 +218,8 @@ impl Invitation<'_> {
             tenant => tenant.clone(),
             link => link,
             token => self.token,
+            code => self.code,
+            to => self.to,
             expires => expires,
         };
         let render = |name: &str| {
@@ -250,6 +255,7 @@ mod tests {
             last_name: Some("Ng"),
             accept_url: "https://portal.acme.example/accept",
             token: "tok_ABCdef-123_xyz",
+            code: "7K3QD-M9XTV",
             expires_at: "2026-11-24T10:00:00Z".parse().unwrap(),
         }
     }
@@ -291,6 +297,7 @@ mod tests {
                 body.matches("tok_ABCdef-123_xyz").count() >= 2,
                 "{kind} lacks the token"
             );
+            assert!(body.contains("7K3QD-M9XTV"), "{kind} lacks the short code");
             assert!(body.contains("Acme Charging"), "{kind} lacks the tenant");
             assert!(
                 body.contains("2026-11-24 10:00 (UTC)"),
@@ -473,6 +480,7 @@ mod tests {
                     last_name: last.as_deref(),
                     accept_url: "https://portal.acme.example/accept",
                     token: "tok_ABCdef-123_xyz",
+                    code: "7K3QD-M9XTV",
                     expires_at: "2026-11-24T10:00:00Z".parse().unwrap(),
                 };
                 let message = match inv.message() {

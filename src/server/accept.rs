@@ -1,5 +1,6 @@
 //! Accepting an invitation: the page people open from the mail, its form post, and the JSON
-//! API an application calls. All three go through [`redeem`].
+//! API an application calls. All three go through [`redeem`], with either proof a mail carries:
+//! the token (in the link), or the invited address with its short code (typed in).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
@@ -15,7 +16,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::plan::records::{ObjectKey, RedeemRefusal, Redeemed};
-use crate::token::{self, TokenHash};
+use crate::token::{self, ShortCode, TokenHash};
 
 /// Why a redemption did not happen, with its HTTP status.
 #[derive(Debug)]
@@ -27,6 +28,8 @@ enum Refusal {
     Store(RedeemRefusal),
     Unavailable,
     CrossSite,
+    /// No invitation of the address has the short code.
+    NoSuchCode,
 }
 
 impl Refusal {
@@ -35,7 +38,7 @@ impl Refusal {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::Unreadable(status, _) => *status,
             Self::TooMany => StatusCode::TOO_MANY_REQUESTS,
-            Self::Store(RedeemRefusal::Unknown) => StatusCode::NOT_FOUND,
+            Self::Store(RedeemRefusal::Unknown) | Self::NoSuchCode => StatusCode::NOT_FOUND,
             Self::Store(RedeemRefusal::AlreadyUsed) => StatusCode::CONFLICT,
             Self::Store(RedeemRefusal::Expired) => StatusCode::GONE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -51,27 +54,44 @@ impl Refusal {
             Self::Store(r) => r.to_string(),
             Self::Unavailable => "the service is unavailable right now; try again shortly".into(),
             Self::CrossSite => "this form can only be sent from its own page".into(),
+            Self::NoSuchCode => {
+                "no invitation to this address has this code; check both against your invitation mail".into()
+            }
         }
     }
 }
 
-async fn redeem(state: &AppState, client: SocketAddr, text: &str) -> Result<Redeemed, Refusal> {
-    let text = text.trim();
+/// What a person offers to accept an invitation: what the form and the API carry.
+#[derive(Default, Deserialize)]
+pub struct Proof {
+    /// The token, from the link or pasted.
+    #[serde(default)]
+    token: String,
+    /// The invited address, with `code`.
+    #[serde(default)]
+    email: String,
+    /// The short code, typed in.
+    #[serde(default)]
+    code: String,
+}
+
+/// The most of a typed short code the error page gives back (a code with spaces and hyphens).
+const MAX_CODE_INPUT: usize = 32;
+
+/// The longest address a mail can carry (RFC 5321's path limit, in octets).
+const MAX_ADDRESS_LEN: usize = 254;
+
+async fn redeem(state: &AppState, client: SocketAddr, proof: &Proof) -> Result<Redeemed, Refusal> {
     if !state.per_client.try_take(&client.ip().to_string()) {
         return Err(Refusal::TooMany);
     }
-    if text.is_empty() {
-        return Err(Refusal::Malformed("it is empty"));
-    }
-    if text.len() > token::MAX_TOKEN_LEN || !token::well_formed(text) {
-        return Err(Refusal::Malformed(
-            "it is not a code usher issued; check for typos",
-        ));
-    }
-    let hash = TokenHash::of(text);
-    if !state.per_token.try_take(hash.as_str()) {
-        return Err(Refusal::TooMany);
-    }
+    let hash = if proof.token.trim().is_empty()
+        && !(proof.email.trim().is_empty() && proof.code.trim().is_empty())
+    {
+        by_code(state, proof.email.trim(), proof.code.trim()).await?
+    } else {
+        by_token(state, proof.token.trim())?
+    };
     match state.store.redeem(&hash, Timestamp::now()).await {
         Ok(Ok(redeemed)) => {
             state.metrics.invitations_redeemed.inc();
@@ -86,6 +106,64 @@ async fn redeem(state: &AppState, client: SocketAddr, text: &str) -> Result<Rede
             Err(Refusal::Unavailable)
         }
     }
+}
+
+/// The hash of a well-formed token, within its tries.
+fn by_token(state: &AppState, text: &str) -> Result<TokenHash, Refusal> {
+    if text.is_empty() {
+        return Err(Refusal::Malformed("it is empty"));
+    }
+    if text.len() > token::MAX_TOKEN_LEN || !token::well_formed(text) {
+        return Err(Refusal::Malformed(
+            "it is not a code usher issued; check for typos",
+        ));
+    }
+    let hash = TokenHash::of(text);
+    if !state.per_token.try_take(hash.as_str()) {
+        return Err(Refusal::TooMany);
+    }
+    Ok(hash)
+}
+
+/// The hash of the token whose short code `code` is, among the invitations to `email`. The
+/// address's tries are counted before the store is asked, whether or not anyone was invited
+/// there, so that the answer's timing says nothing; every candidate is compared, in constant
+/// time each.
+async fn by_code(state: &AppState, email: &str, code: &str) -> Result<TokenHash, Refusal> {
+    if email.is_empty() {
+        return Err(Refusal::Malformed(
+            "a short code is accepted only with the address it was sent to; enter both",
+        ));
+    }
+    if email.len() > MAX_ADDRESS_LEN || !email.contains('@') {
+        return Err(Refusal::Malformed("that is not an email address"));
+    }
+    let Some(code) = ShortCode::parse(code) else {
+        return Err(Refusal::Malformed(
+            "a short code is ten letters and digits, such as 7K3QD-M9XTV",
+        ));
+    };
+    if !state.per_address.try_take(&email.to_lowercase()) {
+        return Err(Refusal::TooMany);
+    }
+    let Some(key) = state.token_key.get() else {
+        return Err(Refusal::Unavailable);
+    };
+    let candidates = state
+        .store
+        .invitations_for_address(email)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "looking up invitations by address failed in the store");
+            Refusal::Unavailable
+        })?;
+    candidates
+        .into_iter()
+        .fold(None, |found, hash| {
+            let matched = key.short_code(&hash) == code;
+            found.or(matched.then_some(hash))
+        })
+        .ok_or(Refusal::NoSuchCode)
 }
 
 static PAGES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(|| {
@@ -168,13 +246,13 @@ pub async fn form(
     State(state): State<Arc<AppState>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    form: Result<Form<TokenQuery>, axum::extract::rejection::FormRejection>,
+    form: Result<Form<Proof>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let result = if cross_site(&headers) {
         Err(Refusal::CrossSite)
     } else {
         match &form {
-            Ok(Form(q)) => redeem(&state, client, &q.token).await,
+            Ok(Form(proof)) => redeem(&state, client, proof).await,
             Err(rejection) => Err(match rejection.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => Refusal::Unreadable(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -199,15 +277,17 @@ pub async fn form(
             },
         ),
         Err(refusal) => {
-            let token = form.map(|f| f.0.token).unwrap_or_default();
+            let proof = form.map(|f| f.0).unwrap_or_default();
             let retry = matches!(
                 refusal,
                 Refusal::Malformed(_)
                     | Refusal::Unreadable(..)
                     | Refusal::TooMany
                     | Refusal::Unavailable
+                    | Refusal::NoSuchCode
                     | Refusal::Store(RedeemRefusal::Unknown)
             );
+            let cut = |text: &str, most: usize| text.chars().take(most).collect::<String>();
             render(
                 refusal.status(),
                 minijinja::context! {
@@ -215,24 +295,21 @@ pub async fn form(
                     message => refusal.message(),
                     kind => "error",
                     form => retry,
-                    token => token.chars().take(token::MAX_TOKEN_LEN).collect::<String>(),
+                    token => cut(&proof.token, token::MAX_TOKEN_LEN),
+                    email => cut(&proof.email, MAX_ADDRESS_LEN),
+                    code => cut(&proof.code, MAX_CODE_INPUT),
                 },
             )
         }
     }
 }
 
-/// The JSON body of the redemption API.
-#[derive(Deserialize)]
-pub struct RedeemBody {
-    token: String,
-}
-
-/// `POST /api/v1/invitations/redeem`: `{"token"}` → `{"tenant","namespace","email","userId"}`.
+/// `POST /api/v1/invitations/redeem`: `{"token"}` or `{"email","code"}` →
+/// `{"tenant","namespace","email","userId"}`.
 pub async fn api(
     State(state): State<Arc<AppState>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    body: Result<Json<RedeemBody>, JsonRejection>,
+    body: Result<Json<Proof>, JsonRejection>,
 ) -> Response {
     let body = match body {
         Ok(Json(b)) => b,
@@ -244,12 +321,12 @@ pub async fn api(
             };
             return (
                 status,
-                Json(json!({"error": format!("expected a JSON body {{\"token\": \"…\"}}: {}", rejection.body_text())})),
+                Json(json!({"error": format!("expected a JSON body {{\"token\": \"…\"}} or {{\"email\": \"…\", \"code\": \"…\"}}: {}", rejection.body_text())})),
             )
                 .into_response();
         }
     };
-    match redeem(&state, client, &body.token).await {
+    match redeem(&state, client, &body).await {
         Ok(r) => {
             let key = ObjectKey::parse(&r.tenant);
             let (namespace, tenant) = key

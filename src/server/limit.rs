@@ -1,74 +1,92 @@
-//! A small in-memory token-bucket limiter: a few redemption tries per client and per token,
-//! refilled slowly, so guessing tokens is hopeless and a typo costs nothing.
+//! Redemption limits by key (a client address, a token, an invited address): a burst of tries,
+//! then one more per period, so that guessing is hopeless and a typo costs nothing. The
+//! arithmetic is `governor`'s GCRA; this wrapper adds only a bound on memory that fails closed.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::time::Duration;
 
-/// Buckets by key.
-pub struct Limiter {
-    capacity: f64,
-    refill_every: Duration,
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+
+/// Keys a [`Limiter`] tracks at most. Past this, buckets back at full are dropped; if every
+/// bucket is still in use (a flood of distinct keys), tries are refused until some refill,
+/// rather than forgetting what was counted.
+const MAX_KEYS: usize = 100_000;
+
+/// Tries by key: `burst` at once, then one more every `period`.
+pub struct Limiter<C: Clock = DefaultClock> {
+    inner: RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<C::Instant>>,
     max_keys: usize,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
 impl Limiter {
-    /// `capacity` tries at once, one more every `refill_every`.
-    pub fn new(capacity: u32, refill_every: Duration) -> Self {
+    /// `burst` tries at once (at least 1), one more every `period` (at least 1 ns).
+    pub fn new(burst: u32, period: Duration) -> Self {
+        Self::with_clock(burst, period, DefaultClock::default(), MAX_KEYS)
+    }
+}
+
+impl<C: Clock> Limiter<C> {
+    fn with_clock(burst: u32, period: Duration, clock: C, max_keys: usize) -> Self {
+        let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+            .expect("a period of at least 1 ns")
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         Self {
-            capacity: f64::from(capacity),
-            refill_every,
-            max_keys: 100_000,
-            buckets: Mutex::new(HashMap::new()),
+            inner: RateLimiter::dashmap_with_clock(quota, clock),
+            max_keys,
         }
     }
 
-    /// Take one try for `key`; false when its bucket is empty.
+    /// Take one try for `key`; false when its tries are used up (or, under a flood of distinct
+    /// keys, when no bucket could be freed for it).
     pub fn try_take(&self, key: &str) -> bool {
-        self.try_take_at(key, Instant::now())
-    }
-
-    fn try_take_at(&self, key: &str, now: Instant) -> bool {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= self.max_keys {
-            // Full buckets carry no information; drop them to bound memory.
-            let (cap, every) = (self.capacity, self.refill_every);
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() / every.as_secs_f64() < cap
-            });
-            // Still full (a flood of distinct keys): start over rather than grow without bound.
-            if buckets.len() >= self.max_keys {
-                buckets.clear();
+        if self.inner.len() >= self.max_keys {
+            // A bucket back at full carries no information: dropping it forgets nothing.
+            self.inner.retain_recent();
+            self.inner.shrink_to_fit();
+            if self.inner.len() >= self.max_keys {
+                return false;
             }
         }
-        let (tokens, at) = buckets
-            .entry(key.to_string())
-            .or_insert((self.capacity, now));
-        let refilled = now.duration_since(*at).as_secs_f64() / self.refill_every.as_secs_f64();
-        *tokens = (*tokens + refilled).min(self.capacity);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.inner.check_key(&key.to_string()).is_ok()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
     #[test]
     fn allows_a_burst_then_refills_slowly() {
-        let limiter = Limiter::new(3, Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert!((0..3).all(|_| limiter.try_take_at("a", t0)));
-        assert!(!limiter.try_take_at("a", t0));
-        assert!(limiter.try_take_at("b", t0), "keys are independent");
-        assert!(!limiter.try_take_at("a", t0 + Duration::from_secs(5)));
-        assert!(limiter.try_take_at("a", t0 + Duration::from_secs(11)));
+        let clock = FakeRelativeClock::default();
+        let limiter = Limiter::with_clock(3, Duration::from_secs(10), clock.clone(), MAX_KEYS);
+        assert!((0..3).all(|_| limiter.try_take("a")));
+        assert!(!limiter.try_take("a"));
+        assert!(limiter.try_take("b"), "keys are independent");
+        clock.advance(Duration::from_secs(5));
+        assert!(!limiter.try_take("a"));
+        clock.advance(Duration::from_secs(6));
+        assert!(limiter.try_take("a"), "one more after a period");
+        assert!(!limiter.try_take("a"), "and only one");
+    }
+
+    #[test]
+    fn a_flood_of_keys_never_forgets_a_bucket_in_use() {
+        let clock = FakeRelativeClock::default();
+        let limiter = Limiter::with_clock(2, Duration::from_secs(60), clock.clone(), 3);
+        assert!(limiter.try_take("guessed") && limiter.try_take("guessed"));
+        assert!(!limiter.try_take("guessed"));
+        assert!(limiter.try_take("k1") && limiter.try_take("k2"));
+        // Full of buckets in use: new keys are refused, and "guessed" stays empty.
+        assert!(!limiter.try_take("k3"));
+        assert!(!limiter.try_take("guessed"));
+        // Once buckets are back at full, they are dropped and room is made.
+        clock.advance(Duration::from_secs(121));
+        assert!(limiter.try_take("k3"));
+        assert!(limiter.try_take("guessed"));
     }
 }

@@ -8,7 +8,7 @@ mod accept;
 mod limit;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -21,8 +21,15 @@ use futures::channel::mpsc::UnboundedSender;
 use crate::metrics::Metrics;
 use crate::plan::records::Redeemed;
 use crate::store::UserStore;
+use crate::token::TokenKey;
 
 pub use limit::Limiter;
+
+/// Short-code tries an address gets at once. SECURITY.md turns these two numbers into the odds
+/// of guessing a code.
+pub const CODE_TRIES: u32 = 5;
+/// One more short-code try per address after this long (10 minutes).
+pub const CODE_REFILL: Duration = Duration::from_secs(600);
 
 /// What the handlers share.
 pub struct AppState {
@@ -36,10 +43,17 @@ pub struct AppState {
     pub per_client: Limiter,
     /// Redemption tries per token.
     pub per_token: Limiter,
+    /// Short-code tries per invited address (lowercased), whoever makes them.
+    pub per_address: Limiter,
+    /// The key short codes are derived from; empty until `usher run` has read it from its
+    /// Secret, and short codes are answered 503 until then.
+    pub token_key: Arc<OnceLock<TokenKey>>,
 }
 
 impl AppState {
-    /// State with the default limits: 10 tries per client and 5 per token, one more every 6 s.
+    /// State with the default limits: 10 tries per client and 5 per token, one more every 6 s;
+    /// [`CODE_TRIES`] short-code tries per address, one more every [`CODE_REFILL`]. The token key
+    /// is set later, through [`AppState::token_key`].
     pub fn new(
         store: Arc<dyn UserStore>,
         redeemed: UnboundedSender<Redeemed>,
@@ -51,6 +65,8 @@ impl AppState {
             metrics,
             per_client: Limiter::new(10, Duration::from_secs(6)),
             per_token: Limiter::new(5, Duration::from_secs(6)),
+            per_address: Limiter::new(CODE_TRIES, CODE_REFILL),
+            token_key: Arc::default(),
         }
     }
 }
@@ -197,6 +213,9 @@ mod tests {
         rt: tokio::runtime::Runtime,
         app: Router,
         token: String,
+        /// Alice's short code, as her mail shows it.
+        code: String,
+        state: Arc<AppState>,
         _redeemed: UnboundedReceiver<Redeemed>,
         _dir: PathBuf,
     }
@@ -244,10 +263,15 @@ mod tests {
         });
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let state = Arc::new(AppState::new(store, tx, Arc::new(Metrics::default())));
+        let key = TokenKey::generate().unwrap();
+        let code = key.short_code(&token.hash()).expose();
+        state.token_key.set(key).unwrap();
         Harness {
             rt,
-            app: router(state),
+            app: router(state.clone()),
             token: token.expose().to_string(),
+            code,
+            state,
             _redeemed: rx,
             _dir: dir,
         }
@@ -283,6 +307,26 @@ mod tests {
             Just("../../etc/passwd".to_string()),
             Just("' OR '1'='1".to_string()),
         ]
+    }
+
+    /// (address, short code) pairs: Alice's own, hers with the other's, strangers, and junk.
+    fn code_pair(real: String) -> impl Strategy<Value = (String, String)> {
+        let address = prop_oneof![
+            Just("alice@acme.example".to_string()),
+            Just("ALICE@Acme.Example".to_string()),
+            Just("bob@acme.example".to_string()),
+            Just(String::new()),
+            Just(format!("{}@acme.example", "a".repeat(300))),
+            ".{0,40}",
+        ];
+        let code = prop_oneof![
+            Just(real.clone()),
+            Just(real.to_lowercase().replace('-', " ")),
+            "[0-9A-Z]{5}-[0-9A-Z]{5}",
+            "[0-9A-Za-z -]{0,40}",
+            ".{0,20}",
+        ];
+        (address, code)
     }
 
     fn percent(text: &str) -> String {
@@ -409,7 +453,33 @@ mod tests {
     }
 
     /// Requests that get past content negotiation, so the token checks and the store are reached.
-    fn coherent(real: String) -> impl Strategy<Value = Hostile> {
+    fn coherent(real: String, code: String) -> impl Strategy<Value = Hostile> {
+        let by_code = (code_pair(code), any::<bool>(), any::<u8>(), any::<bool>()).prop_map(
+            |((email, code), json, client, chunked)| Hostile {
+                method: Method::POST,
+                path: if json {
+                    "/api/v1/invitations/redeem"
+                } else {
+                    "/accept"
+                },
+                query: None,
+                content_type: Some(if json {
+                    b"application/json".to_vec()
+                } else {
+                    b"application/x-www-form-urlencoded".to_vec()
+                }),
+                body: if json {
+                    serde_json::json!({ "email": email, "code": code })
+                        .to_string()
+                        .into_bytes()
+                } else {
+                    format!("email={}&code={}", percent(&email), percent(&code)).into_bytes()
+                },
+                chunked,
+                site: Some("same-origin"),
+                client,
+            },
+        );
         let api = (token_text(real.clone()), any::<bool>(), any::<u8>()).prop_map(
             |(t, chunked, client)| Hostile {
                 method: Method::POST,
@@ -444,7 +514,7 @@ mod tests {
             site: None,
             client,
         });
-        prop_oneof![api, form, page]
+        prop_oneof![api, form, page, by_code]
     }
 
     fn build(h: &Hostile) -> Request<Body> {
@@ -538,7 +608,7 @@ mod tests {
             .run(
                 &prop_oneof![
                     request(harness.token.clone()),
-                    coherent(harness.token.clone())
+                    coherent(harness.token.clone(), harness.code.clone())
                 ],
                 |h| {
                     let (status, content_type, body) = send(&harness, &h);
@@ -619,5 +689,109 @@ mod tests {
             let reason = reason(&content_type, &body);
             assert!(reason.is_some(), "{what}: nothing readable in {body}");
         }
+    }
+
+    /// A POST of `email` and `code` from client `client`, to the API or the form.
+    fn code_post(email: &str, code: &str, client: u8, json: bool) -> Hostile {
+        let (path, content_type, body) = if json {
+            (
+                "/api/v1/invitations/redeem",
+                "application/json",
+                serde_json::json!({ "email": email, "code": code })
+                    .to_string()
+                    .into_bytes(),
+            )
+        } else {
+            (
+                "/accept",
+                "application/x-www-form-urlencoded",
+                format!("email={}&code={}", percent(email), percent(code)).into_bytes(),
+            )
+        };
+        Hostile {
+            method: Method::POST,
+            path,
+            query: None,
+            content_type: Some(content_type.as_bytes().to_vec()),
+            body,
+            chunked: false,
+            site: Some("same-origin"),
+            client,
+        }
+    }
+
+    #[test]
+    fn a_short_code_redeems_once_and_only_with_its_address() {
+        let harness = harness();
+        let status = |h: Hostile| send(&harness, &h).0.as_u16();
+        let code = harness.code.clone();
+        // Someone else's address with Alice's code: nothing.
+        assert_eq!(status(code_post("bob@acme.example", &code, 1, true)), 404);
+        assert_eq!(status(code_post("", &code, 1, true)), 400);
+        assert_eq!(
+            status(code_post("alice@acme.example", "7K3QD", 1, true)),
+            400
+        );
+        // Hers, as a person types it: any case, spaces for the hyphen.
+        let typed = code.to_lowercase().replace('-', " ");
+        let (ok, _, body) = send(&harness, &code_post("Alice@ACME.example", &typed, 2, true));
+        assert_eq!(ok.as_u16(), 200, "{body:?}");
+        let answer: serde_json::Value = serde_json::from_str(&body.unwrap()).unwrap();
+        assert_eq!(answer["email"], "alice@acme.example");
+        assert_eq!(answer["tenant"], "acme");
+        // Single use, by code or by link.
+        assert_eq!(
+            status(code_post("alice@acme.example", &code, 3, false)),
+            409
+        );
+        let by_link = serde_json::json!({ "token": harness.token })
+            .to_string()
+            .into_bytes();
+        let link = Hostile {
+            body: by_link,
+            ..code_post("", "", 4, true)
+        };
+        assert_eq!(status(link), 409);
+    }
+
+    #[test]
+    fn short_code_tries_are_counted_per_address_whoever_makes_them() {
+        let harness = harness();
+        let status = |h: Hostile| send(&harness, &h).0.as_u16();
+        // Guesses from as many clients as tries: each client is within its own limit.
+        for client in 0..CODE_TRIES as u8 {
+            let guess = code_post("alice@acme.example", "00000-00000", 10 + client, true);
+            assert_eq!(status(guess), 404);
+        }
+        // The address's tries are used up: even the right code waits, from a fresh client too.
+        let right = code_post("ALICE@acme.example", &harness.code, 99, false);
+        assert_eq!(status(right), 429);
+        // Another address is not held back by Alice's, and the link still works.
+        assert_eq!(
+            status(code_post("bob@acme.example", "00000-00000", 98, true)),
+            404
+        );
+        let link = Hostile {
+            body: serde_json::json!({ "token": harness.token })
+                .to_string()
+                .into_bytes(),
+            ..code_post("", "", 97, true)
+        };
+        assert_eq!(status(link), 200);
+    }
+
+    #[test]
+    fn short_codes_wait_for_the_key() {
+        let harness = harness();
+        let (tx, _rx) = futures::channel::mpsc::unbounded();
+        let keyless = Arc::new(AppState::new(
+            harness.state.store.clone(),
+            tx,
+            Arc::new(Metrics::default()),
+        ));
+        let app = router(keyless);
+        let request = build(&code_post("alice@acme.example", &harness.code, 1, true));
+        let status = harness.rt.block_on(app.oneshot(request)).unwrap().status();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -119,6 +119,10 @@ port! {
     pub trait Invitations {
         /// The invitation with the highest attempt of an account.
         read fn latest_invitation(&self, user_id: &str) -> Option<InvitationRecord>;
+        /// The token hashes of the newest invitations (at most [`ADDRESS_LOOKUP_LIMIT`], newest
+        /// first, in any state) of every account with this address, compared case-insensitively,
+        /// in any tenant: the candidates a short code is checked against.
+        read fn invitations_for_address(&self, email: &str) -> Vec<TokenHash>;
         /// Record a new invitation, revoking the account's other open invitations, atomically.
         write fn record_invitation(&self, invitation: &InvitationRecord);
         /// Replace the token of an invitation whose mail was never sent. False when it was sent,
@@ -184,6 +188,10 @@ port! {
     }
 }
 
+/// The most invitations [`Invitations::invitations_for_address`] returns: a person has one open
+/// invitation per tenant that invited them, so this is far more than any real address holds.
+pub const ADDRESS_LOOKUP_LIMIT: i64 = 20;
+
 /// The user store, as the controllers and the HTTP server use it: every port at once. Nothing
 /// implements it by hand; every type that implements the ports is one (a backend, or
 /// [`StoreHandle`] measuring one). Through `dyn UserStore` the methods of every port are callable
@@ -239,7 +247,7 @@ mod tests {
         let mut all: Vec<&str> = OPS.iter().map(|(op, _)| *op).collect();
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 29, "one op label per method, none twice");
+        assert_eq!(all.len(), 30, "one op label per method, none twice");
     }
 
     #[tokio::test]

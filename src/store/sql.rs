@@ -415,6 +415,20 @@ impl OffboardingLedger for SqlStore {
 
 #[async_trait]
 impl Invitations for SqlStore {
+    async fn invitations_for_address(&self, email: &str) -> Result<Vec<TokenHash>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT i.token_hash FROM invitations i JOIN users u ON u.id = i.user_id
+             WHERE u.email_lower = $1 ORDER BY i.created_us DESC LIMIT $2",
+        )
+        .bind(email.to_lowercase())
+        .bind(super::port::ADDRESS_LOOKUP_LIMIT)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(TokenHash::from_stored(r.try_get("token_hash")?)))
+            .collect()
+    }
+
     async fn latest_invitation(
         &self,
         user_id: &str,

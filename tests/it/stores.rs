@@ -130,6 +130,59 @@ async fn a_new_invitation_revokes_the_open_one(store: Arc<dyn UserStore>) {
     assert!(store.redeem(&t2.hash(), now).await.unwrap().is_ok());
 }
 
+/// The candidates a short code is checked against: the invitations of every account with the
+/// address, whatever its case, in any tenant, newest first, and no one else's.
+async fn invitations_are_found_by_address(store: Arc<dyn UserStore>) {
+    let in_tenant = |tenant: &str, name: &str| UserFields {
+        tenant: tenant.into(),
+        external_id: format!("{tenant}-{name}"),
+        email: "Pat@Contractor.example".into(),
+        ..fields(name)
+    };
+    let at_acme = store
+        .create_user(&in_tenant("acme/acme", "pat"))
+        .await
+        .unwrap();
+    let at_globex = store
+        .create_user(&in_tenant("globex/globex", "pat"))
+        .await
+        .unwrap();
+    let tokens: Vec<Token> = (0..3).map(|_| Token::generate().unwrap()).collect();
+    store
+        .record_invitation(&invitation(&at_acme.id, 1, &tokens[0], 3600))
+        .await
+        .unwrap();
+    store
+        .record_invitation(&invitation(&at_globex.id, 1, &tokens[1], 3600))
+        .await
+        .unwrap();
+    store
+        .record_invitation(&invitation(&at_acme.id, 2, &tokens[2], 3600))
+        .await
+        .unwrap();
+    let found = store
+        .invitations_for_address("pat@CONTRACTOR.example")
+        .await
+        .unwrap();
+    let newest_first: Vec<TokenHash> = tokens.iter().rev().map(Token::hash).collect();
+    assert_eq!(found, newest_first);
+    assert!(
+        store
+            .invitations_for_address("pat@contractor.example.org")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .invitations_for_address("%@contractor.example")
+            .await
+            .unwrap()
+            .is_empty(),
+        "an address is matched exactly, not as a pattern"
+    );
+}
+
 async fn redemption_is_single_use_and_refuses_clearly(store: Arc<dyn UserStore>) {
     let user = store.create_user(&fields("carol")).await.unwrap();
     let token = Token::generate().unwrap();
@@ -643,6 +696,7 @@ pub async fn contract(store: Arc<dyn UserStore>) {
     accounts_round_trip(store.clone()).await;
     accounts_deactivate_reactivate_list_and_delete(store.clone()).await;
     a_new_invitation_revokes_the_open_one(store.clone()).await;
+    invitations_are_found_by_address(store.clone()).await;
     redemption_is_single_use_and_refuses_clearly(store.clone()).await;
     revoked_tokens_are_refused_and_the_guard_counts(store.clone()).await;
     only_an_unsent_invitation_is_rotated(store.clone()).await;

@@ -126,6 +126,10 @@ impl Health for ScimStore {
 
 #[async_trait]
 impl Invitations for ScimStore {
+    async fn invitations_for_address(&self, email: &str) -> Result<Vec<TokenHash>, StoreError> {
+        self.local.invitations_for_address(email).await
+    }
+
     async fn latest_invitation(
         &self,
         user_id: &str,
