@@ -10,7 +10,8 @@ use usher::crd::{SystemUser, Tenant, UserPhase};
 use usher_testenv::{Smtp, SmtpTls};
 
 use crate::support::{
-    Usher, apply_yaml, client, events_of, eventually, invitation_in, namespace, recipient, wait_for,
+    Usher, apply_yaml, client, events_of, eventually, invitation_in, namespace, recipient,
+    short_code_in, wait_for,
 };
 
 fn tenant(extra: &str) -> String {
@@ -284,6 +285,94 @@ async fn expired_invitation_turns_expired_on_time_and_resend_issues_a_new_token(
     .expect("the Secret goes once redeemed");
     // The same annotation value again changes nothing.
     assert_eq!(smtp.messages().len(), 2);
+}
+
+/// POST an address and a short code to the acceptance form, as the page's second form does;
+/// (status, page).
+async fn type_code(usher: &Usher, email: &str, code: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/accept", usher.url))
+        .form(&[("email", email), ("code", code)])
+        .send()
+        .await
+        .expect("the form answers");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_person_types_the_short_code_with_their_address() {
+    let client = client().await;
+    let ns = namespace(&client, "invite-code").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    apply_yaml(
+        &client,
+        &ns,
+        &(tenant("    exposeToken: true\n")
+            + &user("alice", "alice@acme.example", "Alice")
+            + &user("pat", "pat@acme.example", "Pat")),
+    )
+    .await;
+    let usher = Usher::start(&ns, &smtp.url(), &[]).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let sent = mails(&smtp, 2).await;
+    let code_of = |to: &str| {
+        let mail = sent.iter().find(|m| recipient(m) == to).expect("a mail");
+        short_code_in(mail)
+    };
+    let (alice, pat) = (code_of("alice@acme.example"), code_of("pat@acme.example"));
+    assert_ne!(alice, pat);
+
+    // The Secret holds the code the mail shows.
+    let secret = wait_for(&secrets, "alice-invitation", "holding a code", |s| {
+        s.data.as_ref().is_some_and(|d| d.contains_key("code"))
+    })
+    .await;
+    assert_eq!(secret.data.unwrap()["code"].0, alice.as_bytes());
+
+    // A code is nothing without its address, and the answer says what to check.
+    let (status, page) = type_code(&usher, "pat@acme.example", &alice).await;
+    assert_eq!(status, 404, "{page}");
+    assert!(
+        page.contains("no invitation to this address has this code"),
+        "{page}"
+    );
+
+    // Guessing Pat's code: five tries for the address (the one above was the first), then even
+    // the right code waits.
+    for guess in ["00000-00000", "11111-11111", "22222-22222", "33333-33333"] {
+        assert_eq!(type_code(&usher, "pat@acme.example", guess).await.0, 404);
+    }
+    assert_eq!(type_code(&usher, "PAT@acme.example", &pat).await.0, 429);
+
+    // Alice types hers as people do: lower case, a space for the hyphen, her address in capitals.
+    let typed = alice.to_lowercase().replace('-', " ");
+    let (status, page) = type_code(&usher, "Alice@ACME.example", &typed).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Invitation accepted"), "{page}");
+    let active = wait_for(&users, "alice", "Active", |u| {
+        phase(u) == Some(UserPhase::Active)
+    })
+    .await;
+    // Single use, and never shown: not in the status, not in an Event, not in the log.
+    assert_eq!(type_code(&usher, "alice@acme.example", &alice).await.0, 409);
+    let status = serde_json::to_string(&active.status).unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let events =
+        serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap();
+    for code in [&alice, &pat] {
+        let compact = code.replace('-', "");
+        for (place, text) in [
+            ("status", &status),
+            ("Events", &events),
+            ("log", &usher.log()),
+        ] {
+            assert!(
+                !text.contains(code.as_str()) && !text.contains(&compact),
+                "a short code in the {place}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

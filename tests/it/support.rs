@@ -430,6 +430,19 @@ pub fn invitation_in(raw: &[u8]) -> (String, String) {
     (link, token)
 }
 
+/// The short code of an invitation mail, as a person reads it from the text part: the word of
+/// two groups of five that parses as a code.
+pub fn short_code_in(raw: &[u8]) -> String {
+    let msg = mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("a parseable message");
+    let text = msg.body_text(0).expect("a text part").into_owned();
+    text.split_whitespace()
+        .find(|w| w.len() == 11 && usher::token::ShortCode::parse(w).is_some())
+        .unwrap_or_else(|| panic!("no short code in:\n{text}"))
+        .to_string()
+}
+
 /// The recipients (To) of a raw message.
 pub fn recipient(raw: &[u8]) -> String {
     let msg = mail_parser::MessageParser::default()
