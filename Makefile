@@ -35,9 +35,11 @@ k8s-bins: ## Build kube-apiserver, kube-controller-manager and kubectl once (cac
 	bash tests/k8s/build.sh
 
 .PHONY: test-peers
-test-peers: ## The real servers tests talk to: aiosmtpd + scim2-server (venv in target/venv), PostgreSQL, Chromium + chromedriver
+test-peers: ## The real servers and tools tests talk to: aiosmtpd + scim2-server (venv in target/venv), PostgreSQL, Chromium + chromedriver, promtool, Lua 5.1
 	@missing=""; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium chromium-driver"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v lua5.1 >/dev/null || missing="$$missing lua5.1"; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \

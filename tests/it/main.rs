@@ -7,8 +7,10 @@
 mod support;
 
 mod admission;
+mod argocd;
 mod backends;
 mod browser;
+mod chart;
 mod control_plane;
 mod crds;
 mod deploy;
@@ -21,6 +23,7 @@ mod invitations;
 mod kubectl;
 mod leader;
 mod make_run;
+mod monitoring;
 mod observability;
 mod offboarding;
 mod reliability;
