@@ -2,8 +2,8 @@
 # `make run`: a throwaway control plane, the CRDs, examples/, and `usher run` with the embedded
 # defaults (SQLite in target/run/usher.db, mail as .eml files in outbox/). Ctrl-C stops it all.
 #
-# USHER_RUN_DIR (default target/run), USHER_OUTBOX (default outbox), and usher's own USHER_LISTEN
-# and USHER_PUBLIC_URL move it elsewhere; the `make run` test uses them to run beside a developer's
+# USHER_RUN_DIR (default target/run), USHER_OUTBOX (default outbox), and usher's own USHER_LISTEN,
+# USHER_PROBE_LISTEN and USHER_PUBLIC_URL move it elsewhere; the `make run` test uses them to run beside a developer's
 # own `make run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

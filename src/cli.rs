@@ -187,9 +187,20 @@ pub struct RunArgs {
         default_value = "usher <no-reply@localhost>"
     )]
     mail_from: String,
-    /// Address of the acceptance page, the API, health and metrics.
+    /// Address of the acceptance page and the redemption API: what people reach, usually
+    /// through an ingress.
     #[arg(long, env = "USHER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
+    /// Address of /healthz, /readyz and /metrics, for the kubelet and Prometheus, kept apart from
+    /// the public one. The same address as --listen serves everything on one port.
+    #[arg(long, env = "USHER_PROBE_LISTEN", default_value = "127.0.0.1:9090")]
+    probe_listen: std::net::SocketAddr,
+    /// Proxies in front of usher (an ingress, a load balancer), as addresses or CIDR ranges,
+    /// comma-separated: for a connection from one of them, the client is the address it
+    /// forwarded for (X-Forwarded-For, read from the right), and the redemption rate limits
+    /// count that client. Default: none; every connection is its own peer.
+    #[arg(long, env = "USHER_TRUSTED_PROXIES", default_value = "", value_parser = parse_proxies)]
+    trusted_proxies: crate::server::TrustedProxies,
     /// Base of the links in invitation mails.
     #[arg(
         long,
@@ -223,6 +234,10 @@ pub struct RunArgs {
     /// Log lines as text or JSON.
     #[arg(long, env = "USHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+fn parse_proxies(text: &str) -> Result<crate::server::TrustedProxies, String> {
+    crate::server::TrustedProxies::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -388,6 +403,8 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         mail_from: args.mail_from,
         mail_concurrency: args.mail_concurrency.into(),
         listen: args.listen,
+        probe_listen: args.probe_listen,
+        trusted_proxies: args.trusted_proxies,
         public_url: args.public_url,
         namespace: args.namespace,
         resync: args.resync,

@@ -45,8 +45,13 @@ pub struct Options {
     pub mail_from: String,
     /// Mails in flight at once.
     pub mail_concurrency: usize,
-    /// HTTP listen address.
+    /// Where the acceptance page and the API are served.
     pub listen: SocketAddr,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; the same as `listen` serves all
+    /// on one listener.
+    pub probe_listen: SocketAddr,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: crate::server::TrustedProxies,
     /// Base of links in mails.
     pub public_url: String,
     /// Only this namespace.
@@ -80,19 +85,44 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     let store = StoreHandle::connect(config, metrics.clone());
     let client = kube_client(&metrics).await?;
     let (redeemed_tx, redeemed_rx) = futures::channel::mpsc::unbounded();
-    let state = Arc::new(AppState::new(store.clone(), redeemed_tx, metrics.clone()));
+    let mut state = AppState::new(store.clone(), redeemed_tx, metrics.clone());
+    state.trusted_proxies = opts.trusted_proxies.clone();
+    let state = Arc::new(state);
     let code_key = state.token_key.clone();
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| RunError::Io(format!("cannot listen on {}: {e}", opts.listen)))?;
-    tracing::info!(listen = %opts.listen, store = %crate::store::redact(&opts.store), mail = %crate::store::redact(&opts.mail), "usher running");
+    let bind = |address: SocketAddr| async move {
+        tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| RunError::Io(format!("cannot listen on {address}: {e}")))
+    };
+    let listener = bind(opts.listen).await?;
+    // Probes and metrics on their own listener, unless they share the public one.
+    let probes = if opts.probe_listen == opts.listen {
+        None
+    } else {
+        Some(bind(opts.probe_listen).await?)
+    };
+    tracing::info!(listen = %opts.listen, probe_listen = %opts.probe_listen, store = %crate::store::redact(&opts.store), mail = %crate::store::redact(&opts.mail), "usher running");
 
     let wake = redeemed_rx.filter_map(|r| async move {
         let key = ObjectKey::parse(&r.external_id)?;
         Some(ObjectRef::<SystemUser>::new(&key.name).within(&key.namespace))
     });
 
-    let http = server::serve(listener, state, shutdown_signal());
+    let http = async {
+        match probes {
+            None => server::serve(listener, server::router(state), shutdown_signal()).await,
+            Some(probes) => {
+                let public = server::serve(
+                    listener,
+                    server::public_router(state.clone()),
+                    shutdown_signal(),
+                );
+                let probes = server::serve(probes, server::probe_router(state), shutdown_signal());
+                let (public, probes) = tokio::join!(public, probes);
+                public.and(probes)
+            }
+        }
+    };
     let work = async {
         tokio::select! {
             _ = store.connected() => {}

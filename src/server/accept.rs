@@ -81,8 +81,9 @@ const MAX_CODE_INPUT: usize = 32;
 /// The longest address a mail can carry (RFC 5321's path limit, in octets).
 const MAX_ADDRESS_LEN: usize = 254;
 
-async fn redeem(state: &AppState, client: SocketAddr, proof: &Proof) -> Result<Redeemed, Refusal> {
-    if !state.per_client.try_take(&client.ip().to_string()) {
+/// Redeem what `proof` offers, for the client `client` (its rate-limit key).
+async fn redeem(state: &AppState, client: &str, proof: &Proof) -> Result<Redeemed, Refusal> {
+    if !state.per_client.try_take(client) {
         return Err(Refusal::TooMany);
     }
     let hash = if proof.token.trim().is_empty()
@@ -252,7 +253,10 @@ pub async fn form(
         Err(Refusal::CrossSite)
     } else {
         match &form {
-            Ok(Form(proof)) => redeem(&state, client, proof).await,
+            Ok(Form(proof)) => {
+                let client = state.trusted_proxies.client_key(client.ip(), &headers);
+                redeem(&state, &client, proof).await
+            }
             Err(rejection) => Err(match rejection.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => Refusal::Unreadable(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -309,6 +313,7 @@ pub async fn form(
 pub async fn api(
     State(state): State<Arc<AppState>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Json<Proof>, JsonRejection>,
 ) -> Response {
     let body = match body {
@@ -326,7 +331,8 @@ pub async fn api(
                 .into_response();
         }
     };
-    match redeem(&state, client, &body).await {
+    let client = state.trusted_proxies.client_key(client.ip(), &headers);
+    match redeem(&state, &client, &body).await {
         Ok(r) => {
             let key = ObjectKey::parse(&r.tenant);
             let (namespace, tenant) = key

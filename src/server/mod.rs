@@ -5,6 +5,7 @@
 //! races), kept beside the router they exercise.
 
 mod accept;
+mod client;
 mod limit;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use crate::plan::records::Redeemed;
 use crate::store::UserStore;
 use crate::token::TokenKey;
 
+pub use client::{BadProxy, TrustedProxies};
 pub use limit::Limiter;
 
 /// Short-code tries an address gets at once. SECURITY.md turns these two numbers into the odds
@@ -41,6 +43,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Redemption tries per client address.
     pub per_client: Limiter,
+    /// Whose `X-Forwarded-For` tells the client's address (`--trusted-proxies`); none by
+    /// default.
+    pub trusted_proxies: TrustedProxies,
     /// Redemption tries per token.
     pub per_token: Limiter,
     /// Short-code tries per invited address (lowercased), whoever makes them.
@@ -64,6 +69,7 @@ impl AppState {
             redeemed,
             metrics,
             per_client: Limiter::new(10, Duration::from_secs(6)),
+            trusted_proxies: TrustedProxies::default(),
             per_token: Limiter::new(5, Duration::from_secs(6)),
             per_address: Limiter::new(CODE_TRIES, CODE_REFILL),
             token_key: Arc::default(),
@@ -71,14 +77,40 @@ impl AppState {
     }
 }
 
-/// The routes of API.md.
+/// The routes of API.md, public and probes together, as one listener serves them when
+/// `--probe-listen` is `--listen`.
 pub fn router(state: Arc<AppState>) -> Router {
+    finish(public_routes().merge(probe_routes()), state)
+}
+
+/// What people and products reach: the acceptance page and the redemption API.
+pub fn public_router(state: Arc<AppState>) -> Router {
+    finish(public_routes(), state)
+}
+
+/// What the cluster reaches: `/healthz`, `/readyz` and `/metrics`, for `--probe-listen`. Kept
+/// off the public address because `/readyz` says why a store is down and `/metrics` counts what
+/// usher does.
+pub fn probe_router(state: Arc<AppState>) -> Router {
+    finish(probe_routes(), state)
+}
+
+fn public_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/accept", get(accept::show).post(accept::form))
         .route("/api/v1/invitations/redeem", post(accept::api))
+}
+
+fn probe_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+}
+
+/// The fallbacks, limits and headers every listener has.
+fn finish(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    routes
         // Refusals say what is wrong, these too (axum's own have empty bodies).
         .fallback(|| async {
             (
@@ -134,15 +166,15 @@ async fn drain_oversized(
     }
 }
 
-/// Serve until `shutdown` resolves.
+/// Serve `app` on `listener` until `shutdown` resolves. Errors: the listener failed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
+    app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
@@ -793,5 +825,39 @@ mod tests {
         let request = build(&code_post("alice@acme.example", &harness.code, 1, true));
         let status = harness.rt.block_on(app.oneshot(request)).unwrap().status();
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn probes_and_metrics_are_not_on_the_public_listener() {
+        let harness = harness();
+        let get = |app: Router, path: &str| {
+            let request = Request::builder()
+                .uri(path)
+                .extension(ConnectInfo(SocketAddr::from((Ipv4Addr::LOCALHOST, 1))))
+                .body(Body::empty())
+                .unwrap();
+            harness
+                .rt
+                .block_on(app.oneshot(request))
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+        let public = public_router(harness.state.clone());
+        let probes = probe_router(harness.state.clone());
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(
+                get(public.clone(), path),
+                404,
+                "{path} on the public listener"
+            );
+            assert_eq!(
+                get(probes.clone(), path),
+                200,
+                "{path} on the probe listener"
+            );
+        }
+        assert_eq!(get(public, "/accept"), 200);
+        assert_eq!(get(probes, "/accept"), 404);
     }
 }

@@ -223,7 +223,7 @@ async fn a_store_down_at_start_keeps_readyz_false_until_it_answers() {
     let name = usher_testenv::unique_name("late").replace('-', "_");
     apply_yaml(&client, &ns, PEOPLE).await;
     let usher = Usher::start_unready(&ns, &smtp.url(), &["--store", &pg.url(&name)], &[]).await;
-    let readyz = format!("{}/readyz", usher.url);
+    let readyz = format!("{}/readyz", usher.probe_url);
     // Until the first try has failed it says "connecting"; then why.
     let last = std::sync::Mutex::new(String::new());
     let refused = eventually(Duration::from_secs(20), || async {

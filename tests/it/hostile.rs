@@ -151,7 +151,7 @@ async fn hostile_requests_get_a_clear_4xx_and_usher_keeps_serving() {
 
     // Still alive, ready, and accepting the real invitation.
     let ready = http
-        .get(format!("{}/readyz", usher.url))
+        .get(format!("{}/readyz", usher.probe_url))
         .send()
         .await
         .expect("readyz answers");
@@ -160,4 +160,80 @@ async fn hostile_requests_get_a_clear_4xx_and_usher_keeps_serving() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["email"], "hana@acme.example");
     assert!(!usher.log().contains("panicked"), "{}", usher.log());
+}
+
+/// Behind an ingress every connection comes from the proxy. With `--trusted-proxies`, each client
+/// it forwards for has its own redemption limit; without, X-Forwarded-For is not believed, so no
+/// client can pick a fresh bucket by writing the header itself. Probes and metrics are served on
+/// their own listener only.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_limit() {
+    let client = client().await;
+    let ns = namespace(&client, "trusted-proxy").await;
+    let smtp = usher_testenv::Smtp::start().expect("SMTP sink");
+    let http = reqwest::Client::new();
+    // Each try another unknown token, so that only the client limit can answer 429.
+    let sent = std::sync::atomic::AtomicUsize::new(0);
+    let tries = |usher_url: String, forwarded_for: &'static str| {
+        let http = http.clone();
+        let token = format!(
+            "{:A>43}",
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        async move {
+            http.post(format!("{usher_url}/api/v1/invitations/redeem"))
+                .header("x-forwarded-for", forwarded_for)
+                .json(&serde_json::json!({ "token": token }))
+                .send()
+                .await
+                .expect("the API answers")
+                .status()
+                .as_u16()
+        }
+    };
+    let behind = Usher::start(&ns, &smtp.url(), &["--trusted-proxies", "127.0.0.1"]).await;
+    // One client uses up its 10 tries (unknown tokens: 404), then waits.
+    for _ in 0..10 {
+        assert_eq!(tries(behind.url.clone(), "203.0.113.1").await, 404);
+    }
+    assert_eq!(tries(behind.url.clone(), "203.0.113.1").await, 429);
+    // Another client behind the same proxy is not held back, even if it claims to be a third
+    // party further left: the proxy's own entry (the rightmost) is what counts.
+    assert_eq!(
+        tries(behind.url.clone(), "203.0.113.1, 203.0.113.2").await,
+        404
+    );
+
+    // Not trusted: the header is the client's own word, and one peer is one bucket.
+    let direct = Usher::start(&ns, &smtp.url(), &[]).await;
+    let forged = [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+        "198.51.100.5",
+    ];
+    for i in 0..10 {
+        assert_eq!(
+            tries(direct.url.clone(), forged[i % forged.len()]).await,
+            404
+        );
+    }
+    assert_eq!(tries(direct.url.clone(), "198.51.100.9").await, 429);
+
+    // The public listener has no probes and no metrics; the probe listener has them.
+    for path in ["/metrics", "/readyz", "/healthz"] {
+        let public = http
+            .get(format!("{}{path}", direct.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(public.status().as_u16(), 404, "{path} is public");
+        let probe = http
+            .get(format!("{}{path}", direct.probe_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(probe.status().as_u16(), 200, "{path} on the probe listener");
+    }
 }

@@ -82,6 +82,7 @@ async fn make_run_as_the_readme_says_then_ctrl_c_leaves_nothing_behind() {
     let dir = usher_testenv::scratch_dir("make-run").unwrap();
     let (run_dir, outbox) = (dir.join("run"), dir.join("outbox"));
     let port = usher_testenv::Port::reserve().unwrap();
+    let probe_port = usher_testenv::Port::reserve().unwrap();
     let url = format!("http://127.0.0.1:{}", port.get());
     let stdout = dir.join("stdout");
     let mut script = Command::new("bash");
@@ -90,6 +91,10 @@ async fn make_run_as_the_readme_says_then_ctrl_c_leaves_nothing_behind() {
         .env("USHER_RUN_DIR", &run_dir)
         .env("USHER_OUTBOX", &outbox)
         .env("USHER_LISTEN", format!("127.0.0.1:{}", port.get()))
+        .env(
+            "USHER_PROBE_LISTEN",
+            format!("127.0.0.1:{}", probe_port.get()),
+        )
         .env("USHER_PUBLIC_URL", &url)
         .env_remove("KUBECONFIG")
         .stdin(Stdio::null())

@@ -30,7 +30,7 @@ async fn metrics_parse_and_logs_are_json_without_secrets() {
     })
     .await;
 
-    let text = reqwest::get(format!("{}/metrics", usher.url))
+    let text = reqwest::get(format!("{}/metrics", usher.probe_url))
         .await
         .unwrap()
         .text()

@@ -467,7 +467,7 @@ async fn a_store_outage_backs_off_and_everything_converges_when_it_ends() {
     pg.stop();
     let down = Instant::now();
     arrive_and_one_leaves(&client, &ns, PEOPLE / 2..PEOPLE).await;
-    let readyz = format!("{}/readyz", usher.url);
+    let readyz = format!("{}/readyz", usher.probe_url);
     let unready = eventually(Duration::from_secs(20), || async {
         let r = reqwest::get(&readyz).await.ok()?;
         (r.status() == 503).then_some(())

@@ -86,7 +86,7 @@ async fn a_plaintext_token_is_in_the_mail_and_nowhere_else() {
         assert!(ok, "kubectl get {what}: {text}");
         places.push((what.into(), text));
     }
-    let metrics = reqwest::get(format!("{}/metrics", usher.url))
+    let metrics = reqwest::get(format!("{}/metrics", usher.probe_url))
         .await
         .expect("metrics")
         .text()

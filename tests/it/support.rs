@@ -232,14 +232,18 @@ where
 
 /// One `usher run` process scoped to a test's namespace, with its own SQLite file and port.
 pub struct Usher {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`: the acceptance page and the API (`--listen`).
     pub url: String,
+    /// `http://127.0.0.1:<port>`: `/healthz`, `/readyz` and `/metrics` (`--probe-listen`).
+    pub probe_url: String,
     /// The SQLite file.
     pub db: PathBuf,
     namespace: String,
     mail: String,
     /// Reserved for this usher across its restarts (`--listen`).
     port: usher_testenv::Port,
+    /// The same, for `--probe-listen`.
+    probe_port: usher_testenv::Port,
     extra: Vec<String>,
     env: Vec<(String, String)>,
     dir: PathBuf,
@@ -283,8 +287,11 @@ impl Usher {
     ) -> Self {
         let dir = usher_testenv::scratch_dir("usher").expect("scratch dir");
         let port = usher_testenv::Port::reserve().expect("a port for usher");
+        let probe_port = usher_testenv::Port::reserve().expect("a probe port for usher");
         let mut usher = Self {
             url: format!("http://127.0.0.1:{}", port.get()),
+            probe_url: format!("http://127.0.0.1:{}", probe_port.get()),
+            probe_port,
             db: dir.join("usher.db"),
             namespace: namespace.to_string(),
             mail: mail.to_string(),
@@ -325,6 +332,10 @@ impl Usher {
         }
         cmd.args(["--mail", &self.mail])
             .args(["--listen", &format!("127.0.0.1:{}", self.port.get())])
+            .args([
+                "--probe-listen",
+                &format!("127.0.0.1:{}", self.probe_port.get()),
+            ])
             .args(["--public-url", &self.url])
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -334,7 +345,7 @@ impl Usher {
             self.process = Some(process);
             return;
         }
-        let url = format!("{}/readyz", self.url);
+        let url = format!("{}/readyz", self.probe_url);
         let ready = eventually(Duration::from_secs(30), || async {
             process.check_alive().ok()?;
             let r = reqwest::get(&url).await.ok()?;
@@ -373,7 +384,7 @@ impl Usher {
 
     /// Every sample of /metrics, parsed.
     pub async fn samples(&self) -> Vec<(String, f64)> {
-        let text = reqwest::get(format!("{}/metrics", self.url))
+        let text = reqwest::get(format!("{}/metrics", self.probe_url))
             .await
             .expect("metrics answer")
             .text()
