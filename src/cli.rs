@@ -1,12 +1,17 @@
-//! The `usher` command line: `run`, `validate`, `find`, `review`, `import` and `crds`. A thin
-//! layer: it parses arguments and hands them to [`crate::run`], [`crate::validate`],
-//! [`crate::find`], [`crate::review`], [`crate::import`] or [`crate::crd`].
+//! The `usher` command line: `run`, `validate`, `find`, `review`, `import`, `resend`, `release`,
+//! `status`, `crds`, `version` and `completions`. A thin layer: it parses arguments and hands
+//! them to [`crate::run`], [`crate::validate`], [`crate::find`], [`crate::review`],
+//! [`crate::import`], [`crate::admin`], [`crate::crd`] or [`crate::version`].
+//!
+//! Installed (or linked) as `kubectl-usher`, the same binary is a kubectl plugin:
+//! `kubectl usher resend NAME`, `kubectl usher status`, … ([`main`] names itself after how it
+//! was called).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::crd;
 
@@ -85,6 +90,48 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Ask for a new invitation for a person (sets usher.dev/resend-invitation to the time now):
+    /// after expiry, a lost mail, or a leaked link. The previous link stops working.
+    Resend {
+        /// The SystemUser's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Let the offboardings the mass-offboarding guard holds for a tenant proceed (sets
+    /// usher.dev/allow-mass-offboarding to the time now). Do it only when the deletions are meant.
+    Release {
+        /// The Tenant's name.
+        tenant: String,
+        /// Its namespace (default: the kubeconfig's).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// A tenant's people at a glance: how many are Active, Pending, Expired, Suspended or Failed,
+    /// and who is not Active yet, and why.
+    Status {
+        /// Only this Tenant (default: every Tenant in the namespace).
+        tenant: Option<String>,
+        /// The namespace (default: the kubeconfig's).
+        #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Print the version, the git revision and the API versions served.
+    Version {
+        /// Output: text, or json for scripts.
+        #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
+    /// Print a shell completion script: `source <(usher completions bash)`, or write it where
+    /// your shell loads completions from.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Print the CustomResourceDefinitions as multi-document YAML (or write one file per kind).
     Crds {
         /// Write `<group>_<plural>.yaml` files into this folder instead of printing.
@@ -93,11 +140,60 @@ enum Command {
     },
 }
 
+/// The name the binary answers to when kubectl runs it as a plugin.
+const PLUGIN: &str = "kubectl-usher";
+
+/// Parse the command line and run it, naming itself `kubectl usher` in help and errors when
+/// called as `kubectl-usher` (a kubectl plugin), `usher` otherwise.
+pub fn main() -> ExitCode {
+    let called = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()));
+    let mut command = Cli::command();
+    if called.as_deref() == Some(PLUGIN) {
+        command = command
+            .bin_name("kubectl usher")
+            .display_name("kubectl usher");
+    }
+    let matches = command.get_matches();
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli.run(),
+        Err(e) => e.exit(),
+    }
+}
+
 impl Cli {
     /// Run the chosen command; errors are printed as one line on stderr.
     pub fn run(self) -> ExitCode {
         let result = match self.command {
             Command::Crds { dir } => crds(dir.as_deref()),
+            Command::Resend { name, namespace } => {
+                block_on(crate::admin::resend(&name, namespace)).and_then(|line| print(&line))
+            }
+            Command::Release { tenant, namespace } => {
+                block_on(crate::admin::release(&tenant, namespace)).and_then(|line| print(&line))
+            }
+            Command::Status {
+                tenant,
+                namespace,
+                all_namespaces,
+            } => block_on(crate::admin::status(
+                tenant.as_deref(),
+                &scope(namespace, all_namespaces),
+            ))
+            .and_then(|page| print(&page)),
+            Command::Version { output } => print(&if output == "json" {
+                crate::version::json()
+            } else {
+                crate::version::line()
+            }),
+            Command::Completions { shell } => {
+                let mut command = Cli::command();
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut command, "usher", &mut script);
+                print(&String::from_utf8_lossy(&script))
+            }
             Command::Find {
                 word,
                 namespace,
@@ -266,6 +362,9 @@ pub enum CliError {
     /// `usher find` could not read the cluster.
     #[error(transparent)]
     Find(#[from] crate::find::FindError),
+    /// `usher resend`, `release` or `status` could not do it.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     /// `usher run` failed (the store, the mail transport, the Kubernetes API, the listener).
     #[error(transparent)]
     Run(#[from] crate::run::RunError),

@@ -10,8 +10,11 @@
 //! - [`controller`]: read, decide in [`plan`], write the store, mail, report.
 //! - [`server`]: the acceptance page, the redemption API, health and metrics.
 //! - [`validate`]: `usher validate`, the same decisions offline.
-//! - [`run`]: `usher run` wires the above; [`cli`]: the command line, which calls it.
+//! - [`run`]: `usher run` wires the above; [`cli`]: the command line, which calls it and the
+//!   cluster-side commands ([`find`], [`review`], [`admin`]) and the offline ones ([`import`],
+//!   [`validate`], [`version`]).
 
+pub mod admin;
 pub mod cli;
 pub mod controller;
 pub mod crd;
@@ -27,3 +30,4 @@ pub mod store;
 pub mod token;
 pub mod token_key;
 pub mod validate;
+pub mod version;

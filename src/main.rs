@@ -1,9 +1,8 @@
-//! The `usher` binary: everything is in the library; this only runs [`usher::cli`].
+//! The `usher` binary (and, under the name `kubectl-usher`, the kubectl plugin): everything is in
+//! the library; this only runs [`usher::cli::main`].
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    usher::cli::Cli::parse().run()
+    usher::cli::main()
 }

@@ -26,6 +26,7 @@ mod make_run;
 mod monitoring;
 mod observability;
 mod offboarding;
+mod plugin;
 mod reliability;
 mod review;
 mod roles;
