@@ -29,12 +29,17 @@ enum Command {
     /// Run the operator: watch the kinds, reconcile the store, send mail, serve HTTP.
     Run(Box<RunArgs>),
     /// Check manifest files or folders offline, as admission and the controllers would: schema,
-    /// references, cycles, duplicate emails, exclusivity. Exit 0 when clean, 1 with one
-    /// `file: Kind/name: problem` line per problem.
+    /// references, cycles, duplicate emails, exclusivity. Exit 0 when clean (warnings alone
+    /// included), 1 with one `file: Kind/name: problem` line per problem.
     Validate {
-        /// Files or folders of YAML manifests (folders are searched for *.yaml and *.yml).
+        /// Files or folders of YAML manifests (folders are searched for *.yaml and *.yml); `-`
+        /// reads stdin (`kustomize build overlays/prod | usher validate -`).
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// Output: text (one line per problem), json (for scripts) or sarif (SARIF 2.1.0, for
+        /// code-scanning annotations on the offending lines).
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: crate::validate::report::Format,
     },
     /// Find people the way admin pages search: a case-insensitive word in their first or last
     /// name, email, company, street, city, region, postal code, country or phone (phone numbers
@@ -230,11 +235,15 @@ impl Cli {
                 };
             }
             Command::Run(args) => run(*args),
-            Command::Validate { paths } => {
-                let problems = crate::validate::validate(&paths);
-                let mut out = std::io::stdout().lock();
-                for p in &problems {
-                    let _ = writeln!(out, "{p}");
+            Command::Validate { paths, output } => {
+                let (sources, mut problems) =
+                    crate::validate::read_sources(&paths, std::io::stdin().lock());
+                problems.extend(crate::validate::validate_sources(&sources));
+                problems.sort_by(|a, b| a.file.cmp(&b.file));
+                let report = crate::validate::report::render(&problems, &sources, output);
+                if let Err(err) = print(&report) {
+                    eprintln!("usher: {err}");
+                    return ExitCode::FAILURE;
                 }
                 return if problems.iter().all(|p| p.warning) {
                     ExitCode::SUCCESS

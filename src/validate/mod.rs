@@ -14,6 +14,7 @@
 
 #[cfg(test)]
 mod hostile;
+pub mod report;
 mod schema;
 
 use std::collections::{BTreeMap, HashMap};
@@ -168,9 +169,27 @@ fn name_problem(name: &str) -> Option<String> {
 
 /// Validate the manifests under `paths`; every problem found, in file order.
 pub fn validate(paths: &[PathBuf]) -> Vec<Problem> {
+    let (sources, mut problems) = read_sources(paths, std::io::empty());
+    problems.extend(validate_sources(&sources));
+    problems.sort_by(|a, b| a.file.cmp(&b.file));
+    problems
+}
+
+/// The name stdin goes by in problems (`usher validate -`).
+pub const STDIN: &str = "<stdin>";
+
+/// The (file name, contents) of the YAML files under `paths` (folders are walked), and `stdin`'s
+/// contents as [`STDIN`] where a path is `-` (`kustomize build | usher validate -`); what cannot
+/// be read is a problem.
+pub fn read_sources(
+    paths: &[PathBuf],
+    mut stdin: impl std::io::Read,
+) -> (Vec<(String, Vec<u8>)>, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut sources = Vec::new();
-    for file in files(paths, &mut problems) {
+    let (dash, named): (Vec<PathBuf>, Vec<PathBuf>) =
+        paths.iter().cloned().partition(|p| p.as_os_str() == "-");
+    for file in files(&named, &mut problems) {
         let shown = file.display().to_string();
         match std::fs::read(&file) {
             Ok(bytes) => sources.push((shown, bytes)),
@@ -182,9 +201,19 @@ pub fn validate(paths: &[PathBuf]) -> Vec<Problem> {
             }),
         }
     }
-    problems.extend(validate_sources(&sources));
-    problems.sort_by(|a, b| a.file.cmp(&b.file));
-    problems
+    if !dash.is_empty() {
+        let mut bytes = Vec::new();
+        match stdin.read_to_end(&mut bytes) {
+            Ok(_) => sources.push((STDIN.to_string(), bytes)),
+            Err(e) => problems.push(Problem {
+                file: STDIN.into(),
+                object: "-".into(),
+                message: format!("cannot read: {e}"),
+                warning: false,
+            }),
+        }
+    }
+    (sources, problems)
 }
 
 /// Validate manifests given as (file name, contents); every problem found, in file order.

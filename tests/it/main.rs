@@ -26,6 +26,7 @@ mod make_run;
 mod monitoring;
 mod observability;
 mod offboarding;
+mod pipeline;
 mod plugin;
 mod reliability;
 mod review;
