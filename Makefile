@@ -27,12 +27,17 @@ lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust types
+crds: ## Regenerate crds/ from the Rust types (and their copy in the Helm chart)
 	$(CARGO) run --quiet -- crds --dir crds
+	cp crds/usher.dev_*.yaml charts/usher/crds/
 
 .PHONY: k8s-bins
 k8s-bins: ## Build kube-apiserver, kube-controller-manager and kubectl once (cached in target/k8s)
 	bash tests/k8s/build.sh
+
+.PHONY: helm-bin
+helm-bin: ## Build helm once for the chart tests (cached in target/helm)
+	bash tests/helm/build.sh
 
 .PHONY: test-peers
 test-peers: ## The real servers and tools tests talk to: aiosmtpd + scim2-server (venv in target/venv), PostgreSQL, Chromium + chromedriver, promtool, Lua 5.1
@@ -49,7 +54,7 @@ test-peers: ## The real servers and tools tests talk to: aiosmtpd + scim2-server
 		python3 -m venv target/venv && target/venv/bin/pip install --quiet --disable-pip-version-check aiosmtpd scim2-server; fi
 
 .PHONY: test
-test: k8s-bins test-peers ## Every test, unit and integration, against a real control plane and real peers
+test: k8s-bins helm-bin test-peers ## Every test, unit and integration, against a real control plane and real peers
 	$(CARGO) build --workspace  # target/debug/control-plane, which the `make run` test runs
 	$(CARGO) test --workspace --no-fail-fast
 
