@@ -11,6 +11,8 @@
 //! Every child process is started with `PR_SET_PDEATHSIG`, so it dies with the thread that spawned
 //! it: when a test binary ends — passing, failing or on Ctrl-C — its control plane ends too.
 
+mod better_auth_scim;
+mod django_scim;
 mod peers;
 mod pki;
 mod port;

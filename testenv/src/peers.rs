@@ -22,7 +22,7 @@ pub fn scratch_dir(name: &str) -> Result<PathBuf, Error> {
     Ok(dir)
 }
 
-fn wait_for_port(child: &Supervised, port: u16, timeout: Duration) -> Result<(), Error> {
+pub(crate) fn wait_for_port(child: &Supervised, port: u16, timeout: Duration) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
     loop {
         child.check_alive()?;
