@@ -21,7 +21,7 @@ fn plugin_dir() -> PathBuf {
 }
 
 /// `kubectl usher ARGS` with the plugin on PATH: (success, stdout, stderr).
-fn kubectl_usher(plugins: &PathBuf, args: &[&str]) -> (bool, String, String) {
+fn kubectl_usher(plugins: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let path = format!(
         "{}:{}",
         plugins.display(),
