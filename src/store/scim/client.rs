@@ -153,27 +153,35 @@ impl ScimStore {
         )))
     }
 
-    /// The resources of a filtered list, every page.
+    /// The resources of a filtered list, every page, each checked against `filter` here too:
+    /// a server that ignores a filter (or an attribute in it) answers with others, and acting on
+    /// one of those would write to, or delete, the wrong person or Group.
     pub(super) async fn list(
         &self,
         endpoint: &str,
-        filter: &str,
+        filter: &Filter<'_>,
         extra: &str,
     ) -> Result<Vec<Value>, StoreError> {
         let mut out = Vec::new();
         let mut start = 1;
+        let mut seen = 0;
         loop {
             let path = format!(
                 "{endpoint}?filter={}&startIndex={start}&count={}{extra}",
-                urlencode(filter),
+                urlencode(&filter.to_string()),
                 self.page_size
             );
             let page = self.send(Method::GET, &path, None, None).await?.ok()?;
             let items = page["Resources"].as_array().cloned().unwrap_or_default();
             let total = page["totalResults"].as_u64().unwrap_or(0) as usize;
             let got = items.len();
-            out.extend(items);
-            if got == 0 || out.len() >= total {
+            seen += got;
+            let strangers = items.iter().filter(|r| !filter.holds(r)).count();
+            if strangers > 0 {
+                tracing::debug!(%filter, strangers, "the server answered resources its filter does not match; they are left out");
+            }
+            out.extend(items.into_iter().filter(|r| filter.holds(r)));
+            if got == 0 || seen >= total {
                 return Ok(out);
             }
             start += got;
@@ -181,7 +189,70 @@ impl ScimStore {
     }
 }
 
+/// A filter usher sends (RFC 7644 section 3.4.2.2), on a case-exact string attribute such as
+/// `externalId`: rendered for the server, and checked on what it answers.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Filter<'a> {
+    /// `attribute eq "value"`.
+    Eq(&'a str, &'a str),
+    /// `attribute sw "prefix"`.
+    StartsWith(&'a str, &'a str),
+}
+
+impl Filter<'_> {
+    /// Whether `resource` matches, read as RFC 7643 says for a case-exact attribute. A resource
+    /// without the attribute does not match.
+    pub(super) fn holds(&self, resource: &Value) -> bool {
+        match *self {
+            Self::Eq(attribute, value) => resource[attribute].as_str() == Some(value),
+            Self::StartsWith(attribute, prefix) => resource[attribute]
+                .as_str()
+                .is_some_and(|v| v.starts_with(prefix)),
+        }
+    }
+}
+
+impl std::fmt::Display for Filter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Eq(attribute, value) => write!(f, "{attribute} eq {}", quoted(value)),
+            Self::StartsWith(attribute, prefix) => write!(f, "{attribute} sw {}", quoted(prefix)),
+        }
+    }
+}
+
 /// Text as a query parameter value.
 fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_filter_is_sent_as_scim_says_and_checked_on_each_answer() {
+        let eq = Filter::Eq("externalId", "acme/bob");
+        assert_eq!(eq.to_string(), r#"externalId eq "acme/bob""#);
+        assert!(eq.holds(&json!({"externalId": "acme/bob"})));
+        // What a server ignoring the filter answers: someone else, no externalId, another case.
+        for other in [
+            json!({"externalId": "acme/bobby"}),
+            json!({"userName": "bob@acme.example"}),
+            json!({"externalId": "ACME/bob"}),
+            json!({"externalId": 7}),
+        ] {
+            assert!(!eq.holds(&other), "{other}");
+        }
+        let sw = Filter::StartsWith("externalId", "role/acme/acme/");
+        assert_eq!(sw.to_string(), r#"externalId sw "role/acme/acme/""#);
+        assert!(sw.holds(&json!({"externalId": "role/acme/acme/Admin"})));
+        assert!(!sw.holds(&json!({"externalId": "role/acme/globex/Admin"})));
+        assert!(!sw.holds(&json!({"displayName": "role/acme/acme/Admin"})));
+        // A quote in a value cannot end the string early.
+        let tricky = Filter::Eq("externalId", r#"a" or "1" eq "1"#);
+        assert_eq!(tricky.to_string(), r#"externalId eq "a\" or \"1\" eq \"1""#);
+    }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::client::{id_of, quoted};
+use super::client::{Filter, id_of, quoted};
 use super::{CORE_GROUP, PATCH_OP, ScimStore};
 use crate::plan::records::{Assignment, Grant, GroupRecord, RoleRecord, TenantRecord};
 use crate::store::{Catalogue, StoreError};
@@ -20,7 +20,7 @@ impl ScimStore {
     async fn find_groups(&self, external_id: &str) -> Result<Vec<Value>, StoreError> {
         self.list(
             "/Groups",
-            &format!("externalId eq {}", quoted(external_id)),
+            &Filter::Eq("externalId", external_id),
             "&excludedAttributes=members",
         )
         .await
@@ -116,8 +116,8 @@ impl ScimStore {
         .map(|_| ())
     }
 
-    /// Delete the Groups matching a filter (`externalId eq …` or `sw …`).
-    async fn delete_groups(&self, filter: &str) -> Result<(), StoreError> {
+    /// Delete the Groups matching a filter (`externalId eq …` or `sw …`), as checked here.
+    async fn delete_groups(&self, filter: &Filter<'_>) -> Result<(), StoreError> {
         let _one_at_a_time = self.groups.lock().await;
         let groups = self
             .list("/Groups", filter, "&excludedAttributes=members")
@@ -205,8 +205,9 @@ impl Catalogue for ScimStore {
     }
 
     async fn delete_tenant(&self, key: &str) -> Result<(), StoreError> {
-        let filter = format!("externalId sw {}", quoted(&format!("role/{key}/")));
-        self.delete_groups(&filter).await?;
+        let prefix = format!("role/{key}/");
+        self.delete_groups(&Filter::StartsWith("externalId", &prefix))
+            .await?;
         self.local.delete_tenant(key).await
     }
 
@@ -235,8 +236,9 @@ impl Catalogue for ScimStore {
     }
 
     async fn delete_group(&self, key: &str) -> Result<(), StoreError> {
-        let filter = format!("externalId eq {}", quoted(&format!("location/{key}")));
-        self.delete_groups(&filter).await?;
+        let external_id = format!("location/{key}");
+        self.delete_groups(&Filter::Eq("externalId", &external_id))
+            .await?;
         self.local.delete_group(key).await
     }
 

@@ -10,24 +10,30 @@ use jiff::Timestamp;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::client::{id_of, quoted, refusal};
+use super::client::{Filter, id_of, refusal};
 use super::{CORE_USER, PATCH_OP, ScimStore, USER_EXTENSION};
 use crate::crd::Address;
 use crate::plan::records::{ObjectKey, Profile, UserFields, UserRecord};
 use crate::store::{Accounts, Catalogue, StoreError};
 
 impl ScimStore {
-    /// The User with this externalId, with its local shadow when usher has one.
+    /// The User with this externalId, with its local shadow when usher has one: by the SCIM id
+    /// the shadow keeps first (a server need not store `externalId`, nor filter on it), then by
+    /// filter, each answer checked.
     async fn find_user(
         &self,
         external_id: &str,
     ) -> Result<Option<(Value, Option<UserRecord>)>, StoreError> {
+        if let Some(shadow) = self.local.user_by_external_id(external_id).await?
+            && let Some((user, _)) = self.get_user(&shadow.id).await?
+            && user["externalId"]
+                .as_str()
+                .is_none_or(|stored| stored == external_id)
+        {
+            return Ok(Some((user, Some(shadow))));
+        }
         let found = self
-            .list(
-                "/Users",
-                &format!("externalId eq {}", quoted(external_id)),
-                "",
-            )
+            .list("/Users", &Filter::Eq("externalId", external_id), "")
             .await?;
         // externalId need not be unique on the server; prefer the account usher knows.
         for u in &found {
@@ -356,20 +362,26 @@ impl Accounts for ScimStore {
     async fn users_of_tenant(&self, tenant: &str) -> Result<Vec<UserRecord>, StoreError> {
         let shadows = self.local.users_of_tenant(tenant).await?;
         let namespace = ObjectKey::parse(tenant).map_or(tenant.to_string(), |k| k.namespace);
+        let prefix = format!("{namespace}/");
         let scim: HashMap<String, Value> = self
-            .list(
-                "/Users",
-                &format!("externalId sw {}", quoted(&format!("{namespace}/"))),
-                "",
-            )
+            .list("/Users", &Filter::StartsWith("externalId", &prefix), "")
             .await?
             .into_iter()
             .filter_map(|u| Some((u["id"].as_str()?.to_string(), u)))
             .collect();
-        let mut out: Vec<UserRecord> = shadows
-            .iter()
-            .filter_map(|s| scim.get(&s.id).map(|u| self.record(u, Some(s))))
-            .collect();
+        let mut out = Vec::with_capacity(shadows.len());
+        for shadow in &shadows {
+            match scim.get(&shadow.id) {
+                Some(u) => out.push(self.record(u, Some(shadow))),
+                // Not in the filtered list: a server that does not store or filter externalId.
+                // Its id still finds it; only a User gone from the server is left out.
+                None => {
+                    if let Some((u, _)) = self.get_user(&shadow.id).await? {
+                        out.push(self.record(&u, Some(shadow)));
+                    }
+                }
+            }
+        }
         // People of this tenant the local store lost (the extension names their tenant).
         for (id, u) in &scim {
             if shadows.iter().all(|s| &s.id != id) && u[USER_EXTENSION]["tenant"] == tenant {
