@@ -5,6 +5,7 @@ mod guard;
 pub mod index;
 mod invitations;
 mod location_group;
+mod peer;
 mod role_binding;
 pub mod snapshot;
 mod system_user;
@@ -375,6 +376,9 @@ where
         .get_or_create(&KindLabels { kind })
         .observe(started.elapsed().as_secs_f64());
     if let Err(err) = &result {
+        if let Some(labels) = peer::failure(err) {
+            ctx.metrics.peer_errors.get_or_create(&labels).inc();
+        }
         tracing::warn!(error = %err, "reconcile failed");
         publish(ctx, obj, EventType::Warning, err.label(), err.to_string()).await;
     }

@@ -64,6 +64,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             note,
             message,
         } => {
+            ctx.metrics.set_offboardings_held(&key, held);
             apply_status(ctx, tenant, tenant.status.as_ref(), &status).await?;
             if let Some(note) = note {
                 publish_note(ctx, tenant, note).await;
@@ -73,6 +74,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         }
         Cleanup::Done { note } => {
             ctx.store.delete_tenant(&key).await?;
+            ctx.metrics.forget_tenant(&key);
             publish_note(ctx, tenant, note).await;
             Ok(Action::await_change())
         }
@@ -113,6 +115,10 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         0
     };
     let report = tenant::report(tenant, &members, done, now, ctx.settings.resync);
+    if let Some(people) = &report.status.users {
+        ctx.metrics.set_tenant_people(&desired.key, people);
+    }
+    ctx.metrics.set_offboardings_held(&desired.key, report.held);
     apply_status(ctx, tenant, tenant.status.as_ref(), &report.status).await?;
     if let Some(note) = report.note {
         publish_note(ctx, tenant, note).await;

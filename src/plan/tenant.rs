@@ -119,6 +119,9 @@ pub struct Report {
     pub note: Option<Note>,
     /// How long until the Tenant is looked at again without a change.
     pub requeue: std::time::Duration,
+    /// How many people's deletions the guard holds back now (0 unless the status shows
+    /// `OffboardingThrottled`), for `usher_offboardings_held`.
+    pub held: usize,
 }
 
 /// The status and Events of a Tenant written to the store, from its people (`members`, the
@@ -148,6 +151,7 @@ pub fn report(
             status,
             note: None,
             requeue: resync,
+            held: 0,
         };
     }
     let condition = throttled(tenant, "deletions", held, done, max, now);
@@ -162,6 +166,7 @@ pub fn report(
         note,
         // Held deletions are retried by their own requeues; look again soon to clear this.
         requeue: std::time::Duration::from_secs(30),
+        held,
     }
 }
 
@@ -304,6 +309,7 @@ mod tests {
         assert_eq!((users.total, users.active, users.pending), (4, 2, 1));
         assert_eq!(quiet.note, None);
         assert_eq!(quiet.requeue, resync);
+        assert_eq!(quiet.held, 0, "two are being deleted, none held");
         // Spent: the condition, one Warning, and a look again soon.
         let mut tenant = acme(5);
         let held = report(&tenant, &members, 5, now(), resync);
@@ -319,6 +325,7 @@ mod tests {
             Some((true, THROTTLED))
         );
         assert!(held.requeue < resync);
+        assert_eq!(held.held, 2);
         // Shown already: no second Warning.
         tenant.status = Some(held.status.clone());
         assert_eq!(report(&tenant, &members, 6, now(), resync).note, None);

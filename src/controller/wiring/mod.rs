@@ -80,6 +80,9 @@ pub async fn run(
     namespace: Option<&str>,
     wake: impl Stream<Item = ObjectRef<SystemUser>> + Send + 'static,
 ) {
+    // `usher_controllers_running` is 1 from here until this future ends or is dropped (the
+    // leader Lease lost).
+    let _running = metrics.controllers_running();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
