@@ -164,9 +164,28 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
             Some(election) => lead(client, &opts, election, controllers).await,
         }
     };
-    let (work, http) = tokio::join!(work, http);
-    http.map_err(|e| RunError::Io(format!("HTTP server: {e}")))?;
-    work?;
+    // When the work fails (the token key unreadable, RBAC refusing the kinds, the Lease lost),
+    // the process exits with its error rather than serve on with nobody reconciling: dropping
+    // the HTTP side stops it, and the pod's restart is what recovers.
+    let http = async {
+        http.await
+            .map_err(|e| RunError::Io(format!("HTTP server: {e}")))
+    };
+    let mut http = std::pin::pin!(http);
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        done = &mut work => {
+            done?;
+            // A shutdown: the HTTP side finishes its requests in flight too.
+            http.await?;
+        }
+        served = &mut http => {
+            served?;
+            // The HTTP side stops only on a shutdown, which stops the work as well: let it
+            // finish its reconciles in flight and release the Lease.
+            work.await?;
+        }
+    }
     tracing::info!("usher stopped");
     Ok(())
 }

@@ -143,3 +143,31 @@ async fn a_plaintext_token_is_in_the_mail_and_nowhere_else() {
         "the mail holds the token"
     );
 }
+
+/// A token key Secret that holds no usable key stops `usher run` with an error that says so,
+/// rather than leave it serving with nobody reconciling (and `/healthz` saying all is well).
+#[tokio::test]
+async fn a_broken_token_key_stops_usher_with_a_reason() {
+    let client = client().await;
+    let ns = namespace(&client, "broken-key").await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let broken: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "usher-token-key"},
+        "data": {"key": base64::engine::general_purpose::STANDARD.encode([7u8; 16])},
+    }))
+    .unwrap();
+    secrets
+        .create(&Default::default(), &broken)
+        .await
+        .expect("the broken key Secret");
+    let smtp = Smtp::start().expect("SMTP sink");
+    let usher = Usher::start_unready(&ns, &smtp.url(), &["--token-key-namespace", &ns], &[]).await;
+    let pid = usher.pid().expect("usher started") as i32;
+    eventually(Duration::from_secs(60), || async {
+        (!usher_testenv::Supervised::pid_is_alive(pid)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("usher kept running with a broken key:\n{}", usher.log()));
+    let log = usher.log();
+    assert!(log.contains("token key"), "{log}");
+}
