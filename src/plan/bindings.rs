@@ -395,14 +395,14 @@ pub fn report(
         phase: Some(verdict.phase),
         conflicts_with: verdict.conflicts_with.clone(),
         exclusive: verdict.exclusive,
-        conditions: vec![super::condition::ready(
+        conditions: super::condition::conditions(
             verdict.phase == BindingPhase::Bound,
             verdict.reason,
             &verdict.message,
             generation,
             previous,
             now,
-        )],
+        ),
     };
     let old_phase = binding.status.as_ref().and_then(|s| s.phase);
     let note = (old_phase != Some(verdict.phase)).then(|| super::condition::Note {

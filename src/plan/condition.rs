@@ -1,5 +1,6 @@
-//! kstatus-style conditions (`Ready` with a reason, a message and observedGeneration), and the
-//! Events that announce their changes.
+//! kstatus-style conditions (`Ready` with a reason, a message and observedGeneration, and the
+//! abnormal-true `Reconciling` and `Stalled` beside it), and the Events that announce their
+//! changes.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -31,6 +32,68 @@ pub fn ready(
         last_transition_time,
     }
 }
+
+/// Ready=False reasons usher waits out by itself (something it depends on is not there or not
+/// ready yet, a mail is being retried, an offboarding is being finished): kstatus
+/// `Reconciling=True`, "in progress".
+const WAITS: &[&str] = &[
+    "TenantNotFound",
+    "TenantTerminating",
+    "InvitationNotSent",
+    "OffboardingIncomplete",
+    "ParentNotFound",
+    "ParentNotReady",
+    "UserNotFound",
+    "GroupNotFound",
+    "GroupNotReady",
+];
+
+/// Ready=False reasons that are the state git declares, not a fault: a RoleBinding past its
+/// `expiresAt`. Neither Reconciling nor Stalled.
+const DECLARED: &[&str] = &["BindingExpired"];
+
+/// An object's conditions: [`ready`], then, when it is False, the kstatus condition that says
+/// what kind of not-ready it is — `Reconciling=True` for a wait usher resolves by itself,
+/// `Stalled=True` for what needs a person (a conflict, a refused address, an expired
+/// invitation). kstatus readers (Flux's health checks, `kubectl wait`, cli-utils) look at these
+/// two rather than at Ready; Argo CD's checks in `deploy/argocd/` read both. Ready stays first.
+pub fn conditions(
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Timestamp,
+) -> Vec<Condition> {
+    let ready = ready(ok, reason, message, generation, previous, now);
+    let abnormal = match () {
+        _ if ok || DECLARED.contains(&reason) => None,
+        _ if WAITS.contains(&reason) => Some(RECONCILING),
+        _ => Some(STALLED),
+    };
+    let mut out = vec![ready];
+    if let Some(kind) = abnormal {
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == kind && c.status == "True")
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| to_time(now));
+        out.push(Condition {
+            type_: kind.to_string(),
+            status: "True".into(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+            observed_generation: generation,
+            last_transition_time,
+        });
+    }
+    out
+}
+
+/// kstatus: the object is being worked on.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: the object cannot progress without someone changing something.
+pub const STALLED: &str = "Stalled";
 
 /// A timestamp as the API server keeps it: whole seconds.
 pub fn to_time(ts: Timestamp) -> Time {
@@ -71,5 +134,39 @@ mod tests {
             flipped.last_transition_time.0.to_string(),
             "2026-11-22T11:00:00Z"
         );
+    }
+
+    #[test]
+    fn not_ready_says_whether_usher_waits_or_someone_must_act() {
+        let t0: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let kinds = |c: &[Condition]| -> Vec<(String, String)> {
+            c.iter()
+                .map(|c| (c.type_.clone(), c.status.clone()))
+                .collect()
+        };
+        let pair = |t: &str, s: &str| (t.to_string(), s.to_string());
+        assert_eq!(
+            kinds(&conditions(true, "Active", "m", Some(1), &[], t0)),
+            [pair("Ready", "True")]
+        );
+        let waiting = conditions(false, "TenantNotFound", "no tenant", Some(1), &[], t0);
+        assert_eq!(
+            kinds(&waiting),
+            [pair("Ready", "False"), pair("Reconciling", "True")]
+        );
+        assert_eq!(waiting[1].message, "no tenant");
+        let stuck = conditions(false, "DuplicateEmail", "taken", Some(1), &[], t0);
+        assert_eq!(
+            kinds(&stuck),
+            [pair("Ready", "False"), pair("Stalled", "True")]
+        );
+        assert_eq!(
+            kinds(&conditions(false, "BindingExpired", "m", Some(1), &[], t0)),
+            [pair("Ready", "False")]
+        );
+        // Still stalled later: the same transition time, so a repeat patches nothing.
+        let t1: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let later = conditions(false, "DuplicateEmail", "taken", Some(1), &stuck, t1);
+        assert_eq!(later, stuck);
     }
 }

@@ -298,14 +298,14 @@ pub fn decide(
                 path: Some(record.path.clone()),
                 depth: Some(i32::try_from(path.len()).unwrap_or(i32::MAX)),
                 locations: Some(locations),
-                conditions: vec![super::condition::ready(
+                conditions: super::condition::conditions(
                     true,
                     "Reconciled",
                     &format!("{} with {locations} locations", record.path),
                     generation,
                     previous,
                     now,
-                )],
+                ),
             };
             (Some(record), status)
         }
@@ -316,9 +316,9 @@ pub fn decide(
                 path: None,
                 depth: None,
                 locations: Some(locations),
-                conditions: vec![super::condition::ready(
+                conditions: super::condition::conditions(
                     false, reason, message, generation, previous, now,
-                )],
+                ),
             },
         ),
     };

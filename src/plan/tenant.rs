@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use super::condition::{Note, ready};
+use super::condition::{Note, conditions, ready};
 use super::offboarding;
 use crate::crd::{OffboardingPolicy, SystemUser, Tenant, TenantStatus, UserCounts, UserPhase};
 
@@ -88,14 +88,7 @@ pub fn status(tenant: &Tenant, users: UserCounts, now: Timestamp) -> TenantStatu
     );
     TenantStatus {
         observed_generation: generation,
-        conditions: vec![ready(
-            true,
-            "Reconciled",
-            &message,
-            generation,
-            previous,
-            now,
-        )],
+        conditions: conditions(true, "Reconciled", &message, generation, previous, now),
         users: Some(users),
     }
 }

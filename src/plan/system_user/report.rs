@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::{Blocked, Decision, RESEND_ANNOTATION};
 use crate::crd::{InvitationStatus, SystemUser, SystemUserStatus, UserPhase};
-use crate::plan::condition::{Note, ready, to_time};
+use crate::plan::condition::{Note, conditions, to_time};
 use crate::plan::records::{InvitationRecord, UserRecord};
 
 /// Everything the status is derived from, after the plan was carried out.
@@ -51,14 +51,14 @@ pub fn status(input: &StatusInput<'_>) -> SystemUserStatus {
         ) {
             status.phase = Some(UserPhase::Failed);
         }
-        status.conditions = vec![ready(
+        status.conditions = conditions(
             false,
             blocked.reason(),
             &message,
             generation,
             previous,
             input.now,
-        )];
+        );
         return status;
     }
     status.user_id = input.account.map(|a| a.id.clone());
@@ -112,7 +112,7 @@ pub fn status(input: &StatusInput<'_>) -> SystemUserStatus {
         ),
     };
     status.phase = Some(phase);
-    status.conditions = vec![ready(ok, reason, &message, generation, previous, input.now)];
+    status.conditions = conditions(ok, reason, &message, generation, previous, input.now);
     status
 }
 
@@ -130,14 +130,14 @@ pub fn offboarding_incomplete(
         .conditions
         .first()
         .is_none_or(|c| c.reason != "OffboardingIncomplete");
-    status.conditions = vec![ready(
+    status.conditions = conditions(
         false,
         "OffboardingIncomplete",
         message,
         user.metadata.generation,
         &status.conditions,
         now,
-    )];
+    );
     (status, news)
 }
 
