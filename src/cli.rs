@@ -316,6 +316,12 @@ pub struct RunArgs {
     /// Watch only this namespace (default: all).
     #[arg(long, env = "USHER_NAMESPACE")]
     namespace: Option<String>,
+    /// Watch only the objects this label selector matches, to split the tenants between
+    /// instances, as Flux shards its controllers: `sharding.fluxcd.io/key=shard1` on one,
+    /// `sharding.fluxcd.io/key=shard2` on another, and `!sharding.fluxcd.io/key` on the one
+    /// that takes the unlabelled rest. Label every object of a tenant alike.
+    #[arg(long, env = "USHER_SHARD_SELECTOR", value_parser = parse_selector)]
+    shard_selector: Option<String>,
     /// How often every object is reconciled again without a change, e.g. 10m.
     #[arg(long, env = "USHER_RESYNC", default_value = "10m", value_parser = parse_duration)]
     resync: std::time::Duration,
@@ -339,6 +345,18 @@ pub struct RunArgs {
     /// Log lines as text or JSON.
     #[arg(long, env = "USHER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+/// A label selector, not empty (the API server checks its syntax when usher starts: a bad one
+/// stops `usher run` with the server's words).
+fn parse_selector(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(
+            "an empty selector matches everything; leave --shard-selector out instead".into(),
+        );
+    }
+    Ok(text.to_string())
 }
 
 fn parse_proxies(text: &str) -> Result<crate::server::TrustedProxies, String> {
@@ -513,6 +531,7 @@ fn run(args: RunArgs) -> Result<(), CliError> {
         listen: args.listen,
         probe_listen: args.probe_listen,
         trusted_proxies: args.trusted_proxies,
+        shard_selector: args.shard_selector,
         public_url: args.public_url,
         namespace: args.namespace,
         resync: args.resync,

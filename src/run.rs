@@ -52,6 +52,8 @@ pub struct Options {
     pub probe_listen: SocketAddr,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: crate::server::TrustedProxies,
+    /// Watch only the objects this label selector matches: one shard of several instances.
+    pub shard_selector: Option<String>,
     /// Base of links in mails.
     pub public_url: String,
     /// Only this namespace.
@@ -128,7 +130,13 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
             _ = store.connected() => {}
             _ = shutdown_signal() => return Ok(()),
         }
-        if !crds_ready(&client, opts.namespace.as_deref()).await? {
+        if !crds_ready(
+            &client,
+            opts.namespace.as_deref(),
+            opts.shard_selector.as_deref(),
+        )
+        .await?
+        {
             return Ok(()); // shut down while waiting
         }
         let (key_namespace, key_name) = &opts.token_key_secret;
@@ -146,6 +154,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
             resync: opts.resync,
             mail_concurrency: opts.mail_concurrency,
             token_key,
+            shard_selector: opts.shard_selector.clone(),
         };
         let controllers = controller::run(
             client.clone(),
@@ -229,12 +238,23 @@ fn method_label(method: &http::Method) -> &'static str {
 
 /// Wait until the four kinds are served (their CRDs installed and Established); false when a
 /// shutdown came first. Refusals other than "not found" (RBAC, say) are errors.
-async fn crds_ready(client: &kube::Client, namespace: Option<&str>) -> Result<bool, RunError> {
+async fn crds_ready(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    shard: Option<&str>,
+) -> Result<bool, RunError> {
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut waited = Duration::ZERO;
     loop {
-        match served(client, namespace).await {
+        match served(client, namespace, shard).await {
             Ok(()) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 400 && shard.is_some() => {
+                return Err(RunError::Kube(format!(
+                    "--shard-selector {:?} is not a label selector the API server takes: {}",
+                    shard.unwrap_or_default(),
+                    e.message
+                )));
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 if waited.as_secs().is_multiple_of(30) {
                     tracing::warn!(
@@ -255,9 +275,16 @@ async fn crds_ready(client: &kube::Client, namespace: Option<&str>) -> Result<bo
     }
 }
 
-async fn served(client: &kube::Client, namespace: Option<&str>) -> Result<(), kube::Error> {
+async fn served(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    shard: Option<&str>,
+) -> Result<(), kube::Error> {
     use crate::crd::{LocationGroup, RoleBinding, Tenant};
-    let one = ListParams::default().limit(1);
+    let mut one = ListParams::default().limit(1);
+    if let Some(selector) = shard {
+        one = one.labels(selector);
+    }
     scoped_api::<Tenant>(client, namespace)
         .list_metadata(&one)
         .await?;
@@ -273,6 +300,24 @@ async fn served(client: &kube::Client, namespace: Option<&str>) -> Result<(), ku
     Ok(())
 }
 
+/// The leader Lease of the instances watching `namespace` (None: all) and `shard` (a label
+/// selector; None: every object): `usher`, `usher-<namespace>`, and `-shard-<hash>` after it for
+/// a shard, so that each shard's replicas elect their own leader. The hash is the first 10 hex
+/// digits of the selector's SHA-256: the same for every replica and version of usher.
+pub fn lease_name(namespace: Option<&str>, shard: Option<&str>) -> String {
+    use sha2::Digest;
+    let mut name = match namespace {
+        Some(ns) => format!("usher-{ns}"),
+        None => "usher".to_string(),
+    };
+    if let Some(selector) = shard {
+        let digest = hex::encode(sha2::Sha256::digest(selector.trim().as_bytes()));
+        name.push_str("-shard-");
+        name.push_str(&digest[..10]);
+    }
+    name
+}
+
 /// Run the controllers only while this process holds the Lease. Losing it ends the process
 /// (its replacement starts clean); a shutdown releases it, so a standby takes over at once.
 async fn lead(
@@ -281,10 +326,7 @@ async fn lead(
     election: &Election,
     controllers: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let name = match &opts.namespace {
-        Some(ns) => format!("usher-{ns}"),
-        None => "usher".to_string(),
-    };
+    let name = lease_name(opts.namespace.as_deref(), opts.shard_selector.as_deref());
     let identity = format!(
         "{}-{}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "usher".into()),

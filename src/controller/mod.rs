@@ -61,6 +61,8 @@ pub struct Settings {
     pub mail_concurrency: usize,
     /// The key invitation tokens are derived from.
     pub token_key: crate::token::TokenKey,
+    /// Watch only the objects this label selector matches (`--shard-selector`); None: all.
+    pub shard_selector: Option<String>,
 }
 
 /// What every reconcile shares.

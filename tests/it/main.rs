@@ -34,5 +34,6 @@ mod reliability;
 mod review;
 mod roles;
 mod secrets;
+mod shards;
 mod stores;
 mod unreadable;

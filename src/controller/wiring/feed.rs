@@ -43,6 +43,8 @@ pub(super) struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
     reader: Store<K>,
     writer: reflector::store::Writer<K>,
     senders: Vec<mpsc::UnboundedSender<watcher::Event<K>>>,
+    /// Only objects with these labels (`--shard-selector`); None: every object.
+    selector: Option<String>,
 }
 
 impl<K> Feed<K>
@@ -55,10 +57,14 @@ where
         + Sync
         + 'static,
 {
+    /// The watch of `api`, restricted to the objects `selector` matches (a Kubernetes label
+    /// selector; None: all), reporting undecodable objects through `invalid` and indexing the
+    /// cached ones in `index`.
     pub(super) fn new(
         api: Api<DeserializeGuard<K>>,
         invalid: impl Fn(&InvalidObject) + Send + 'static,
         index: Arc<ByNamespace<K>>,
+        selector: Option<String>,
     ) -> Self {
         let (reader, writer) = reflector::store::<K>();
         Self {
@@ -68,6 +74,7 @@ where
             reader,
             writer,
             senders: Vec::new(),
+            selector,
         }
     }
 
@@ -92,9 +99,14 @@ where
             reader,
             writer,
             senders,
+            selector,
         } = self;
         let cached = reader.clone();
-        watcher(api, watcher::Config::default().any_semantic())
+        let mut config = watcher::Config::default().any_semantic();
+        if let Some(selector) = &selector {
+            config = config.labels(selector);
+        }
+        watcher(api, config)
             .default_backoff()
             .filter_map(move |event| {
                 futures::future::ready(match event {

@@ -22,7 +22,7 @@ use super::{
 use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
-use crate::plan::system_user::RESEND_ANNOTATION;
+use crate::plan::system_user::{REDEEMED_ANNOTATION, RESEND_ANNOTATION};
 use crate::store::UserStore;
 use feed::{Feed, changes, hash, in_namespace, lifecycle, report_invalid, tenant_key, tuned};
 
@@ -40,30 +40,36 @@ impl Feeds {
     fn new(
         client: &Client,
         namespace: Option<&str>,
+        selector: Option<&str>,
         recorder: &Recorder,
         metrics: &Arc<Metrics>,
         by_ns: &super::ByNs,
     ) -> Self {
+        let selector = || selector.map(str::to_string);
         Self {
             users: Feed::new(
                 scoped_api::<DeserializeGuard<SystemUser>>(client, namespace),
                 report_invalid::<SystemUser>(client.clone(), recorder.clone(), metrics.clone()),
                 by_ns.users.clone(),
+                selector(),
             ),
             tenants: Feed::new(
                 scoped_api::<DeserializeGuard<Tenant>>(client, namespace),
                 report_invalid::<Tenant>(client.clone(), recorder.clone(), metrics.clone()),
                 by_ns.tenants.clone(),
+                selector(),
             ),
             groups: Feed::new(
                 scoped_api::<DeserializeGuard<LocationGroup>>(client, namespace),
                 report_invalid::<LocationGroup>(client.clone(), recorder.clone(), metrics.clone()),
                 by_ns.groups.clone(),
+                selector(),
             ),
             bindings: Feed::new(
                 scoped_api::<DeserializeGuard<RoleBinding>>(client, namespace),
                 report_invalid::<RoleBinding>(client.clone(), recorder.clone(), metrics.clone()),
                 by_ns.bindings.clone(),
+                selector(),
             ),
         }
     }
@@ -91,7 +97,15 @@ pub async fn run(
         },
     );
     let by_ns = super::ByNs::new();
-    let mut feeds = Feeds::new(&client, namespace, &recorder, &metrics, &by_ns);
+    let selector = settings.shard_selector.clone();
+    let mut feeds = Feeds::new(
+        &client,
+        namespace,
+        selector.as_deref(),
+        &recorder,
+        &metrics,
+        &by_ns,
+    );
     let mail_gate = tokio::sync::Semaphore::new(settings.mail_concurrency.max(1));
     let ctx = Arc::new(Context {
         recorder,
@@ -127,6 +141,34 @@ pub async fn run(
     futures::future::select(Box::pin(controllers), Box::pin(drivers)).await;
 }
 
+/// Set [`REDEEMED_ANNOTATION`] on `person` to the time now: its invitation was just redeemed
+/// here, and the instance that watches it reconciles on that change. A person gone meanwhile
+/// needs nothing; another failure is logged, and that instance's resync catches up.
+async fn announce_redemption(client: &Client, person: &ObjectRef<SystemUser>) {
+    let Some(ns) = person.namespace.as_deref() else {
+        return;
+    };
+    let now = jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({"metadata": {"annotations": {REDEEMED_ANNOTATION: now}}});
+    let api: kube::Api<SystemUser> = kube::Api::namespaced(client.clone(), ns);
+    match api
+        .patch(
+            &person.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(%person, "redeemed here, watched elsewhere: announced on the object")
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => {
+            tracing::warn!(%person, error = %e, "could not announce a redemption; the person turns Active at the next resync")
+        }
+    }
+}
+
 /// SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings; the
 /// other holders of its address; a redemption (`wake`).
 fn system_users<W>(
@@ -143,9 +185,28 @@ where
         ctx.by_ns.users.clone(),
     );
     let addresses = std::sync::Mutex::new(HashMap::<String, String>::new());
+    // A redemption of someone this instance does not watch (another shard's, or another
+    // namespace's) is announced on the object itself, so that the instance that watches it
+    // turns it Active at once rather than at its next resync.
+    let (cache, client) = (ctx.users.clone(), ctx.client.clone());
+    let wake = wake.filter_map(move |person| {
+        let known = cache.get(&person).is_some();
+        let client = client.clone();
+        async move {
+            if known {
+                return Some(person);
+            }
+            announce_redemption(&client, &person).await;
+            None
+        }
+    });
     Controller::for_stream(
         changes(feeds.users.subscribe(), |u: &SystemUser| {
-            hash((lifecycle(u), u.annotations().get(RESEND_ANNOTATION)))
+            hash((
+                lifecycle(u),
+                u.annotations().get(RESEND_ANNOTATION),
+                u.annotations().get(REDEEMED_ANNOTATION),
+            ))
         }),
         ctx.users.clone(),
     )

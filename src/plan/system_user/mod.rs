@@ -31,6 +31,10 @@ use crate::crd::{SystemUser, Tenant};
 /// The annotation whose new value revokes the current token and sends a new invitation.
 pub const RESEND_ANNOTATION: &str = "usher.dev/resend-invitation";
 
+/// Set by usher on a SystemUser when its invitation was redeemed through an instance that does
+/// not watch it (another shard, another namespace), to wake the one that does.
+pub const REDEEMED_ANNOTATION: &str = "usher.dev/redeemed-at";
+
 /// Why a SystemUser cannot be provisioned; each a condition reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Blocked {
