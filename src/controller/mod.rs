@@ -271,17 +271,82 @@ where
             .clone()
             .ok_or(Error::Malformed("no namespace"))?;
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-        kube::runtime::finalizer(&api, FINALIZER, obj.clone(), |event| async move {
-            match event {
-                kube::runtime::finalizer::Event::Apply(o) => apply(o).await,
-                kube::runtime::finalizer::Event::Cleanup(o) => cleanup(o).await,
-            }
-        })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))
+        finalized(&api, obj.clone(), apply, cleanup)
+            .await
+            .map_err(|e| Error::Finalizer(Box::new(e)))
     }
     .await;
     observe(ctx, kind, &*obj, started, result).await
+}
+
+/// Run `apply` with usher's finalizer on the object, or, for an object being deleted that has
+/// it, `cleanup` and then release it (kube's `finalizer` helper, with one difference: an object
+/// without the finalizer gets it and is applied in the same pass, rather than in a second
+/// reconcile woken by the change). The finalizer is in place before `apply` writes anything to
+/// the store, so whatever it writes is cleaned up on deletion. Errors: kube's finalizer errors,
+/// so that `error_policy` and the labels read them as before.
+async fn finalized<K, A, C, FA, FC>(
+    api: &Api<K>,
+    obj: Arc<K>,
+    apply: A,
+    cleanup: C,
+) -> Result<Action, kube::runtime::finalizer::Error<Error>>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    A: FnOnce(Arc<K>) -> FA,
+    C: FnOnce(Arc<K>) -> FC,
+    FA: std::future::Future<Output = Result<Action, Error>>,
+    FC: std::future::Future<Output = Result<Action, Error>>,
+{
+    use kube::runtime::finalizer::Error as Fin;
+    let meta = obj.meta();
+    let name = meta.name.clone().ok_or(Fin::UnnamedObject)?;
+    let finalizers = meta.finalizers.clone().unwrap_or_default();
+    let held = finalizers.iter().position(|f| f == FINALIZER);
+    let patch = |ops: serde_json::Value| {
+        serde_json::from_value::<json_patch::Patch>(ops).map_err(|_| Fin::InvalidFinalizer)
+    };
+    match (meta.deletion_timestamp.is_some(), held) {
+        (false, Some(_)) => apply(obj).await.map_err(Fin::ApplyFailed),
+        (true, Some(index)) => {
+            let action = cleanup(obj).await.map_err(Fin::CleanupFailed)?;
+            let path = format!("/metadata/finalizers/{index}");
+            // The test fails rather than remove another controller's finalizer at that index.
+            let ops = patch(serde_json::json!([
+                {"op": "test", "path": path, "value": FINALIZER},
+                {"op": "remove", "path": path},
+            ]))?;
+            api.patch::<K>(&name, &PatchParams::default(), &Patch::Json(ops))
+                .await
+                .map_err(Fin::RemoveFinalizer)?;
+            Ok(action)
+        }
+        (false, None) => {
+            // The test fails if the list changed meanwhile (the API server does not deduplicate
+            // finalizers), and the next reconcile tries again.
+            let ops = if finalizers.is_empty() {
+                serde_json::json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+                ])
+            } else {
+                serde_json::json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                    {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+                ])
+            };
+            let with = api
+                .patch::<K>(&name, &PatchParams::default(), &Patch::Json(patch(ops)?))
+                .await
+                .map_err(Fin::AddFinalizer)?;
+            apply(Arc::new(with)).await.map_err(Fin::ApplyFailed)
+        }
+        (true, None) => Ok(Action::await_change()),
+    }
 }
 
 /// One reconcile of a kind that needs no cleanup of its own (its store state is derived by

@@ -305,17 +305,11 @@ pub(super) fn tenant_key(t: &Tenant) -> u64 {
     hash((lifecycle(t), t.annotations().get(ALLOW_ANNOTATION)))
 }
 
-/// What wakes an object's own controller: its spec, its deletion, and our finalizer being added
-/// (the finalizer helper adds it and waits for that change before the first real reconcile).
+/// What wakes an object's own controller: its spec and its deletion. Not our finalizer being
+/// added: the reconcile that adds it applies the object in the same pass.
 pub(super) fn lifecycle<K: Resource>(o: &K) -> u64 {
     let m = o.meta();
-    hash((
-        m.generation,
-        m.deletion_timestamp.is_some(),
-        m.finalizers
-            .as_ref()
-            .is_some_and(|f| f.iter().any(|f| f == crate::controller::FINALIZER)),
-    ))
+    hash((m.generation, m.deletion_timestamp.is_some()))
 }
 
 pub(super) fn in_namespace<K>(
