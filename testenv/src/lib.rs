@@ -24,6 +24,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use better_auth_scim::BetterAuthScim;
 pub use peers::{ChromeDriver, Scim, Smtp, SmtpTls, scratch_dir, venv_python};
 pub use port::{Port, unique_name};
 pub use postgres::{OwnPostgres, Postgres, postgres};

@@ -71,9 +71,14 @@ pub(super) fn quoted(value: &str) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// `Retry-After` as seconds or an HTTP date, capped.
+/// `Retry-After` (RFC 9110), or the `X-Retry-After` some servers send instead, as seconds or an
+/// HTTP date, capped.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .or_else(|| headers.get("x-retry-after"))?
+        .to_str()
+        .ok()?;
     let wait = match value.trim().parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
@@ -165,13 +170,32 @@ impl ScimStore {
         let mut out = Vec::new();
         let mut start = 1;
         let mut seen = 0;
+        let mut filtered = true;
         loop {
+            let query = if filtered {
+                format!("filter={}&", urlencode(&filter.to_string()))
+            } else {
+                String::new()
+            };
             let path = format!(
-                "{endpoint}?filter={}&startIndex={start}&count={}{extra}",
-                urlencode(&filter.to_string()),
+                "{endpoint}?{query}startIndex={start}&count={}{extra}",
                 self.page_size
             );
-            let page = self.send(Method::GET, &path, None, None).await?.ok()?;
+            let page = match self.send(Method::GET, &path, None, None).await?.ok() {
+                Ok(page) => page,
+                // A server that does not take this filter (an operator it lacks, such as `sw`;
+                // an attribute it cannot filter on; no filtering at all): read everything and
+                // filter here, as every answer is checked here anyway.
+                Err(StoreError::Refused { status, detail })
+                    if filtered && (status == 400 || status == 501) =>
+                {
+                    tracing::debug!(%filter, status, %detail, "the server refused the filter; listing all and filtering here");
+                    (filtered, start, seen) = (false, 1, 0);
+                    out.clear();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let items = page["Resources"].as_array().cloned().unwrap_or_default();
             let total = page["totalResults"].as_u64().unwrap_or(0) as usize;
             let got = items.len();

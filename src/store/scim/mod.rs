@@ -105,6 +105,9 @@ impl ScimStore {
             && schemas.body["Resources"]
                 .as_array()
                 .is_some_and(|r| r.iter().any(|s| s["id"] == USER_EXTENSION));
+        // Servers may answer both without authentication: a resource endpoint tells a wrong
+        // token at once.
+        store.ping_users().await?;
         tracing::info!(
             extension = store.extension,
             etags = store.etags,
@@ -114,12 +117,26 @@ impl ScimStore {
     }
 }
 
+impl ScimStore {
+    /// One page of one User id: a resource endpoint, not /ServiceProviderConfig, which many
+    /// servers answer without authentication, so that a wrong token does not pass for ready.
+    async fn ping_users(&self) -> Result<(), StoreError> {
+        self.send(
+            Method::GET,
+            "/Users?startIndex=1&count=1&attributes=id",
+            None,
+            None,
+        )
+        .await?
+        .ok()
+        .map(|_| ())
+    }
+}
+
 #[async_trait]
 impl Health for ScimStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.send(Method::GET, "/ServiceProviderConfig", None, None)
-            .await?
-            .ok()?;
+        self.ping_users().await?;
         self.local.ping().await
     }
 }

@@ -156,17 +156,19 @@ impl ScimStore {
                 .or_else(|| text(&ext["tenant"]))
                 .unwrap_or_default(),
             external_id: text(&scim["externalId"]).unwrap_or_default(),
-            // The address usher wrote; a product may normalise userName's case.
-            email: scim["emails"]
-                .as_array()
-                .and_then(|e| {
-                    e.iter()
-                        .find(|m| m["primary"] == true)
-                        .or(e.first())
-                        .and_then(|m| text(&m["value"]))
-                })
-                .or_else(|| text(&scim["userName"]))
-                .unwrap_or_default(),
+            email: same_address_as_written(
+                scim["emails"]
+                    .as_array()
+                    .and_then(|e| {
+                        e.iter()
+                            .find(|m| m["primary"] == true)
+                            .or(e.first())
+                            .and_then(|m| text(&m["value"]))
+                    })
+                    .or_else(|| text(&scim["userName"]))
+                    .unwrap_or_default(),
+                shadow,
+            ),
             profile,
             active: scim["active"].as_bool().unwrap_or(false),
             activated_at: shadow.and_then(|s| s.activated_at),
@@ -274,6 +276,16 @@ impl ScimStore {
         )
         .await
         .map(|_| ())
+    }
+}
+
+/// The address as usher wrote it (the shadow's) when the server's is the same address in
+/// another case: products lowercase addresses, and that is no change to repair. Any other
+/// difference is the server's.
+fn same_address_as_written(server: String, shadow: Option<&UserRecord>) -> String {
+    match shadow {
+        Some(s) if crate::plan::system_user::same_address(&s.email, &server) => s.email.clone(),
+        _ => server,
     }
 }
 
