@@ -61,45 +61,59 @@ fn main() {
     rt.block_on(run(args));
 }
 
-/// The objects of one run, in `prefix-<k>` namespaces.
-fn objects(prefix: &str, n: usize) -> Vec<(String, serde_json::Value)> {
+/// The label that splits tenants between shards, as Flux shards its controllers.
+const SHARD_KEY: &str = "sharding.fluxcd.io/key";
+
+/// The objects of one run, in `prefix-<k>` namespaces; with `sharded`, every object of tenant
+/// `k` labelled for shard `a` (even `k`) or `b` (odd `k`).
+fn objects(prefix: &str, n: usize, sharded: bool) -> Vec<(String, serde_json::Value)> {
     let mut out = Vec::new();
+    let mut push = |ns: String, mut o: serde_json::Value, k: usize| {
+        if sharded {
+            o["metadata"]["labels"] = json!({SHARD_KEY: if k % 2 == 0 { "a" } else { "b" }});
+        }
+        out.push((ns, o));
+    };
     for k in 0..TENANTS {
         let ns = format!("{prefix}-{k:02}");
-        out.push((
+        push(
             ns.clone(),
             json!({"apiVersion": "usher.dev/v1alpha1", "kind": "Tenant",
             "metadata": {"name": "t"}, "spec": {"displayName": format!("Tenant {k}")}}),
-        ));
+            k,
+        );
         for g in 0..GROUPS_PER_TENANT {
             let mut spec = json!({"tenantRef": {"name": "t"}, "displayName": format!("Group {g}")});
             if g > 0 {
                 spec["parentRef"] = json!({"name": "g0"});
             }
-            out.push((
+            push(
                 ns.clone(),
                 json!({"apiVersion": "usher.dev/v1alpha1", "kind": "LocationGroup",
                 "metadata": {"name": format!("g{g}")}, "spec": spec}),
-            ));
+                k,
+            );
         }
     }
     for i in 0..n {
         let k = i % TENANTS;
         let ns = format!("{prefix}-{k:02}");
-        out.push((
+        push(
             ns.clone(),
             json!({"apiVersion": "usher.dev/v1alpha1", "kind": "SystemUser",
             "metadata": {"name": format!("u{i}")},
             "spec": {"tenantRef": {"name": "t"}, "email": format!("u{i}@t{k}.example"),
                      "firstName": "User", "lastName": format!("{i}")}}),
-        ));
-        out.push((
+            k,
+        );
+        push(
             ns,
             json!({"apiVersion": "usher.dev/v1alpha1", "kind": "RoleBinding",
             "metadata": {"name": format!("b{i}")},
             "spec": {"userRef": {"name": format!("u{i}")}, "role": "Manager",
                      "scope": {"locationGroup": format!("g{}", 1 + i % (GROUPS_PER_TENANT - 1))}}}),
-        ));
+            k,
+        );
     }
     out
 }
@@ -153,7 +167,7 @@ where
 /// patch each — as fast as the API server takes them.
 async fn floor(client: &Client, n: usize) -> Duration {
     namespaces(client, "floor").await;
-    let objects = objects("floor", n);
+    let objects = objects("floor", n, false);
     let started = Instant::now();
     create_all(client, &objects).await;
     let pp = PatchParams::default();
@@ -361,9 +375,9 @@ async fn run(args: Args) {
     let mut usher = Usher::start("", &smtp.url(), &["--mail-concurrency", &concurrency]).await;
     namespaces(&client, "bench").await;
     let phases = phase_counter(&client);
-    let objects = objects("bench", n);
+    let bulk = objects("bench", n, false);
     let started = Instant::now();
-    create_all(&client, &objects).await;
+    create_all(&client, &bulk).await;
     let created = started.elapsed();
     let mut last = Instant::now();
     loop {
@@ -388,6 +402,7 @@ async fn run(args: Args) {
     let onboarding = started.elapsed();
     let pid = usher.pid().expect("usher runs");
     let (mails, mail_seconds) = profile(&usher).await;
+    let onboarded = metrics(&usher).await;
     rows.push((
         format!("onboarding N = {n} (+{n} RoleBindings, {TENANTS} tenants, {} groups): bulk create → all Pending and every mail received", TENANTS * GROUPS_PER_TENANT),
         format!("{} (creates done after {}); **ratio to floor {:.2}**", secs(onboarding), secs(created), onboarding.as_secs_f64() / floor.as_secs_f64()),
@@ -402,6 +417,10 @@ async fn run(args: Args) {
             secs(Duration::from_secs_f64(mail_seconds / MAIL_CONCURRENCY as f64)),
             100.0 * mail_seconds / MAIL_CONCURRENCY as f64 / onboarding.as_secs_f64()
         ),
+    ));
+    rows.push((
+        "reconciles per object during onboarding (all results)".to_string(),
+        reconciles_per_object(&onboarded, n),
     ));
     rows.push((
         format!("API floor: a bare client makes the {floor_writes} writes onboarding must (create + one status patch each), {IN_FLIGHT} in flight"),
@@ -644,6 +663,73 @@ async fn run(args: Args) {
         format!("{peak:.0} MiB"),
     ));
 
+    // 6. Two shards: the same onboarding split between two instances by a label, each with its
+    // own store, on the same API server, relay and cores.
+    usher.stop();
+    namespaces(&client, "shard").await;
+    let mails_base = smtp.count();
+    let concurrency = MAIL_CONCURRENCY.to_string();
+    let mut shards = Vec::new();
+    for value in ["a", "b"] {
+        let selector = format!("{SHARD_KEY}={value}");
+        shards.push(
+            Usher::start(
+                "",
+                &smtp.url(),
+                &[
+                    "--mail-concurrency",
+                    &concurrency,
+                    "--shard-selector",
+                    &selector,
+                ],
+            )
+            .await,
+        );
+    }
+    let sharded = objects("shard", n, true);
+    let started = Instant::now();
+    create_all(&client, &sharded).await;
+    loop {
+        let pending = phases
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, p)| k.starts_with("shard-") && **p == Some(UserPhase::Pending))
+            .count();
+        if pending >= n && smtp.count() - mails_base >= n {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "sharded onboarding did not finish in an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sharded_onboarding = started.elapsed();
+    let mut split = Vec::new();
+    for (value, shard) in ["a", "b"].iter().zip(&shards) {
+        let m = metrics(shard).await;
+        let users: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("usher_reconciles_total{kind=\"SystemUser\""))
+            .map(|(_, v)| v)
+            .sum();
+        split.push(format!(
+            "shard {value}: {users:.0} SystemUser reconciles, peak RSS {:.0} MiB",
+            peak_rss_mib(shard.pid().expect("the shard runs"))
+        ));
+    }
+    rows.push((
+        format!("two shards (`--shard-selector {SHARD_KEY}=a` / `=b`, 10 tenants each): the same onboarding of {n} people"),
+        format!(
+            "{}; **ratio to floor {:.2}**; {}",
+            secs(sharded_onboarding),
+            sharded_onboarding.as_secs_f64() / floor.as_secs_f64(),
+            split.join("; ")
+        ),
+    ));
+    drop(shards);
+
     let table = render(&rows);
     println!("{table}");
     if let Some(path) = args.write {
@@ -703,6 +789,27 @@ async fn profile(usher: &Usher) -> (f64, f64) {
         get("usher_mail_duration_seconds_count"),
         get("usher_mail_duration_seconds_sum"),
     )
+}
+
+/// Reconciles per object of each kind, from the counters after onboarding `n` people (and `n`
+/// bindings, the groups and the tenants): how well triggers fold into one reconcile.
+fn reconciles_per_object(m: &HashMap<String, f64>, n: usize) -> String {
+    let of = |kind: &str| -> f64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with(&format!("usher_reconciles_total{{kind=\"{kind}\"")))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    [
+        ("SystemUser", n),
+        ("RoleBinding", n),
+        ("LocationGroup", TENANTS * GROUPS_PER_TENANT),
+        ("Tenant", TENANTS),
+    ]
+    .iter()
+    .map(|(kind, count)| format!("{kind} {:.2}", of(kind) / *count as f64))
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 fn render(rows: &[(String, String)]) -> String {
