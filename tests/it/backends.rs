@@ -57,11 +57,26 @@ async fn quiet(usher: &Usher, backend: &str) {
     let writes = usher.metric("usher_store_writes_total").await;
     let (calls, reconciles) = calls_and_reconciles(usher).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(
-        usher.metric("usher_store_writes_total").await,
-        writes,
-        "{backend}: a resync with nothing to do wrote to the store"
-    );
+    let after = usher.metric("usher_store_writes_total").await;
+    if after != writes {
+        let (calls2, _) = calls_and_reconciles(usher).await;
+        let changed: Vec<String> = calls2
+            .iter()
+            .filter(|(op, v)| calls.get(*op).copied().unwrap_or(0.0) != **v)
+            .map(|(op, v)| format!("{op} +{}", v - calls.get(op).copied().unwrap_or(0.0)))
+            .collect();
+        panic!(
+            "{backend}: a resync with nothing to do wrote to the store ({writes} → {after}); calls: {}\n{}",
+            changed.join(", "),
+            usher
+                .log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     let (calls2, reconciles2) = calls_and_reconciles(usher).await;
     let n = reconciles2 - reconciles;
     assert!(n >= 2.0, "{backend}: resyncs ran ({n})");
@@ -390,8 +405,8 @@ async fn a_busy_scim_server_is_retried_honouring_retry_after() {
             .unwrap()
             .is_none()
     );
-    // 3 refused, then ServiceProviderConfig, Schemas, the lookup.
-    assert_eq!(seen.load(Ordering::SeqCst), 6);
+    // 3 refused, then ServiceProviderConfig, Schemas, the authenticated ping, the lookup.
+    assert_eq!(seen.load(Ordering::SeqCst), 7);
 }
 
 /// Issue 14, kind 6: a product that refuses the filtered member removal (400 invalidPath, as

@@ -55,7 +55,25 @@ impl ScimStore {
             .send(Method::POST, "/Groups", Some(&body), None)
             .await?
             .ok()?;
-        Ok((id_of(&created)?, true))
+        let id = id_of(&created)?;
+        // Some servers create the Group and drop the `members` they were sent (and say so in
+        // their answer, or answer without members at all): add them, so that nobody holds a
+        // role in usher's books and not in the product's.
+        let kept = |m: &Value| {
+            created["members"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|x| x["value"] == m["value"]))
+        };
+        let missing: Vec<Value> = members.into_iter().filter(|m| !kept(m)).collect();
+        if !missing.is_empty() {
+            tracing::debug!(group = %external_id, missing = missing.len(), "the server created the Group without its members; adding them");
+            self.patch_group(
+                &id,
+                json!({"op": "add", "path": "members", "value": missing}),
+            )
+            .await?;
+        }
+        Ok((id, true))
     }
 
     /// PATCH a Group; false when it is gone.
