@@ -40,7 +40,7 @@ helm-bin: ## Build helm once for the chart tests (cached in target/helm)
 	bash tests/helm/build.sh
 
 .PHONY: test-peers
-test-peers: ## The real servers and tools tests talk to: aiosmtpd + scim2-server (venv in target/venv), Better Auth's SCIM plugin (npm, target/better-auth-scim), PostgreSQL, Chromium + chromedriver, promtool, Lua 5.1
+test-peers: ## The real servers and tools tests talk to: aiosmtpd, scim2-server and django-scim2 (venv in target/venv), Better Auth's SCIM plugin (npm, target/better-auth-scim), PostgreSQL, Chromium + chromedriver, promtool, Lua 5.1
 	@missing=""; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium chromium-driver"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
@@ -50,8 +50,8 @@ test-peers: ## The real servers and tools tests talk to: aiosmtpd + scim2-server
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 		else echo "install Debian's$$missing (sudo apt-get install$$missing)"; exit 1; fi; fi
-	@if [ ! -x target/venv/bin/python ] || ! target/venv/bin/python -c "import aiosmtpd, scim2_server" 2>/dev/null; then \
-		python3 -m venv target/venv && target/venv/bin/pip install --quiet --disable-pip-version-check aiosmtpd scim2-server; fi
+	@if [ ! -x target/venv/bin/python ] || ! target/venv/bin/python -c "import aiosmtpd, scim2_server, django, django_scim" 2>/dev/null; then \
+		python3 -m venv target/venv && target/venv/bin/pip install --quiet --disable-pip-version-check aiosmtpd scim2-server 'django>=5.2,<6' 'django-scim2==0.23.*'; fi
 	@if [ ! -d target/better-auth-scim/node_modules ] || ! cmp -s testenv/peers/better-auth-scim/package-lock.json target/better-auth-scim/package-lock.json; then \
 		mkdir -p target/better-auth-scim && \
 		cp testenv/peers/better-auth-scim/package.json testenv/peers/better-auth-scim/package-lock.json target/better-auth-scim/ && \

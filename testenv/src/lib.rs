@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub use better_auth_scim::BetterAuthScim;
+pub use django_scim::DjangoScim;
 pub use peers::{ChromeDriver, Scim, Smtp, SmtpTls, scratch_dir, venv_python};
 pub use port::{Port, unique_name};
 pub use postgres::{OwnPostgres, Postgres, postgres};
