@@ -165,6 +165,15 @@ impl<'a> Executor<'a> {
             store.revoke_open(&acc.id, now).await?;
             *latest = store.latest_invitation(&acc.id).await?;
         }
+        // Taking access away goes first: a details update the store refuses must not keep a
+        // suspended person active.
+        let takes_away = matches!(
+            writes.access,
+            AccessAction::Suspend | AccessAction::Deactivate
+        );
+        if takes_away && let Some(acc) = account.as_mut() {
+            self.access(acc, writes.access, latest, now).await?;
+        }
         match &writes.account {
             AccountAction::Keep => {}
             AccountAction::Create(fields) => {
@@ -172,30 +181,20 @@ impl<'a> Executor<'a> {
             }
             AccountAction::Update(fields) => {
                 let id = account.as_ref().map(|a| a.id.clone()).unwrap_or_default();
-                *account = Some(store.update_user(&id, fields).await?);
+                let active = account.as_ref().is_some_and(|a| a.active);
+                let mut updated = store.update_user(&id, fields).await?;
+                // The store's answer may predate the access change above.
+                if takes_away {
+                    updated.active = active;
+                }
+                *account = Some(updated);
             }
         }
         let Some(acc) = account.as_mut() else {
             return Ok(());
         };
-        match writes.access {
-            AccessAction::Keep => {}
-            AccessAction::Suspend => {
-                // Revoke first: a redemption between the two steps must not reactivate the
-                // account.
-                store.revoke_open(&acc.id, now).await?;
-                store.set_active(&acc.id, false, now).await?;
-                acc.active = false;
-                *latest = store.latest_invitation(&acc.id).await?;
-            }
-            AccessAction::Restore => {
-                store.set_active(&acc.id, true, now).await?;
-                acc.active = true;
-            }
-            AccessAction::Deactivate => {
-                store.set_active(&acc.id, false, now).await?;
-                acc.active = false;
-            }
+        if !takes_away {
+            self.access(acc, writes.access, latest, now).await?;
         }
         let expires_at = now + settings.ttl;
         let (token, expires_at) = match &writes.invitation {
@@ -258,6 +257,37 @@ impl<'a> Executor<'a> {
             l.sent_at = Some(sent);
         }
         tracing::info!(fingerprint = %token.hash().fingerprint(), "invitation sent");
+        Ok(())
+    }
+
+    /// Carry out `action` on the account `acc`, keeping `acc` and `latest` true to the store.
+    async fn access(
+        &self,
+        acc: &mut UserRecord,
+        action: AccessAction,
+        latest: &mut Option<InvitationRecord>,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let store = self.store;
+        match action {
+            AccessAction::Keep => {}
+            AccessAction::Suspend => {
+                // Revoke first: a redemption between the two steps must not reactivate the
+                // account.
+                store.revoke_open(&acc.id, now).await?;
+                store.set_active(&acc.id, false, now).await?;
+                acc.active = false;
+                *latest = store.latest_invitation(&acc.id).await?;
+            }
+            AccessAction::Restore => {
+                store.set_active(&acc.id, true, now).await?;
+                acc.active = true;
+            }
+            AccessAction::Deactivate => {
+                store.set_active(&acc.id, false, now).await?;
+                acc.active = false;
+            }
+        }
         Ok(())
     }
 
@@ -361,8 +391,9 @@ mod tests {
     use crate::crd::{InvitationPolicy, ObjectRef, SystemUserSpec, TenantSpec};
     use crate::mail::FileMailer;
     use crate::plan::records::RedeemRefusal;
+    use crate::plan::records::UserFields;
     use crate::plan::system_user::{self as plan, Seen};
-    use crate::store::{Accounts, Invitations, SqlStore};
+    use crate::store::{Accounts, Invitations, SqlStore, StoreError};
 
     /// Remembers the tokens and short codes it was given, as the Secret would hold them.
     #[derive(Default)]
@@ -736,5 +767,37 @@ mod tests {
         let (account, _) = b.sam().await;
         assert!(!account.active);
         assert_eq!(b.mailed().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_suspension_goes_through_even_when_the_store_refuses_the_details() {
+        let b = Bench::new().await;
+        b.reconcile(&person("sam@acme.example"), &tenant(false))
+            .await
+            .unwrap();
+        let token = b.mailed()[0].1.clone();
+        assert_eq!(b.redeem(&token).await, Ok(()));
+        // Someone else holds the address Sam's file now names: the store refuses the update.
+        let ann = UserFields {
+            tenant: "acme/acme".into(),
+            external_id: "acme/ann".into(),
+            email: "ann@acme.example".into(),
+            profile: Default::default(),
+        };
+        b.store.create_user(&ann).await.unwrap();
+        let mut moved = person("ann@acme.example");
+        moved.spec.suspended = true;
+        let refused = b.reconcile(&moved, &tenant(false)).await;
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Store(StoreError::Refused { status: 409, .. }))
+            ),
+            "{refused:?}"
+        );
+        // Suspended all the same: access goes before the details.
+        let (account, _) = b.sam().await;
+        assert!(!account.active);
+        assert_eq!(account.email, "sam@acme.example");
     }
 }

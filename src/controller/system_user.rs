@@ -152,6 +152,7 @@ struct Done {
     refused: Option<String>,
     mail_failed: Option<String>,
     assigned: bool,
+    unkept: Vec<String>,
     failure: Option<Error>,
 }
 
@@ -163,6 +164,7 @@ impl Done {
             refused: self.refused.as_deref(),
             mail_failed: self.mail_failed.as_deref(),
             assigned: self.assigned,
+            unkept: &self.unkept,
         }
     }
 }
@@ -215,6 +217,7 @@ async fn execute(
         ctx.store.set_assignments(&acc.id, desired).await?;
         done.assigned = true;
     }
+    done.unkept = ctx.store.unkept_fields().await?;
     Ok(done)
 }
 

@@ -160,6 +160,28 @@ impl SqlStore {
         Ok(())
     }
 
+    /// The person fields a SCIM product was seen not to keep (`store_limits`), sorted.
+    pub(super) async fn limits(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT field FROM store_limits ORDER BY field")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("field")?))
+            .collect()
+    }
+
+    /// Remember that the product does not keep `field`.
+    pub(super) async fn remember_limit(&self, field: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO store_limits (field, noticed_us) VALUES ($1, $2) ON CONFLICT (field) DO NOTHING",
+        )
+        .bind(field)
+        .bind(micros(Timestamp::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// An account by id.
     pub(super) async fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
         sqlx::query("SELECT * FROM users WHERE id = $1")
@@ -248,6 +270,11 @@ impl Health for SqlStore {
 
 #[async_trait]
 impl Accounts for SqlStore {
+    async fn unkept_fields(&self) -> Result<Vec<String>, StoreError> {
+        // A SQL store keeps everything; its `store_limits` speak for a SCIM product.
+        Ok(Vec::new())
+    }
+
     async fn user_by_external_id(
         &self,
         external_id: &str,

@@ -7,10 +7,10 @@
 //! flows for people whose details the product can hold. Every exchange goes through a
 //! [`Recorder`], so a failure shows what usher sent and what the server answered.
 //!
-//! What usher does not do yet against django-scim2 is kept, asserted as it should be, in the
-//! `once_usher_copes_with_django_scim2_*` functions below. Nothing calls them yet: each names the
-//! request usher sends, what django-scim2 answers and what usher shows today. Call them from a
-//! `#[tokio::test]` (and drop their `#[expect(dead_code)]`) once usher copes.
+//! The last two tests are what usher did not do against django-scim2 at first, each with the
+//! request it sent, what django-scim2 answered and what usher showed then (their doc comments),
+//! now asserted as it should be: the store contract, renames, no `externalId` filter, names and
+//! attributes the product leaves empty, and the fields it does not keep said once in a condition.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -834,11 +834,8 @@ async fn the_invitation_suspension_and_offboarding_flows_run_against_django_scim
 ///   displayName → `409 "UNIQUE constraint failed: auth_group.name"`, and with a lost local
 ///   store `create_user` POSTs the person again → `409 "UNIQUE constraint failed:
 ///   product_user.username"`.
-#[expect(
-    dead_code,
-    reason = "issue 16: call from a test once usher copes with django-scim2"
-)]
-async fn once_usher_copes_with_django_scim2_the_contract_passes() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn django_scim2_passes_the_contract_renames_and_works_without_externalid_filters() {
     let peer = DjangoScim::start().expect("django-scim2");
     let rec = Recorder::start(&peer).await;
     crate::stores::contract(store_at(&rec.url(), &peer.token, 2).await).await;
@@ -970,11 +967,8 @@ async fn once_usher_copes_with_django_scim2_the_contract_passes() {
 /// What works on the way (also asserted in the test above): invitations, redemption, suspension
 /// of someone whose details the product holds, and offboarding a role holder (deactivated
 /// first; `remove members[value eq "…"]` → 501, then `remove members` by value → 200).
-#[expect(
-    dead_code,
-    reason = "issue 16: call from a test once usher copes with django-scim2"
-)]
-async fn once_usher_copes_with_django_scim2_end_to_end() {
+#[tokio::test]
+async fn django_scim2_end_to_end_with_what_it_does_not_keep_said_once() {
     let olga: (&str, &str, &[&str], &str) = (
         "olga",
         "olga@acme.example",

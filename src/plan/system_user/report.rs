@@ -232,6 +232,8 @@ pub struct Outcome<'a> {
     pub mail_failed: Option<&'a str>,
     /// Whether the role assignments were written.
     pub assigned: bool,
+    /// The SystemUser fields the store does not keep ([`crate::store::Accounts::unkept_fields`]).
+    pub unkept: &'a [String],
 }
 
 /// What the last step of a reconcile shows and publishes.
@@ -250,6 +252,63 @@ pub struct Report {
     pub newly_expired: bool,
     /// How long until the person is looked at again without a change.
     pub requeue: std::time::Duration,
+}
+
+/// The condition type that names the fields of a person the user store does not keep.
+pub const FIELDS_NOT_KEPT: &str = "FieldsNotKept";
+
+/// `FieldsNotKept=True` when the person's file sets fields the store does not keep (a SCIM
+/// product without a phone attribute, say): said once in the status rather than repaired for
+/// ever. None when every field set is kept.
+fn unkept(
+    user: &SystemUser,
+    unkept: &[String],
+    previous: &[Condition],
+    now: Timestamp,
+) -> Option<Condition> {
+    let spec = &user.spec;
+    let set = [
+        ("firstName", spec.first_name.is_some()),
+        ("lastName", spec.last_name.is_some()),
+        ("phone", spec.phone.is_some()),
+        ("address", spec.address.is_some()),
+    ];
+    let fields: Vec<&str> = set
+        .iter()
+        .filter(|(field, is_set)| *is_set && unkept.iter().any(|u| u == field))
+        .map(|(field, _)| *field)
+        .collect();
+    if fields.is_empty() {
+        return None;
+    }
+    let previous: Vec<Condition> = previous
+        .iter()
+        .filter(|c| c.type_ == FIELDS_NOT_KEPT)
+        .cloned()
+        .collect();
+    let mut c = crate::plan::condition::ready(
+        true,
+        "StoreDoesNotKeep",
+        &format!(
+            "the user store does not keep {}: set in git, kept in usher's own record, not written to the product",
+            fields
+                .iter()
+                .map(|f| format!("spec.{f}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        user.metadata.generation,
+        &previous
+            .iter()
+            .map(|p| Condition {
+                type_: crate::crd::READY.into(),
+                ..p.clone()
+            })
+            .collect::<Vec<_>>(),
+        now,
+    );
+    c.type_ = FIELDS_NOT_KEPT.into();
+    Some(c)
 }
 
 /// The status, Events and requeue that follow from a [`Decision`] carried out to `outcome`.
@@ -284,6 +343,9 @@ pub fn report(
         now,
     });
     status.roles = decision.roles.clone();
+    if let Some(c) = unkept(user, outcome.unkept, &status.conditions, now) {
+        status.conditions.push(c);
+    }
     // A refusal is the condition already; a mail failure is added to it.
     if let Some(said) = outcome.mail_failed
         && let Some(c) = status.conditions.first_mut()

@@ -170,7 +170,7 @@ impl ScimStore {
         let mut out = Vec::new();
         let mut start = 1;
         let mut seen = 0;
-        let mut filtered = true;
+        let mut filtered = self.filtering;
         loop {
             let query = if filtered {
                 format!("filter={}&", urlencode(&filter.to_string()))
@@ -219,6 +219,9 @@ impl ScimStore {
 pub(super) enum Filter<'a> {
     /// `attribute eq "value"`.
     Eq(&'a str, &'a str),
+    /// `attribute eq "value"` on a case-insensitive attribute (`userName`, RFC 7643 section
+    /// 4.1.1), checked without regard to case.
+    EqIgnoreCase(&'a str, &'a str),
     /// `attribute sw "prefix"`.
     StartsWith(&'a str, &'a str),
 }
@@ -229,6 +232,9 @@ impl Filter<'_> {
     pub(super) fn holds(&self, resource: &Value) -> bool {
         match *self {
             Self::Eq(attribute, value) => resource[attribute].as_str() == Some(value),
+            Self::EqIgnoreCase(attribute, value) => resource[attribute]
+                .as_str()
+                .is_some_and(|v| v.to_lowercase() == value.to_lowercase()),
             Self::StartsWith(attribute, prefix) => resource[attribute]
                 .as_str()
                 .is_some_and(|v| v.starts_with(prefix)),
@@ -239,7 +245,9 @@ impl Filter<'_> {
 impl std::fmt::Display for Filter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Eq(attribute, value) => write!(f, "{attribute} eq {}", quoted(value)),
+            Self::Eq(attribute, value) | Self::EqIgnoreCase(attribute, value) => {
+                write!(f, "{attribute} eq {}", quoted(value))
+            }
             Self::StartsWith(attribute, prefix) => write!(f, "{attribute} sw {}", quoted(prefix)),
         }
     }

@@ -36,11 +36,7 @@ impl ScimStore {
         if let Some(g) = self.find_groups(external_id).await?.into_iter().next() {
             let id = id_of(&g)?;
             if g["displayName"].as_str() != Some(display) {
-                self.patch_group(
-                    &id,
-                    json!({"op": "replace", "path": "displayName", "value": display}),
-                )
-                .await?;
+                self.rename_group(&id, external_id, display).await?;
             }
             return Ok((id, false));
         }
@@ -51,10 +47,37 @@ impl ScimStore {
             "externalId": external_id,
             "members": members,
         });
-        let created = self
+        let created = match self
             .send(Method::POST, "/Groups", Some(&body), None)
             .await?
-            .ok()?;
+            .ok()
+        {
+            Ok(created) => created,
+            // Taken: usher's own Group, which a server that cannot filter on externalId hid
+            // (its members are then synced as for any existing Group), or someone else's.
+            Err(StoreError::Refused {
+                status: 409,
+                detail,
+            }) => {
+                let ours = self
+                    .list(
+                        "/Groups",
+                        &Filter::EqIgnoreCase("displayName", display),
+                        "&excludedAttributes=members",
+                    )
+                    .await?
+                    .into_iter()
+                    .find(|g| g["externalId"].as_str() == Some(external_id));
+                return match ours {
+                    Some(g) => Ok((id_of(&g)?, false)),
+                    None => Err(StoreError::Refused {
+                        status: 409,
+                        detail,
+                    }),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         let id = id_of(&created)?;
         // Some servers create the Group and drop the `members` they were sent (and say so in
         // their answer, or answer without members at all): add them, so that nobody holds a
@@ -74,6 +97,49 @@ impl ScimStore {
             .await?;
         }
         Ok((id, true))
+    }
+
+    /// Give the Group `id` the name `display`: a PATCH of `displayName`, or, for a server that
+    /// does not implement it (501), the Group replaced with PUT, its members read first and kept.
+    async fn rename_group(
+        &self,
+        id: &str,
+        external_id: &str,
+        display: &str,
+    ) -> Result<(), StoreError> {
+        let op = json!({"op": "replace", "path": "displayName", "value": display});
+        match self.patch_group(id, op).await {
+            Err(StoreError::Refused { status: 501, .. }) => {
+                let current = self
+                    .send(Method::GET, &format!("/Groups/{id}"), None, None)
+                    .await?;
+                if current.status == StatusCode::NOT_FOUND {
+                    return Ok(());
+                }
+                let current = current.ok()?;
+                let members: Vec<Value> = current["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| json!({"value": m["value"]}))
+                    .collect();
+                let body = json!({
+                    "schemas": [CORE_GROUP],
+                    "id": id,
+                    "displayName": display,
+                    "externalId": external_id,
+                    "members": members,
+                });
+                let reply = self
+                    .send(Method::PUT, &format!("/Groups/{id}"), Some(&body), None)
+                    .await?;
+                if reply.status == StatusCode::NOT_FOUND {
+                    return Ok(());
+                }
+                reply.ok().map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// PATCH a Group; false when it is gone.

@@ -54,8 +54,14 @@ pub struct ScimStore {
     extension: bool,
     /// The server supports ETags: updates are conditional (`If-Match`).
     etags: bool,
+    /// The server declares filtering (`filter.supported`); otherwise lists are read whole and
+    /// filtered here (a server may answer an unsupported filter with nothing at all).
+    filtering: bool,
     /// Group writes one at a time: two reconciles must not both create the same Group.
     groups: tokio::sync::Mutex<()>,
+    /// The SystemUser fields the server was seen not to keep (see `users.rs`), as the local
+    /// store remembers them.
+    unkept: std::sync::Mutex<std::collections::BTreeSet<String>>,
     page_size: u32,
 }
 
@@ -83,7 +89,9 @@ impl ScimStore {
             local,
             extension: false,
             etags: false,
+            filtering: true,
             groups: tokio::sync::Mutex::new(()),
+            unkept: Default::default(),
             page_size: page_size.max(1),
         };
         let config = store
@@ -96,6 +104,9 @@ impl ScimStore {
             ));
         }
         store.etags = config["etag"]["supported"] == true;
+        let limits = store.local.limits().await?;
+        *store.unkept.lock().unwrap_or_else(|p| p.into_inner()) = limits.into_iter().collect();
+        store.filtering = config["filter"]["supported"] != false;
         // Both /Schemas and the token are checked here, so a bad token shows in /readyz.
         let schemas = store.send(Method::GET, "/Schemas", None, None).await?;
         if schemas.status == StatusCode::UNAUTHORIZED || schemas.status == StatusCode::FORBIDDEN {
@@ -111,6 +122,7 @@ impl ScimStore {
         tracing::info!(
             extension = store.extension,
             etags = store.etags,
+            filtering = store.filtering,
             "SCIM server reached"
         );
         Ok(store)

@@ -113,7 +113,8 @@ impl ScimStore {
 
     /// The record of a SCIM User, with what only the local store knows.
     fn record(&self, scim: &Value, shadow: Option<&UserRecord>) -> UserRecord {
-        let text = |v: &Value| v.as_str().map(str::to_string);
+        // An empty string is how some products (django-scim2) say "not set".
+        let text = |v: &Value| v.as_str().filter(|t| !t.is_empty()).map(str::to_string);
         let ext = &scim[USER_EXTENSION];
         let kept = shadow.map(|s| s.profile.clone()).unwrap_or_default();
         let address = scim["addresses"].get(0).map(|a| Address {
@@ -123,13 +124,38 @@ impl ScimStore {
             postal_code: text(&a["postalCode"]),
             country: text(&a["country"]),
         });
+        let unkept = self.unkept();
+        // What the server does not keep is what usher wrote (its shadow): no drift to repair.
+        let or_written = |field: &str, server: Option<String>, written: &Option<String>| {
+            if unkept.contains(field) {
+                written.clone()
+            } else {
+                server
+            }
+        };
         let mut profile = Profile {
-            first_name: text(&scim["name"]["givenName"]),
-            last_name: text(&scim["name"]["familyName"]),
-            phone: scim["phoneNumbers"]
-                .as_array()
-                .and_then(|p| p.iter().find_map(|n| text(&n["value"]))),
-            address,
+            first_name: or_written(
+                "firstName",
+                text(&scim["name"]["givenName"]),
+                &kept.first_name,
+            ),
+            last_name: or_written(
+                "lastName",
+                text(&scim["name"]["familyName"]),
+                &kept.last_name,
+            ),
+            phone: or_written(
+                "phone",
+                scim["phoneNumbers"]
+                    .as_array()
+                    .and_then(|p| p.iter().find_map(|n| text(&n["value"]))),
+                &kept.phone,
+            ),
+            address: if unkept.contains("address") {
+                kept.address.clone()
+            } else {
+                address
+            },
             ..kept
         };
         if self.extension {
@@ -226,6 +252,115 @@ impl ScimStore {
         Err(StoreError::Backend(format!(
             "SCIM User {id} kept changing under usher (412 three times)"
         )))
+    }
+
+    /// Make the User `id` hold `fields`: a PATCH (one replace, removals of what is unset), or,
+    /// for a server that does not implement that PATCH (501, as django-scim2 for most
+    /// attributes), the whole User replaced with PUT (RFC 7644 section 3.5.1), keeping its
+    /// `active`. The User as the server answered.
+    async fn write_user(&self, id: &str, fields: &UserFields) -> Result<Value, StoreError> {
+        match self.patch_user(id, self.update_operations(fields)).await {
+            Err(StoreError::Refused {
+                status: 501,
+                detail,
+            }) => {
+                tracing::debug!(%detail, "the server does not implement this PATCH; replacing the User");
+                let Some((current, etag)) = self.get_user(id).await? else {
+                    return Err(StoreError::NotFound(format!("SCIM User {id}")));
+                };
+                let mut body = self.user_json(fields);
+                body["id"] = json!(id);
+                body["active"] = json!(current["active"].as_bool().unwrap_or(false));
+                let reply = self
+                    .send(
+                        Method::PUT,
+                        &format!("/Users/{id}"),
+                        Some(&body),
+                        etag.as_deref(),
+                    )
+                    .await?;
+                match reply.status {
+                    StatusCode::NOT_FOUND => Err(StoreError::NotFound(format!("SCIM User {id}"))),
+                    s if s.is_success() && reply.body.is_object() => {
+                        self.learn_unkept(fields, &reply.body).await?;
+                        Ok(reply.body)
+                    }
+                    s if s.is_success() => Ok(body),
+                    _ => Err(refusal(reply.status, &reply.body)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The fields the server was seen not to keep.
+    fn unkept(&self) -> std::collections::BTreeSet<String> {
+        self.unkept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Learn from the server's answer to a write of `fields` (a created or replaced User, as
+    /// it now holds it) which of the fields usher sent it did not keep, and remember them.
+    async fn learn_unkept(&self, fields: &UserFields, answer: &Value) -> Result<(), StoreError> {
+        let p = &fields.profile;
+        let empty = |v: &Value| match v {
+            Value::Null => true,
+            Value::String(s) => s.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            _ => false,
+        };
+        let dropped: Vec<&str> = [
+            (
+                "firstName",
+                p.first_name.is_some(),
+                &answer["name"]["givenName"],
+            ),
+            (
+                "lastName",
+                p.last_name.is_some(),
+                &answer["name"]["familyName"],
+            ),
+            ("phone", p.phone.is_some(), &answer["phoneNumbers"]),
+            ("address", p.address.is_some(), &answer["addresses"]),
+        ]
+        .into_iter()
+        .filter(|(_, sent, kept)| *sent && empty(kept))
+        .map(|(field, _, _)| field)
+        .collect();
+        for field in dropped {
+            let new = self
+                .unkept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(field.to_string());
+            if new {
+                tracing::info!(
+                    field,
+                    "the SCIM server does not keep this field; it stays in git and usher's record"
+                );
+                self.local.remember_limit(field).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The id of a User whose userName is `fields.email` (in any case) and whose externalId is
+    /// `fields.external_id`: usher's own account, which a server that cannot filter on
+    /// externalId did not show. None for anyone else's.
+    async fn ours_by_user_name(&self, fields: &UserFields) -> Result<Option<String>, StoreError> {
+        let found = self
+            .list(
+                "/Users",
+                &Filter::EqIgnoreCase("userName", &fields.email),
+                "",
+            )
+            .await?;
+        Ok(found
+            .iter()
+            .find(|u| u["externalId"].as_str() == Some(fields.external_id.as_str()))
+            .and_then(|u| u["id"].as_str().map(str::to_string)))
     }
 
     /// Operations that make a User hold `fields`: one replace, and removals of what is unset.
@@ -328,6 +463,10 @@ fn fields_of(r: &UserRecord) -> UserFields {
 
 #[async_trait]
 impl Accounts for ScimStore {
+    async fn unkept_fields(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.unkept().into_iter().collect())
+    }
+
     async fn user_by_external_id(
         &self,
         external_id: &str,
@@ -341,16 +480,35 @@ impl Accounts for ScimStore {
     async fn create_user(&self, fields: &UserFields) -> Result<UserRecord, StoreError> {
         // Created before a crash, or by someone else for this person: take it over.
         let scim = match self.find_user(&fields.external_id).await? {
-            Some((existing, _)) => {
-                self.patch_user(&id_of(&existing)?, self.update_operations(fields))
-                    .await?
-            }
+            Some((existing, _)) => self.write_user(&id_of(&existing)?, fields).await?,
             None => {
                 let mut body = self.user_json(fields);
                 body["active"] = json!(false);
-                self.send(Method::POST, "/Users", Some(&body), None)
+                match self
+                    .send(Method::POST, "/Users", Some(&body), None)
                     .await?
-                    .ok()?
+                    .ok()
+                {
+                    Ok(created) => {
+                        self.learn_unkept(fields, &created).await?;
+                        created
+                    }
+                    // Taken: ours after all (a server that cannot filter on externalId hid it),
+                    // or someone else's, which stays refused.
+                    Err(StoreError::Refused {
+                        status: 409,
+                        detail,
+                    }) => match self.ours_by_user_name(fields).await? {
+                        Some(id) => self.write_user(&id, fields).await?,
+                        None => {
+                            return Err(StoreError::Refused {
+                                status: 409,
+                                detail,
+                            });
+                        }
+                    },
+                    Err(e) => return Err(e),
+                }
             }
         };
         let id = id_of(&scim)?;
@@ -360,7 +518,7 @@ impl Accounts for ScimStore {
     }
 
     async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError> {
-        let scim = self.patch_user(id, self.update_operations(fields)).await?;
+        let scim = self.write_user(id, fields).await?;
         self.local.adopt_user(id, fields, None).await?;
         let shadow = self.local.user(id).await?;
         let mut record = self.record(&scim, shadow.as_ref());
