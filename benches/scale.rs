@@ -70,7 +70,8 @@ fn objects(prefix: &str, n: usize, sharded: bool) -> Vec<(String, serde_json::Va
     let mut out = Vec::new();
     let mut push = |ns: String, mut o: serde_json::Value, k: usize| {
         if sharded {
-            o["metadata"]["labels"] = json!({SHARD_KEY: if k.is_multiple_of(2) { "a" } else { "b" }});
+            o["metadata"]["labels"] =
+                json!({SHARD_KEY: if k.is_multiple_of(2) { "a" } else { "b" }});
         }
         out.push((ns, o));
     };
