@@ -591,6 +591,8 @@ async fn chart_options_render_objects_the_api_server_accepts() {
             "trustedProxies={10.0.0.0/8,fd00::/8}",
             "--set",
             "watchNamespace=acme",
+            "--set-string",
+            "shardSelector=sharding.fluxcd.io/key=shard1",
             "--set",
             "leaderElection.leaseDuration=30s",
             "--set",
@@ -631,6 +633,7 @@ async fn chart_options_render_objects_the_api_server_accepts() {
     assert_eq!(data["USHER_TRUSTED_PROXIES"], "10.0.0.0/8,fd00::/8");
     assert_eq!(data["USHER_PROBE_LISTEN"], "0.0.0.0:8080");
     assert_eq!(data["USHER_NAMESPACE"], "acme");
+    assert_eq!(data["USHER_SHARD_SELECTOR"], "sharding.fluxcd.io/key=shard1");
     assert_eq!(data["USHER_LEASE_DURATION"], "30s");
     assert_eq!(data["USHER_PUBLIC_URL"], "https://people.acme.example");
     assert_eq!(data["USHER_MAIL_CA_FILE"], "/etc/usher/mail-ca/ca.crt");
