@@ -581,15 +581,7 @@ mod tests {
                 tenant_ref: ObjectRef::new("acme"),
                 email: email.into(),
                 first_name: Some("Sam".into()),
-                last_name: None,
-                phone: None,
-                company: None,
-                address: None,
-                accounting_id: None,
-                locations: vec![],
-                suspended: false,
-                comments: None,
-                attributes: Default::default(),
+                ..Default::default()
             },
         );
         u.metadata = ObjectMeta {

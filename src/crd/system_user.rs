@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{EMAIL_MESSAGE, EMAIL_RULE, ObjectRef};
 
 /// A person with access to a tenant: invited by mail, Pending until they accept, then Active.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "usher.dev",
     version = "v1alpha1",

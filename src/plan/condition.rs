@@ -18,11 +18,7 @@ pub fn ready(
     now: Timestamp,
 ) -> Condition {
     let status = if ok { "True" } else { "False" };
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == READY && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| to_time(now));
+    let last_transition_time = since(previous, READY, status, now);
     Condition {
         type_: READY.to_string(),
         status: status.to_string(),
@@ -73,11 +69,7 @@ pub fn conditions(
     };
     let mut out = vec![ready];
     if let Some(kind) = abnormal {
-        let last_transition_time = previous
-            .iter()
-            .find(|c| c.type_ == kind && c.status == "True")
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| to_time(now));
+        let last_transition_time = since(previous, kind, "True", now);
         out.push(Condition {
             type_: kind.to_string(),
             status: "True".into(),
@@ -88,6 +80,16 @@ pub fn conditions(
         });
     }
     out
+}
+
+/// When condition `kind` took `status`: its previous transition time if it already had that
+/// status, else `now` (so that a condition that holds does not move, and patches nothing).
+pub fn since(previous: &[Condition], kind: &str, status: &str, now: Timestamp) -> Time {
+    previous
+        .iter()
+        .find(|c| c.type_ == kind && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| to_time(now))
 }
 
 /// kstatus: the object is being worked on.

@@ -263,16 +263,7 @@ mod tests {
             SystemUserSpec {
                 tenant_ref: ObjectRef::new("acme"),
                 email: format!("{name}@acme.example"),
-                first_name: None,
-                last_name: None,
-                phone: None,
-                company: None,
-                address: None,
-                accounting_id: None,
-                locations: vec![],
-                suspended: false,
-                comments: None,
-                attributes: Default::default(),
+                ..Default::default()
             },
         );
         u.status = Some(crate::crd::SystemUserStatus {

@@ -23,20 +23,9 @@ use crate::support::{
     wait_for,
 };
 
-/// usher's SCIM store on the peer, its local part in a fresh SQLite file; `page_size` as
-/// `scim_store` in stores.rs sets it.
+/// usher's SCIM store on the peer (see `stores::scim_store_at`).
 async fn store_of(peer: &BetterAuthScim, page_size: u32) -> Arc<dyn UserStore> {
-    let local = usher_testenv::scratch_dir("better-auth-local").unwrap();
-    let mut config = usher::store::StoreConfig::parse_with(
-        &peer.url(),
-        Some(&peer.token),
-        &format!("sqlite://{}", local.join("local.db").display()),
-    )
-    .unwrap();
-    if let usher::store::StoreConfig::Scim { page_size: p, .. } = &mut config {
-        *p = page_size;
-    }
-    config.open().await.unwrap()
+    crate::stores::scim_store_at(&peer.url(), &peer.token, page_size).await
 }
 
 /// GET a path of the peer's SCIM API with its token: (status, JSON body).

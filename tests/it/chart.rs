@@ -20,8 +20,8 @@ use usher::crd::{SystemUser, UserPhase};
 use usher_testenv::Smtp;
 
 use crate::support::{
-    Usher, apply_yaml, client, eventually, first_mail, invitation_in, kubectl, namespace, repo,
-    wait_for,
+    Usher, apply_yaml, assert_least_privilege, client, eventually, first_mail, invitation_in,
+    kubectl, namespace, repo, service_account_kubeconfig, wait_for,
 };
 
 /// What a command said: whether it succeeded, its stdout, its stderr.
@@ -633,7 +633,10 @@ async fn chart_options_render_objects_the_api_server_accepts() {
     assert_eq!(data["USHER_TRUSTED_PROXIES"], "10.0.0.0/8,fd00::/8");
     assert_eq!(data["USHER_PROBE_LISTEN"], "0.0.0.0:8080");
     assert_eq!(data["USHER_NAMESPACE"], "acme");
-    assert_eq!(data["USHER_SHARD_SELECTOR"], "sharding.fluxcd.io/key=shard1");
+    assert_eq!(
+        data["USHER_SHARD_SELECTOR"],
+        "sharding.fluxcd.io/key=shard1"
+    );
     assert_eq!(data["USHER_LEASE_DURATION"], "30s");
     assert_eq!(data["USHER_PUBLIC_URL"], "https://people.acme.example");
     assert_eq!(data["USHER_MAIL_CA_FILE"], "/etc/usher/mail-ca/ca.crt");
@@ -677,82 +680,6 @@ async fn chart_options_render_objects_the_api_server_accepts() {
         "http",
         "the ingress reaches the public port only"
     );
-}
-
-/// A kubeconfig for a ServiceAccount, with a fresh token.
-fn service_account_kubeconfig(ns: &str, account: &str) -> PathBuf {
-    let (ok, token) = kubectl(&["create", "token", account, "-n", ns, "--duration=1h"]);
-    assert!(ok, "{token}");
-    let shared = usher_testenv::shared();
-    let admin: Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(&shared.kubeconfig).unwrap()).unwrap();
-    let ca = admin["clusters"][0]["cluster"]["certificate-authority"]
-        .as_str()
-        .unwrap();
-    let path = usher_testenv::scratch_dir("chart-sa")
-        .unwrap()
-        .join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{ca}\"}}\nusers:\n- name: usher\n  user: {{token: \"{}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: usher}}\ncurrent-context: c\n",
-            shared.server,
-            token.trim()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn can_i(verb: &str, what: &str, ns: &str, sa: &str) -> bool {
-    let (_, answer) = kubectl(&["auth", "can-i", verb, what, "-n", ns, "--as", sa]);
-    answer.trim().starts_with("yes")
-}
-
-/// The least-privilege check of tests/it/deploy.rs, for the chart's ServiceAccount: what it may
-/// and may not do in a tenant's namespace, the one Secret it may read (its token key, by name,
-/// in its own namespace) and where its Lease may be.
-fn assert_least_privilege(home: &str, account: &str, token_key: &str, tenant_ns: &str) {
-    let sa = format!("system:serviceaccount:{home}:{account}");
-    for (verb, resource, allowed) in [
-        ("get", "secrets", false),
-        ("list", "secrets", false),
-        ("watch", "secrets", false),
-        ("create", "deployments.apps", false),
-        ("delete", "namespaces", false),
-        ("update", "configmaps", false),
-        ("create", "rolebindings.rbac.authorization.k8s.io", false),
-        ("patch", "systemusers.usher.dev", true),
-        ("patch", "systemusers.usher.dev/status", true),
-        ("create", "secrets", true),
-        ("create", "events.events.k8s.io", true),
-    ] {
-        assert_eq!(
-            can_i(verb, resource, tenant_ns, &sa),
-            allowed,
-            "can-i {verb} {resource} -n {tenant_ns} as {sa}"
-        );
-    }
-    let key = format!("secrets/{token_key}");
-    for (what, ns, allowed) in [
-        (key.as_str(), home, true),
-        ("secrets/other", home, false),
-        ("secrets/usher-token-key", home, false),
-        (key.as_str(), tenant_ns, false),
-    ] {
-        assert_eq!(
-            can_i("get", what, ns, &sa),
-            allowed,
-            "can-i get {what} -n {ns} as {sa}"
-        );
-    }
-    for (ns, allowed) in [(home, true), (tenant_ns, false)] {
-        assert_eq!(
-            can_i("patch", "leases.coordination.k8s.io", ns, &sa),
-            allowed,
-            "can-i patch leases -n {ns} as {sa}"
-        );
-    }
 }
 
 /// `helm install` into the real control plane: the release is deployed and its objects exist;

@@ -9,38 +9,9 @@ use usher::crd::{SystemUser, UserPhase};
 use usher_testenv::Smtp;
 
 use crate::support::{
-    Usher, apply_yaml, client, eventually, first_mail, invitation_in, kubectl, namespace, wait_for,
+    Usher, apply_yaml, assert_least_privilege, client, eventually, first_mail, invitation_in,
+    kubectl, namespace, service_account_kubeconfig, wait_for,
 };
-
-/// A kubeconfig for the usher ServiceAccount of deploy/, with a fresh token.
-fn service_account_kubeconfig() -> std::path::PathBuf {
-    let (ok, token) = kubectl(&[
-        "create",
-        "token",
-        "usher",
-        "-n",
-        "usher-system",
-        "--duration=1h",
-    ]);
-    assert!(ok, "{token}");
-    let shared = usher_testenv::shared();
-    let admin: serde_json::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(&shared.kubeconfig).unwrap()).unwrap();
-    let ca = admin["clusters"][0]["cluster"]["certificate-authority"]
-        .as_str()
-        .unwrap();
-    let path = usher_testenv::scratch_dir("sa").unwrap().join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{ca}\"}}\nusers:\n- name: usher\n  user: {{token: \"{}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: usher}}\ncurrent-context: c\n",
-            shared.server,
-            token.trim()
-        ),
-    )
-    .unwrap();
-    path
-}
 
 #[tokio::test]
 async fn deploy_rbac_runs_the_whole_flow_and_nothing_more() {
@@ -52,58 +23,9 @@ async fn deploy_rbac_runs_the_whole_flow_and_nothing_more() {
     ]);
     assert!(ok, "kubectl apply -k deploy/: {out}");
     let ns = namespace(&client, "deploy-rbac").await;
-    let sa = "system:serviceaccount:usher-system:usher";
-    for (verb, resource, allowed) in [
-        ("get", "secrets", false),
-        ("list", "secrets", false),
-        ("watch", "secrets", false),
-        ("create", "deployments.apps", false),
-        ("delete", "namespaces", false),
-        ("update", "configmaps", false),
-        ("create", "rolebindings.rbac.authorization.k8s.io", false),
-        ("patch", "systemusers.usher.dev", true),
-        ("patch", "systemusers.usher.dev/status", true),
-        ("create", "secrets", true),
-        ("create", "events.events.k8s.io", true),
-    ] {
-        let (_, answer) = kubectl(&["auth", "can-i", verb, resource, "-n", &ns, "--as", sa]);
-        let yes = answer.trim().starts_with("yes");
-        assert_eq!(yes, allowed, "can-i {verb} {resource}: {answer}");
-    }
+    assert_least_privilege("usher-system", "usher", "usher-token-key", &ns);
 
-    // One Secret is readable, by name only: the token key, in usher's own namespace.
-    for (what, ns_, allowed) in [
-        ("secrets/usher-token-key", "usher-system", true),
-        ("secrets/other", "usher-system", false),
-        ("secrets/usher-token-key", ns.as_str(), false),
-    ] {
-        let (_, answer) = kubectl(&["auth", "can-i", "get", what, "-n", ns_, "--as", sa]);
-        assert_eq!(
-            answer.trim().starts_with("yes"),
-            allowed,
-            "can-i get {what} in {ns_}: {answer}"
-        );
-    }
-
-    for (ns_, allowed) in [("usher-system", true), (ns.as_str(), false)] {
-        let (_, answer) = kubectl(&[
-            "auth",
-            "can-i",
-            "patch",
-            "leases.coordination.k8s.io",
-            "-n",
-            ns_,
-            "--as",
-            sa,
-        ]);
-        assert_eq!(
-            answer.trim().starts_with("yes"),
-            allowed,
-            "can-i patch leases in {ns_}: {answer}"
-        );
-    }
-
-    let kubeconfig = service_account_kubeconfig();
+    let kubeconfig = service_account_kubeconfig("usher-system", "usher");
     let smtp = Smtp::start().expect("SMTP sink");
     apply_yaml(
         &client,

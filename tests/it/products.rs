@@ -219,20 +219,9 @@ fn patch(operations: Value) -> Option<Value> {
     Some(json!({"schemas": [PATCH_OP], "Operations": operations}))
 }
 
-/// usher's SCIM store on `url` with its own fresh local store, listing `page_size` a page (the
-/// lines of `scim_store` in stores.rs).
+/// usher's SCIM store on `url` with its own fresh local store (see `stores::scim_store_at`).
 async fn store_at(url: &str, token: &str, page_size: u32) -> Arc<dyn UserStore> {
-    let local = usher_testenv::scratch_dir("scim-local").unwrap();
-    let mut config = usher::store::StoreConfig::parse_with(
-        url,
-        Some(token),
-        &format!("sqlite://{}", local.join("local.db").display()),
-    )
-    .unwrap();
-    if let usher::store::StoreConfig::Scim { page_size: p, .. } = &mut config {
-        *p = page_size;
-    }
-    config.open().await.unwrap()
+    crate::stores::scim_store_at(url, token, page_size).await
 }
 
 /// Someone of tenant acme/acme with both names and nothing the product cannot hold.

@@ -752,10 +752,17 @@ async fn bad_store_urls_say_what_is_wrong() {
 }
 
 async fn scim_store(scim: &usher_testenv::Scim, page_size: u32) -> Arc<dyn UserStore> {
+    scim_store_at(&scim.url(), &scim.token, page_size).await
+}
+
+/// usher's SCIM store on the server at `url` (`scim+http://…`) with bearer `token`, its local
+/// part in a fresh SQLite file, listing `page_size` resources a page (small, so that paging is
+/// exercised).
+pub async fn scim_store_at(url: &str, token: &str, page_size: u32) -> Arc<dyn UserStore> {
     let local = usher_testenv::scratch_dir("scim-local").unwrap();
     let mut config = usher::store::StoreConfig::parse_with(
-        &scim.url(),
-        Some(&scim.token),
+        url,
+        Some(token),
         &format!("sqlite://{}", local.join("local.db").display()),
     )
     .unwrap();

@@ -568,3 +568,81 @@ pub fn usher_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A kubeconfig for the ServiceAccount `account` of namespace `ns`, with a fresh token: usher
+/// run with it has exactly the rights its RBAC grants.
+pub fn service_account_kubeconfig(ns: &str, account: &str) -> PathBuf {
+    let (ok, token) = kubectl(&["create", "token", account, "-n", ns, "--duration=1h"]);
+    assert!(ok, "{token}");
+    let shared = usher_testenv::shared();
+    let admin: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&shared.kubeconfig).unwrap()).unwrap();
+    let ca = admin["clusters"][0]["cluster"]["certificate-authority"]
+        .as_str()
+        .unwrap();
+    let path = usher_testenv::scratch_dir("sa").unwrap().join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{ca}\"}}\nusers:\n- name: usher\n  user: {{token: \"{}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: usher}}\ncurrent-context: c\n",
+            shared.server,
+            token.trim()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn can_i(verb: &str, what: &str, ns: &str, sa: &str) -> bool {
+    let (_, answer) = kubectl(&["auth", "can-i", verb, what, "-n", ns, "--as", sa]);
+    answer.trim().starts_with("yes")
+}
+
+/// The least-privilege check for usher's ServiceAccount `account` of namespace `home` (installed
+/// by deploy/ or the chart): what it may and may not do in a tenant's namespace, the one Secret it
+/// may read (its token key `token_key`, by name, in its own namespace) and where its Lease may be.
+pub fn assert_least_privilege(home: &str, account: &str, token_key: &str, tenant_ns: &str) {
+    let sa = format!("system:serviceaccount:{home}:{account}");
+    for (verb, resource, allowed) in [
+        ("get", "secrets", false),
+        ("list", "secrets", false),
+        ("watch", "secrets", false),
+        ("create", "deployments.apps", false),
+        ("delete", "namespaces", false),
+        ("update", "configmaps", false),
+        ("create", "rolebindings.rbac.authorization.k8s.io", false),
+        ("patch", "systemusers.usher.dev", true),
+        ("patch", "systemusers.usher.dev/status", true),
+        ("create", "secrets", true),
+        ("create", "events.events.k8s.io", true),
+    ] {
+        assert_eq!(
+            can_i(verb, resource, tenant_ns, &sa),
+            allowed,
+            "can-i {verb} {resource} -n {tenant_ns} as {sa}"
+        );
+    }
+    let key = format!("secrets/{token_key}");
+    let mut secrets = vec![
+        (key.as_str(), home, true),
+        ("secrets/other", home, false),
+        (key.as_str(), tenant_ns, false),
+    ];
+    if token_key != "usher-token-key" {
+        secrets.push(("secrets/usher-token-key", home, false));
+    }
+    for (what, ns, allowed) in secrets {
+        assert_eq!(
+            can_i("get", what, ns, &sa),
+            allowed,
+            "can-i get {what} -n {ns} as {sa}"
+        );
+    }
+    for (ns, allowed) in [(home, true), (tenant_ns, false)] {
+        assert_eq!(
+            can_i("patch", "leases.coordination.k8s.io", ns, &sa),
+            allowed,
+            "can-i patch leases -n {ns} as {sa}"
+        );
+    }
+}

@@ -281,15 +281,11 @@ fn unkept(
     if fields.is_empty() {
         return None;
     }
-    let previous: Vec<Condition> = previous
-        .iter()
-        .filter(|c| c.type_ == FIELDS_NOT_KEPT)
-        .cloned()
-        .collect();
-    let mut c = crate::plan::condition::ready(
-        true,
-        "StoreDoesNotKeep",
-        &format!(
+    Some(Condition {
+        type_: FIELDS_NOT_KEPT.into(),
+        status: "True".into(),
+        reason: "StoreDoesNotKeep".into(),
+        message: format!(
             "the user store does not keep {}: set in git, kept in usher's own record, not written to the product",
             fields
                 .iter()
@@ -297,18 +293,9 @@ fn unkept(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        user.metadata.generation,
-        &previous
-            .iter()
-            .map(|p| Condition {
-                type_: crate::crd::READY.into(),
-                ..p.clone()
-            })
-            .collect::<Vec<_>>(),
-        now,
-    );
-    c.type_ = FIELDS_NOT_KEPT.into();
-    Some(c)
+        observed_generation: user.metadata.generation,
+        last_transition_time: crate::plan::condition::since(previous, FIELDS_NOT_KEPT, "True", now),
+    })
 }
 
 /// The status, Events and requeue that follow from a [`Decision`] carried out to `outcome`.
@@ -361,7 +348,12 @@ pub fn report(
         && old.and_then(|s| s.phase) != Some(UserPhase::Expired);
     let mut notes = decision.writes.notes.clone();
     notes.extend(events(old, &status, blocked));
-    let mut repaired = decision.repaired.clone();
+    // Only a repair that held counts: refused by the store, nothing was repaired.
+    let mut repaired = if outcome.refused.is_some() {
+        Vec::new()
+    } else {
+        decision.repaired.clone()
+    };
     if outcome.assigned && decision.assignments_repair {
         repaired.push("role assignments");
     }

@@ -236,6 +236,21 @@ fn drift_is_one_warning_and_a_missing_tenant_waits_for_the_resync_only() {
         .collect();
     assert_eq!(drift.len(), 1);
     assert!(drift[0].warning && drift[0].message.contains("account access"));
+    // The store refused the repair: nothing was repaired, and nothing is counted or announced.
+    let refused = report(
+        &shown,
+        &d,
+        &Outcome {
+            account: Some(&acc),
+            refused: Some("the user store refused it (501): Not Implemented"),
+            ..Default::default()
+        },
+        "alice-invitation",
+        now(),
+        resync,
+    );
+    assert!(refused.repaired.is_empty());
+    assert!(!refused.notes.iter().any(|n| n.reason == "DriftCorrected"));
 
     let u = user("alice", "alice@acme.example");
     let r = report(

@@ -36,15 +36,7 @@ fn user(name: &str, email: &str) -> SystemUser {
             tenant_ref: ObjectRef::new("acme"),
             email: email.into(),
             first_name: Some("Alice".into()),
-            last_name: None,
-            phone: None,
-            company: None,
-            address: None,
-            accounting_id: None,
-            locations: vec![],
-            suspended: false,
-            comments: None,
-            attributes: Default::default(),
+            ..Default::default()
         },
         status: None,
     }
