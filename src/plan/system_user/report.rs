@@ -334,10 +334,13 @@ pub fn report(
         status.conditions.push(c);
     }
     // A refusal is the condition already; a mail failure is added to it.
+    // Ready and the kstatus condition beside it (same reason) say it alike.
     if let Some(said) = outcome.mail_failed
-        && let Some(c) = status.conditions.first_mut()
+        && let Some(reason) = status.conditions.first().map(|c| c.reason.clone())
     {
-        c.message = format!("{}: {said}", c.message);
+        for c in status.conditions.iter_mut().filter(|c| c.reason == reason) {
+            c.message = format!("{}: {said}", c.message);
+        }
     }
     let old = user.status.as_ref();
     let delete_secret = old

@@ -146,6 +146,12 @@ fn the_report_adds_a_mail_failure_to_the_condition_and_keeps_the_secret_only_whi
     let c = &r.status.conditions[0];
     assert_eq!(c.reason, "InvitationNotSent");
     assert!(c.message.ends_with(": relay said 451"), "{}", c.message);
+    // A wait usher retries by itself: Reconciling, saying the same as Ready.
+    let reconciling = &r.status.conditions[1];
+    assert_eq!(
+        (reconciling.type_.as_str(), reconciling.message.as_str()),
+        ("Reconciling", c.message.as_str())
+    );
     let secret = r
         .status
         .invitation
