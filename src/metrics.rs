@@ -349,6 +349,11 @@ impl Metrics {
         ControllersRunning(self.clone())
     }
 
+    /// Whether this process runs the controllers now (`usher_controllers_running` is 1).
+    pub fn runs_controllers(&self) -> bool {
+        self.controllers.get() > 0
+    }
+
     /// Record the people of tenant `tenant` (its key, `namespace/name`) by phase, as its
     /// reconcile counted them; `usher_people{phase}` sums every tenant's latest count.
     pub fn set_tenant_people(&self, tenant: &str, people: &UserCounts) {

@@ -105,10 +105,27 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     };
     tracing::info!(listen = %opts.listen, probe_listen = %opts.probe_listen, store = %crate::store::redact(&opts.store), mail = %crate::store::redact(&opts.mail), "usher running");
 
-    let wake = redeemed_rx.filter_map(|r| async move {
-        let key = ObjectKey::parse(&r.external_id)?;
-        Some(ObjectRef::<SystemUser>::new(&key.name).within(&key.namespace))
-    });
+    // Each redemption wakes its person: through this process's controllers while they run;
+    // otherwise (a standby waiting for the Lease, or before the caches are filled) on the object
+    // itself, so that the leader turns the person Active at once rather than at its resync.
+    let (wake_tx, wake) = futures::channel::mpsc::unbounded::<ObjectRef<SystemUser>>();
+    let router = {
+        let client = client.clone();
+        let metrics = metrics.clone();
+        redeemed_rx.for_each(move |r| {
+            let (client, metrics, wake_tx) = (client.clone(), metrics.clone(), wake_tx.clone());
+            async move {
+                let Some(key) = ObjectKey::parse(&r.external_id) else {
+                    return;
+                };
+                let person = ObjectRef::<SystemUser>::new(&key.name).within(&key.namespace);
+                if !metrics.runs_controllers() || wake_tx.unbounded_send(person.clone()).is_err() {
+                    controller::announce_redemption(&client, &person).await;
+                }
+            }
+        })
+    };
+    tokio::spawn(router);
 
     let http = async {
         match probes {

@@ -12,7 +12,7 @@ mod system_user;
 mod tenant;
 mod wiring;
 
-pub use wiring::run;
+pub use wiring::{announce_redemption, run};
 
 use std::sync::Arc;
 use std::time::Duration;

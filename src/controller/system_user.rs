@@ -209,6 +209,7 @@ async fn execute(
         Err(Error::Store(e @ StoreError::Refused { .. })) => {
             done.refused = Some(e.to_string());
             done.failure = Some(Error::Store(e));
+            done.unkept = ctx.store.unkept_fields().await?;
             return Ok(done);
         }
         Err(e) => return Err(e),

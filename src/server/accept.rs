@@ -25,6 +25,8 @@ enum Refusal {
     /// The request itself could not be read (too large, not a form), with its status.
     Unreadable(StatusCode, &'static str),
     TooMany,
+    /// The address's short-code tries are used up.
+    TooManyForAddress,
     Store(RedeemRefusal),
     Unavailable,
     CrossSite,
@@ -37,7 +39,7 @@ impl Refusal {
         match self {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::Unreadable(status, _) => *status,
-            Self::TooMany => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooMany | Self::TooManyForAddress => StatusCode::TOO_MANY_REQUESTS,
             Self::Store(RedeemRefusal::Unknown) | Self::NoSuchCode => StatusCode::NOT_FOUND,
             Self::Store(RedeemRefusal::AlreadyUsed) => StatusCode::CONFLICT,
             Self::Store(RedeemRefusal::Expired) => StatusCode::GONE,
@@ -51,6 +53,10 @@ impl Refusal {
             Self::Malformed(why) => format!("the invitation code is malformed: {why}"),
             Self::Unreadable(_, why) => (*why).to_string(),
             Self::TooMany => "too many tries; wait a minute and try again".into(),
+            Self::TooManyForAddress => format!(
+                "too many codes were tried for this address; the next try is possible in {} minutes, and the link in the invitation mail works meanwhile",
+                super::CODE_REFILL.as_secs() / 60
+            ),
             Self::Store(r) => r.to_string(),
             Self::Unavailable => "the service is unavailable right now; try again shortly".into(),
             Self::CrossSite => "this form can only be sent from its own page".into(),
@@ -144,12 +150,13 @@ async fn by_code(state: &AppState, email: &str, code: &str) -> Result<TokenHash,
             "a short code is ten letters and digits, such as 7K3QD-M9XTV",
         ));
     };
-    if !state.per_address.try_take(&email.to_lowercase()) {
-        return Err(Refusal::TooMany);
-    }
+    // Before the address's count: a try that cannot be checked must not use one up.
     let Some(key) = state.token_key.get() else {
         return Err(Refusal::Unavailable);
     };
+    if !state.per_address.try_take(&email.to_lowercase()) {
+        return Err(Refusal::TooManyForAddress);
+    }
     let candidates = state
         .store
         .invitations_for_address(email)
@@ -287,6 +294,7 @@ pub async fn form(
                 Refusal::Malformed(_)
                     | Refusal::Unreadable(..)
                     | Refusal::TooMany
+                    | Refusal::TooManyForAddress
                     | Refusal::Unavailable
                     | Refusal::NoSuchCode
                     | Refusal::Store(RedeemRefusal::Unknown)

@@ -25,7 +25,7 @@ use crate::store::UserStore;
 use crate::token::TokenKey;
 
 pub use client::{BadProxy, TrustedProxies};
-pub use limit::Limiter;
+pub use limit::{Full, Limiter};
 
 /// Short-code tries an address gets at once. SECURITY.md turns these two numbers into the odds
 /// of guessing a code.
@@ -68,10 +68,10 @@ impl AppState {
             store,
             redeemed,
             metrics,
-            per_client: Limiter::new(10, Duration::from_secs(6)),
+            per_client: Limiter::new(10, Duration::from_secs(6), Full::Admit),
             trusted_proxies: TrustedProxies::default(),
-            per_token: Limiter::new(5, Duration::from_secs(6)),
-            per_address: Limiter::new(CODE_TRIES, CODE_REFILL),
+            per_token: Limiter::new(5, Duration::from_secs(6), Full::Refuse),
+            per_address: Limiter::new(CODE_TRIES, CODE_REFILL, Full::Refuse),
             token_key: Arc::default(),
         }
     }

@@ -182,6 +182,15 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Forget that the product does not keep `field`: it keeps it now.
+    pub(super) async fn forget_limit(&self, field: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM store_limits WHERE field = $1")
+            .bind(field)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// An account by id.
     pub(super) async fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
         sqlx::query("SELECT * FROM users WHERE id = $1")

@@ -142,9 +142,10 @@ pub async fn run(
 }
 
 /// Set [`REDEEMED_ANNOTATION`] on `person` to the time now: its invitation was just redeemed
-/// here, and the instance that watches it reconciles on that change. A person gone meanwhile
+/// here, and the instance that watches it (another shard's, or the leader when this process is
+/// a standby) reconciles on that change. A person gone meanwhile
 /// needs nothing; another failure is logged, and that instance's resync catches up.
-async fn announce_redemption(client: &Client, person: &ObjectRef<SystemUser>) {
+pub async fn announce_redemption(client: &Client, person: &ObjectRef<SystemUser>) {
     let Some(ns) = person.namespace.as_deref() else {
         return;
     };

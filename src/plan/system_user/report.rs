@@ -330,7 +330,12 @@ pub fn report(
         now,
     });
     status.roles = decision.roles.clone();
-    if let Some(c) = unkept(user, outcome.unkept, &status.conditions, now) {
+    let shown: &[Condition] = user
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    if let Some(c) = unkept(user, outcome.unkept, shown, now) {
         status.conditions.push(c);
     }
     // A refusal is the condition already; a mail failure is added to it.

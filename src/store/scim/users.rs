@@ -26,9 +26,7 @@ impl ScimStore {
     ) -> Result<Option<(Value, Option<UserRecord>)>, StoreError> {
         if let Some(shadow) = self.local.user_by_external_id(external_id).await?
             && let Some((user, _)) = self.get_user(&shadow.id).await?
-            && user["externalId"]
-                .as_str()
-                .is_none_or(|stored| stored == external_id)
+            && still_ours(&user, &shadow)
         {
             return Ok(Some((user, Some(shadow))));
         }
@@ -224,7 +222,13 @@ impl ScimStore {
     }
 
     /// PATCH a User, conditionally on its ETag when the server has them; retried on a lost race.
-    async fn patch_user(&self, id: &str, operations: Vec<Value>) -> Result<Value, StoreError> {
+    /// The User as the server answered, and whether that is its answer (a 204 leaves the User
+    /// as read before the PATCH).
+    async fn patch_user(
+        &self,
+        id: &str,
+        operations: Vec<Value>,
+    ) -> Result<(Value, bool), StoreError> {
         let body = json!({"schemas": [PATCH_OP], "Operations": operations});
         for _ in 0..3 {
             let Some((current, etag)) = self.get_user(id).await? else {
@@ -244,8 +248,8 @@ impl ScimStore {
                     return Err(StoreError::NotFound(format!("SCIM User {id}")));
                 }
                 // Many servers answer 204 without a body.
-                s if s.is_success() && reply.body.is_object() => return Ok(reply.body),
-                s if s.is_success() => return Ok(current),
+                s if s.is_success() && reply.body.is_object() => return Ok((reply.body, true)),
+                s if s.is_success() => return Ok((current, false)),
                 _ => return Err(refusal(reply.status, &reply.body)),
             }
         }
@@ -289,7 +293,12 @@ impl ScimStore {
                     _ => Err(refusal(reply.status, &reply.body)),
                 }
             }
-            other => other,
+            Ok((answer, true)) => {
+                self.learn_unkept(fields, &answer).await?;
+                Ok(answer)
+            }
+            Ok((current, false)) => Ok(current),
+            Err(e) => Err(e),
         }
     }
 
@@ -311,7 +320,7 @@ impl ScimStore {
             Value::Array(a) => a.is_empty(),
             _ => false,
         };
-        let dropped: Vec<&str> = [
+        let sent = [
             (
                 "firstName",
                 p.first_name.is_some(),
@@ -324,23 +333,32 @@ impl ScimStore {
             ),
             ("phone", p.phone.is_some(), &answer["phoneNumbers"]),
             ("address", p.address.is_some(), &answer["addresses"]),
-        ]
-        .into_iter()
-        .filter(|(_, sent, kept)| *sent && empty(kept))
-        .map(|(field, _, _)| field)
-        .collect();
-        for field in dropped {
-            let new = self
-                .unkept
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(field.to_string());
-            if new {
-                tracing::info!(
-                    field,
-                    "the SCIM server does not keep this field; it stays in git and usher's record"
-                );
-                self.local.remember_limit(field).await?;
+        ];
+        for (field, _, kept) in sent.into_iter().filter(|(_, was_sent, _)| *was_sent) {
+            let dropped = empty(kept);
+            let changed = {
+                let mut unkept = self.unkept.lock().unwrap_or_else(|p| p.into_inner());
+                if dropped {
+                    unkept.insert(field.to_string())
+                } else {
+                    unkept.remove(field)
+                }
+            };
+            // A field kept again (the product learned it, or the store changed) is unlearned,
+            // so that changes made in the product are seen again.
+            match (changed, dropped) {
+                (true, true) => {
+                    tracing::info!(
+                        field,
+                        "the SCIM server does not keep this field; it stays in git and usher's record"
+                    );
+                    self.local.remember_limit(field).await?;
+                }
+                (true, false) => {
+                    tracing::info!(field, "the SCIM server keeps this field again");
+                    self.local.forget_limit(field).await?;
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -411,6 +429,19 @@ impl ScimStore {
         )
         .await
         .map(|_| ())
+    }
+}
+
+/// Whether the User the server has under a shadow's id is still that person's account: its
+/// `externalId` is usher's, or, on a server that keeps none, its userName is the shadow's
+/// address. Anything else (the id reused, the account re-provisioned by another client) is not
+/// usher's to update, deactivate or delete.
+fn still_ours(user: &Value, shadow: &UserRecord) -> bool {
+    match user["externalId"].as_str() {
+        Some(stored) => stored == shadow.external_id,
+        None => user["userName"]
+            .as_str()
+            .is_some_and(|name| crate::plan::system_user::same_address(name, &shadow.email)),
     }
 }
 
@@ -546,7 +577,9 @@ impl Accounts for ScimStore {
                 // Not in the filtered list: a server that does not store or filter externalId.
                 // Its id still finds it; only a User gone from the server is left out.
                 None => {
-                    if let Some((u, _)) = self.get_user(&shadow.id).await? {
+                    if let Some((u, _)) = self.get_user(&shadow.id).await?
+                        && still_ours(&u, shadow)
+                    {
                         out.push(self.record(&u, Some(shadow)));
                     }
                 }

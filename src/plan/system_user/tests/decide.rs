@@ -300,3 +300,50 @@ fn a_person_is_looked_at_again_when_a_binding_of_theirs_ends() {
     );
     assert_eq!(r.requeue, std::time::Duration::from_millis(90_050));
 }
+
+#[test]
+fn fields_the_store_does_not_keep_are_said_once_and_the_status_then_holds_still() {
+    let t = tenant(None);
+    let mut u = user("alice", "alice@acme.example");
+    u.spec.phone = Some("+1 555 0100".into());
+    let acc = account(true, true);
+    let unkept = ["address".to_string(), "phone".to_string()];
+    let at = |minutes: i64| now() + jiff::SignedDuration::from_mins(minutes);
+    let report_at = |shown: &SystemUser, when| {
+        report(
+            shown,
+            &decide(shown, &seen(Some(&t), &[])),
+            &Outcome {
+                account: Some(&acc),
+                unkept: &unkept,
+                ..Default::default()
+            },
+            "alice-invitation",
+            when,
+            std::time::Duration::from_secs(600),
+        )
+    };
+    let first = report_at(&u, at(0));
+    let said: Vec<_> = first
+        .status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ == FIELDS_NOT_KEPT)
+        .collect();
+    assert_eq!(said.len(), 1);
+    // Only what the file sets: the phone, not the address it leaves out.
+    assert!(said[0].message.contains("spec.phone") && !said[0].message.contains("address"));
+    // A minute later, nothing changed: the same status, so nothing is patched.
+    u.status = Some(first.status.clone());
+    assert_eq!(report_at(&u, at(1)).status, first.status);
+    // Nothing unkept that the file sets: no such condition.
+    u.spec.phone = None;
+    let plain = report_at(&u, at(2));
+    assert!(
+        !plain
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == FIELDS_NOT_KEPT)
+    );
+}
