@@ -94,3 +94,64 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     .await;
     assert!(released.is_some(), "the Lease was not released on SIGTERM");
 }
+
+/// Two replicas behind one Service share a PostgreSQL store: a person who redeems through the
+/// standby (which runs no controllers) turns Active at once, not at the leader's resync, because
+/// the standby announces the redemption on the SystemUser.
+#[tokio::test]
+async fn a_redemption_at_the_standby_turns_the_person_active_at_once() {
+    let client = client().await;
+    let ns = namespace(&client, "standby-redeem").await;
+    let smtp = Smtp::start().expect("SMTP sink");
+    let store = usher_testenv::postgres()
+        .database("standby")
+        .expect("a database");
+    apply_yaml(&client, &ns, &("apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {displayName: Acme}\n".to_string() + &user("dia"))).await;
+    let args = [
+        "--store",
+        &store,
+        "--leader-election",
+        "--lease-namespace",
+        &ns,
+        "--lease-duration",
+        "4s",
+    ];
+    let a = Usher::start(&ns, &smtp.url(), &args).await;
+    let b = Usher::start(&ns, &smtp.url(), &args).await;
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    wait_for(&users, "dia", "Pending", |u| {
+        u.status.as_ref().and_then(|s| s.phase) == Some(UserPhase::Pending)
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let leader = holder(&leases, &format!("usher-{ns}"))
+        .await
+        .expect("a holder");
+    let standby = if leader.ends_with(&format!("-{}", a.pid().unwrap())) {
+        &b
+    } else {
+        &a
+    };
+    let mail = eventually(Duration::from_secs(30), || async {
+        smtp.messages()
+            .into_iter()
+            .find(|m| recipient(m) == "dia@acme.example")
+    })
+    .await
+    .expect("Dia's mail");
+    let (_, token) = crate::support::invitation_in(&mail);
+    assert_eq!(standby.redeem(&token).await.0, 200);
+    // The leader's resync is ten minutes away: only the announcement can make this in time.
+    let active = wait_for(&users, "dia", "Active", |u| {
+        u.status.as_ref().and_then(|s| s.phase) == Some(UserPhase::Active)
+    })
+    .await;
+    assert!(
+        active
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("usher.dev/redeemed-at")),
+        "announced on the object"
+    );
+}
