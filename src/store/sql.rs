@@ -182,6 +182,31 @@ impl SqlStore {
         Ok(())
     }
 
+    /// The accounts of `tenant` holding any of `roles`.
+    pub(super) async fn holders(
+        &self,
+        tenant: &str,
+        roles: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for role in roles {
+            let rows = sqlx::query(
+                "SELECT DISTINCT a.user_id FROM role_assignments a JOIN users u ON u.id = a.user_id
+                 WHERE u.tenant = $1 AND a.role = $2",
+            )
+            .bind(tenant)
+            .bind(role)
+            .fetch_all(&self.pool)
+            .await?;
+            for r in &rows {
+                out.push(r.try_get::<String, _>("user_id")?);
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Forget that the product does not keep `field`: it keeps it now.
     pub(super) async fn forget_limit(&self, field: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM store_limits WHERE field = $1")

@@ -950,3 +950,106 @@ async fn scim_refusals_and_a_bad_token_say_what_the_server_said() {
         assert!(err.contains(needle), "{url}: {err}");
     }
 }
+
+/// A role's permissions reach a SCIM product as the User's `entitlements` (RFC 7643), one per
+/// (permission, scope), and follow both the person's roles and the catalogue: a permission the
+/// catalogue takes from a role leaves its holders, and so does a role taken from the person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scim_entitlements_carry_the_permissions_of_each_role_where_it_applies() {
+    let scim = usher_testenv::Scim::start(false).unwrap();
+    let store = scim_store(&scim, 100).await;
+    store
+        .put_tenant(&TenantRecord {
+            key: "acme/acme".into(),
+            display_name: "Acme".into(),
+        })
+        .await
+        .unwrap();
+    let role = |name: &str, permissions: &[&str]| RoleRecord {
+        name: name.into(),
+        description: None,
+        exclusive: false,
+        permissions: permissions.iter().map(|p| p.to_string()).collect(),
+    };
+    store
+        .put_roles(
+            "acme/acme",
+            &[
+                role("Manager", &["Pricing", "Reports"]),
+                role("Viewer", &["Reports"]),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .put_group(&GroupRecord {
+            key: "acme/west".into(),
+            tenant: "acme/acme".into(),
+            parent: None,
+            display_name: "West".into(),
+            path: "west".into(),
+            locations: vec![],
+        })
+        .await
+        .unwrap();
+    let lia = store.create_user(&fields("lia")).await.unwrap();
+    let assign = |binding: &str, role: &str, group: Option<&str>| Assignment {
+        binding: binding.into(),
+        role: role.into(),
+        group: group.map(str::to_string),
+    };
+    let entitlements = || async {
+        let u = scim_get(&scim, &format!("/Users/{}", lia.id)).await;
+        let mut found: Vec<(String, String)> = u["entitlements"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["value"].as_str().unwrap_or_default().to_string(),
+                    e["type"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    store
+        .set_assignments(
+            &lia.id,
+            &[
+                assign("acme/lia-manager", "Manager", Some("acme/west")),
+                assign("acme/lia-viewer", "Viewer", None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        entitlements().await,
+        pairs(&[
+            ("Pricing", "west"),
+            ("Reports", "tenant"),
+            ("Reports", "west")
+        ])
+    );
+    // The catalogue takes Pricing from Manager: Lia loses it in the product.
+    store
+        .put_roles(
+            "acme/acme",
+            &[role("Manager", &["Reports"]), role("Viewer", &["Reports"])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        entitlements().await,
+        pairs(&[("Reports", "tenant"), ("Reports", "west")])
+    );
+    // The roles go: so do the entitlements.
+    store.set_assignments(&lia.id, &[]).await.unwrap();
+    assert_eq!(entitlements().await, pairs(&[]));
+}

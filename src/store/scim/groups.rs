@@ -154,6 +154,92 @@ impl ScimStore {
         reply.ok().map(|_| true)
     }
 
+    /// Write the permissions `held` gives as the User's `entitlements` (RFC 7643 section 4.1.2),
+    /// when the server's User schema has them: one per (permission, scope), `value` the
+    /// permission, `type` the scope (`tenant`, or the location group's path), `display` the role
+    /// and scope it comes from. Written only when they differ from the User's; a server that
+    /// refuses them (400, 501) is not asked again, and the role Groups remain the only mapping.
+    async fn sync_entitlements(
+        &self,
+        user_id: &str,
+        held: &[Assignment],
+    ) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.entitlements.load(Relaxed) {
+            return Ok(());
+        }
+        let Some(user) = self.local.user(user_id).await? else {
+            return Ok(());
+        };
+        let catalogue = self.local.roles(&user.tenant).await?;
+        let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new();
+        for a in held {
+            let scope = match &a.group {
+                Some(key) => self
+                    .local
+                    .group(key)
+                    .await?
+                    .map_or_else(|| key.clone(), |g| g.path),
+                None => "tenant".to_string(),
+            };
+            for role in catalogue.iter().filter(|r| r.name == a.role) {
+                for permission in &role.permissions {
+                    let display = format!("{} @ {scope}", role.name);
+                    wanted.insert((permission.clone(), scope.clone(), display));
+                }
+            }
+        }
+        let reply = self
+            .send(Method::GET, &format!("/Users/{user_id}"), None, None)
+            .await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        let current = reply.ok()?;
+        let held_now: BTreeSet<(String, String, String)> = current["entitlements"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (text("value"), text("type"), text("display"))
+            })
+            .collect();
+        if held_now == wanted {
+            return Ok(());
+        }
+        let op = if wanted.is_empty() {
+            json!({"op": "remove", "path": "entitlements"})
+        } else {
+            let values: Vec<Value> = wanted
+                .iter()
+                .map(|(value, kind, display)| json!({"value": value, "type": kind, "display": display}))
+                .collect();
+            json!({"op": "replace", "path": "entitlements", "value": values})
+        };
+        let body = json!({"schemas": [PATCH_OP], "Operations": [op]});
+        let reply = self
+            .send(
+                Method::PATCH,
+                &format!("/Users/{user_id}"),
+                Some(&body),
+                None,
+            )
+            .await?;
+        match reply.status.as_u16() {
+            404 => Ok(()),
+            400 | 501 => {
+                tracing::info!(
+                    status = reply.status.as_u16(),
+                    "the SCIM server does not take entitlements; permissions reach it through the role Groups only"
+                );
+                self.entitlements.store(false, Relaxed);
+                Ok(())
+            }
+            _ => reply.ok().map(|_| ()),
+        }
+    }
+
     /// Take one member out of a Group, in the first form the server takes: the filtered path
     /// of RFC 7644 section 3.5.2.2 (`members[value eq "…"]`); the `value` form that products
     /// refusing filtered paths take instead; or, last, the Group's member list read and replaced
@@ -331,7 +417,27 @@ impl Catalogue for ScimStore {
     }
 
     async fn put_roles(&self, tenant: &str, roles: &[RoleRecord]) -> Result<(), StoreError> {
-        self.local.put_roles(tenant, roles).await
+        let before = self.local.roles(tenant).await?;
+        self.local.put_roles(tenant, roles).await?;
+        // A role that gives other permissions now (or is gone): its holders' entitlements
+        // follow, so that the product never grants what the catalogue took away.
+        let changed: Vec<String> = before
+            .iter()
+            .filter(|old| {
+                roles
+                    .iter()
+                    .find(|new| new.name == old.name)
+                    .is_none_or(|new| new.permissions != old.permissions)
+            })
+            .map(|r| r.name.clone())
+            .collect();
+        if !changed.is_empty() {
+            for holder in self.local.holders(tenant, &changed).await? {
+                let held = self.local.assignments(&holder).await?;
+                self.sync_entitlements(&holder, &held).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn assignments(&self, user_id: &str) -> Result<Vec<Assignment>, StoreError> {
@@ -345,7 +451,8 @@ impl Catalogue for ScimStore {
     ) -> Result<(), StoreError> {
         let before = self.local.assignments(user_id).await?;
         self.sync_roles(user_id, &before, assignments).await?;
-        self.local.set_assignments(user_id, assignments).await
+        self.local.set_assignments(user_id, assignments).await?;
+        self.sync_entitlements(user_id, assignments).await
     }
 
     async fn grants(&self, user_id: &str) -> Result<Vec<Grant>, StoreError> {

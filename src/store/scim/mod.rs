@@ -54,6 +54,9 @@ pub struct ScimStore {
     extension: bool,
     /// The server supports ETags: updates are conditional (`If-Match`).
     etags: bool,
+    /// The server's User schema has `entitlements` (RFC 7643 section 4.1.2): a person's
+    /// permissions are written there. Cleared when the server refuses them.
+    entitlements: std::sync::atomic::AtomicBool,
     /// The server declares filtering (`filter.supported`); otherwise lists are read whole and
     /// filtered here (a server may answer an unsupported filter with nothing at all).
     filtering: bool,
@@ -90,6 +93,7 @@ impl ScimStore {
             extension: false,
             etags: false,
             filtering: true,
+            entitlements: Default::default(),
             groups: tokio::sync::Mutex::new(()),
             unkept: Default::default(),
             page_size: page_size.max(1),
@@ -116,6 +120,18 @@ impl ScimStore {
             && schemas.body["Resources"]
                 .as_array()
                 .is_some_and(|r| r.iter().any(|s| s["id"] == USER_EXTENSION));
+        let entitlements = schemas.status.is_success()
+            && schemas.body["Resources"].as_array().is_some_and(|r| {
+                r.iter().any(|s| {
+                    s["id"] == CORE_USER
+                        && s["attributes"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|a| a["name"] == "entitlements"))
+                })
+            });
+        store
+            .entitlements
+            .store(entitlements, std::sync::atomic::Ordering::Relaxed);
         // Servers may answer both without authentication: a resource endpoint tells a wrong
         // token at once.
         store.ping_users().await?;
@@ -123,6 +139,7 @@ impl ScimStore {
             extension = store.extension,
             etags = store.etags,
             filtering = store.filtering,
+            entitlements,
             "SCIM server reached"
         );
         Ok(store)
