@@ -13,15 +13,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use usher::crd::{SystemUser, UserPhase};
 use usher_testenv::Smtp;
 
 use crate::support::{
-    Usher, apply_yaml, assert_least_privilege, client, eventually, first_mail, invitation_in,
-    kubectl, namespace, repo, service_account_kubeconfig, wait_for,
+    RITA, Usher, apply_yaml, assert_least_privilege, client, eventually, kubectl, namespace, repo,
+    rita_is_invited_accepted_and_offboarded, service_account_kubeconfig,
 };
 
 /// What a command said: whether it succeeded, its stdout, its stderr.
@@ -787,12 +785,7 @@ async fn chart_installs_and_its_rbac_runs_the_whole_flow_and_nothing_more() {
     // usher with the release's ServiceAccount token, its args and settings.
     let sa_kubeconfig = service_account_kubeconfig(&home, &fullname);
     let smtp = Smtp::start().expect("SMTP sink");
-    apply_yaml(
-        &client,
-        &tenants,
-        "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  displayName: Acme\n  invitations: {exposeToken: true}\n---\napiVersion: usher.dev/v1alpha1\nkind: LocationGroup\nmetadata: {name: main}\nspec: {tenantRef: {name: acme}, displayName: Main}\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: rita}\nspec: {tenantRef: {name: acme}, email: rita@acme.example}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: rita-tech}\nspec: {userRef: {name: rita}, role: Technician, scope: {locationGroup: main}}\n",
-    )
-    .await;
+    apply_yaml(&client, &tenants, RITA).await;
     let sa_kc = sa_kubeconfig.display().to_string();
     let extra: Vec<&str> = args[1..].iter().map(String::as_str).collect();
     let mut usher = Usher::start_with_env(
@@ -807,13 +800,7 @@ async fn chart_installs_and_its_rbac_runs_the_whole_flow_and_nothing_more() {
         ],
     )
     .await;
-    let users: Api<SystemUser> = Api::namespaced(client.clone(), &tenants);
-    wait_for(&users, "rita", "Pending with a role", |u| {
-        u.status
-            .as_ref()
-            .is_some_and(|s| s.phase == Some(UserPhase::Pending) && s.roles == ["Technician@main"])
-    })
-    .await;
+    rita_is_invited_accepted_and_offboarded(&client, &tenants, &usher, &smtp).await;
     let (ok, out) = kubectl(&["get", "secret", &token_key, "-n", &home, "-o", "name"]);
     assert!(ok, "usher created its token key Secret: {out}");
     let (ok, out) = kubectl(&[
@@ -826,42 +813,6 @@ async fn chart_installs_and_its_rbac_runs_the_whole_flow_and_nothing_more() {
         "name",
     ]);
     assert!(ok, "usher holds its Lease in the release namespace: {out}");
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), &tenants);
-    assert!(
-        secrets.get_opt("rita-invitation").await.unwrap().is_some(),
-        "the invitation Secret was written"
-    );
-    let raw = first_mail(&smtp).await;
-    assert_eq!(usher.redeem(&invitation_in(&raw).1).await.0, 200);
-    wait_for(&users, "rita", "Active", |u| {
-        u.status.as_ref().and_then(|s| s.phase) == Some(UserPhase::Active)
-    })
-    .await;
-    eventually(Duration::from_secs(30), || async {
-        secrets
-            .get_opt("rita-invitation")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await
-    .expect("the invitation Secret is deleted once redeemed");
-    users
-        .delete("rita", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(30), || async {
-        users.get_opt("rita").await.ok()?.is_none().then_some(())
-    })
-    .await
-    .expect("offboarded with the release's rights");
-    assert!(
-        !usher.log().to_lowercase().contains("forbidden"),
-        "a request was refused:\n{}",
-        usher.log()
-    );
     usher.stop();
 
     let mut uninstall = vec!["uninstall", release.as_str(), "--timeout", "120s"];

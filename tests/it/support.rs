@@ -646,3 +646,62 @@ pub fn assert_least_privilege(home: &str, account: &str, token_key: &str, tenant
         );
     }
 }
+
+/// Rita's tenant, for an install's rights check: a Tenant exposing tokens, a LocationGroup, Rita
+/// and her Technician binding on the group.
+pub const RITA: &str = "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  displayName: Acme\n  invitations: {exposeToken: true}\n---\napiVersion: usher.dev/v1alpha1\nkind: LocationGroup\nmetadata: {name: main}\nspec: {tenantRef: {name: acme}, displayName: Main}\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: rita}\nspec: {tenantRef: {name: acme}, email: rita@acme.example}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: rita-tech}\nspec: {userRef: {name: rita}, role: Technician, scope: {locationGroup: main}}\n";
+
+/// The whole flow an install must carry with its own rights, after [`RITA`] was applied and
+/// `usher` started in `ns`: Rita turns Pending with her role and her invitation Secret, redeems
+/// and turns Active, the Secret goes, her deletion offboards her, and usher's log shows no
+/// refused (forbidden) request.
+pub async fn rita_is_invited_accepted_and_offboarded(
+    client: &Client,
+    ns: &str,
+    usher: &Usher,
+    smtp: &usher_testenv::Smtp,
+) {
+    use usher::crd::{SystemUser, UserPhase};
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), ns);
+    wait_for(&users, "rita", "Pending with a role", |u| {
+        u.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(UserPhase::Pending) && s.roles == ["Technician@main"])
+    })
+    .await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    assert!(
+        secrets.get_opt("rita-invitation").await.unwrap().is_some(),
+        "the invitation Secret was written"
+    );
+    let raw = first_mail(smtp).await;
+    assert_eq!(usher.redeem(&invitation_in(&raw).1).await.0, 200);
+    wait_for(&users, "rita", "Active", |u| {
+        u.status.as_ref().and_then(|s| s.phase) == Some(UserPhase::Active)
+    })
+    .await;
+    eventually(Duration::from_secs(30), || async {
+        secrets
+            .get_opt("rita-invitation")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .expect("the invitation Secret is deleted once redeemed");
+    users
+        .delete("rita", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), || async {
+        users.get_opt("rita").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("offboarded with usher's own rights");
+    assert!(
+        !usher.log().to_lowercase().contains("forbidden"),
+        "a request was refused:\n{}",
+        usher.log()
+    );
+}
