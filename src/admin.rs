@@ -221,6 +221,7 @@ mod tests {
                 contact: None,
                 invitations: None,
                 roles: None,
+                store: None,
                 offboarding: None,
             },
         );

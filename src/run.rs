@@ -13,7 +13,7 @@ use crate::crd::SystemUser;
 use crate::metrics::Metrics;
 use crate::plan::records::ObjectKey;
 use crate::server::{self, AppState};
-use crate::store::{StoreConfig, StoreHandle};
+use crate::store::{StoreConfig, StoreHandle, Stores};
 
 /// What `usher run` can fail at, each with a message a person understands.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +85,15 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     let token = std::env::var("USHER_STORE_TOKEN").ok();
     let config = StoreConfig::parse_with(&opts.store, token.as_deref(), &opts.local_store)?;
     let store = StoreHandle::connect(config, metrics.clone());
+    let stores = Arc::new(Stores::new(
+        store.clone(),
+        &opts.store,
+        &opts.local_store,
+        metrics.clone(),
+    ));
     let client = kube_client(&metrics).await?;
     let (redeemed_tx, redeemed_rx) = futures::channel::mpsc::unbounded();
-    let mut state = AppState::new(store.clone(), redeemed_tx, metrics.clone());
+    let mut state = AppState::new(stores.clone(), redeemed_tx, metrics.clone());
     state.trusted_proxies = opts.trusted_proxies.clone();
     let state = Arc::new(state);
     let code_key = state.token_key.clone();
@@ -175,7 +181,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         };
         let controllers = controller::run(
             client.clone(),
-            store.clone(),
+            stores,
             mailer,
             settings,
             metrics,

@@ -5,10 +5,11 @@
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::{Context, Error};
+use super::Error;
 use crate::crd::{OffboardingPolicy, Tenant};
 use crate::plan::offboarding;
 use crate::plan::records::{UserRecord, object_key};
+use crate::store::UserStore;
 
 /// One tenant's offboarding budget ([`offboarding::Budget`]), read once under
 /// `Context::offboard_lock` and spent one account at a time.
@@ -23,16 +24,15 @@ pub(super) struct Budget {
 impl Budget {
     /// Read the budget of `tenant` (in namespace `ns`): the hour's offboardings, and the latest
     /// release by the annotation (recorded now if its value is new).
-    pub async fn read(ctx: &Context, tenant: &Tenant, ns: &str) -> Result<Self, Error> {
+    pub async fn read(store: &dyn UserStore, tenant: &Tenant, ns: &str) -> Result<Self, Error> {
         let tenant_key = object_key(ns, &tenant.name_any());
         let now = Timestamp::now();
         let settings = tenant.spec.offboarding.clone().unwrap_or_default();
-        let done = ctx
-            .store
+        let done = store
             .offboardings_since(&tenant_key, now - offboarding::WINDOW)
             .await?;
         let released = match tenant.annotations().get(offboarding::ALLOW_ANNOTATION) {
-            Some(value) => Some(ctx.store.release(&tenant_key, value, now).await?),
+            Some(value) => Some(store.release(&tenant_key, value, now).await?),
             None => None,
         };
         Ok(Self {
@@ -51,18 +51,18 @@ impl Budget {
     /// [`offboarding::Budget::step`].
     pub async fn step(
         &self,
-        ctx: &Context,
+        store: &dyn UserStore,
         account: &UserRecord,
         requested: Option<Timestamp>,
     ) -> Result<offboarding::Step, Error> {
-        let counts = counts(ctx, account, self.policy).await?;
+        let counts = counts(store, account, self.policy).await?;
         Ok(self.plan.step(counts, requested))
     }
 
     /// Record one offboarding that was done. Recorded after it is done: a failed attempt that
     /// is retried must not count twice.
-    pub async fn spend(&mut self, ctx: &Context) -> Result<(), Error> {
-        ctx.store
+    pub async fn spend(&mut self, store: &dyn UserStore) -> Result<(), Error> {
+        store
             .record_offboarding(&self.tenant_key, Timestamp::now())
             .await?;
         self.plan.spent();
@@ -73,16 +73,15 @@ impl Budget {
 /// Whether offboarding `account` under `policy` removes something ([`offboarding::counts`]):
 /// an active account, an open invitation or a role under Deactivate; anything under Delete.
 async fn counts(
-    ctx: &Context,
+    store: &dyn UserStore,
     account: &UserRecord,
     policy: OffboardingPolicy,
 ) -> Result<bool, Error> {
     let has_access = account.active
-        || ctx
-            .store
+        || store
             .latest_invitation(&account.id)
             .await?
             .is_some_and(|i| i.open())
-        || !ctx.store.assignments(&account.id).await?.is_empty();
+        || !store.assignments(&account.id).await?.is_empty();
     Ok(offboarding::counts(policy, has_access))
 }

@@ -128,10 +128,10 @@ pub(super) struct Executor<'a> {
 }
 
 impl<'a> Executor<'a> {
-    /// The executor of a running operator.
-    pub fn of(ctx: &'a Context, secrets: &'a dyn SecretSink) -> Self {
+    /// The executor of a running operator, writing to `store` (the tenant's).
+    pub fn of(ctx: &'a Context, store: &'a dyn UserStore, secrets: &'a dyn SecretSink) -> Self {
         Self {
-            store: &*ctx.store,
+            store,
             mailer: &*ctx.mailer,
             secrets,
             gate: &ctx.mail_gate,
@@ -569,6 +569,7 @@ mod tests {
                     ..Default::default()
                 }),
                 roles: None,
+                store: None,
                 offboarding: None,
             },
         )

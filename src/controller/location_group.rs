@@ -38,7 +38,8 @@ pub(super) async fn reconcile(
 /// that named it turn ParentNotFound and Waiting on their own.
 async fn cleanup(group: &LocationGroup, ctx: &Context) -> Result<Action, Error> {
     let ns = group.namespace().ok_or(Error::Malformed("no namespace"))?;
-    ctx.store
+    super::tenant_store::store_of(ctx, &ns, &group.spec.tenant_ref.name)
+        .await?
         .delete_group(&object_key(&ns, &group.name_any()))
         .await?;
     Ok(Action::await_change())
@@ -54,10 +55,11 @@ async fn apply(group: &LocationGroup, ctx: &Context) -> Result<Action, Error> {
     };
     let todo = groups::decide(group, &ns, tenant, state, Timestamp::now());
     let key = object_key(&ns, &name);
-    let stored = ctx.store.group(&key).await?;
+    let store = super::tenant_store::store_of(ctx, &ns, &group.spec.tenant_ref.name).await?;
+    let stored = store.group(&key).await?;
     match &todo.record {
-        Some(desired) if stored.as_ref() != Some(desired) => ctx.store.put_group(desired).await?,
-        None if stored.is_some() => ctx.store.delete_group(&key).await?,
+        Some(desired) if stored.as_ref() != Some(desired) => store.put_group(desired).await?,
+        None if stored.is_some() => store.delete_group(&key).await?,
         _ => {}
     }
     apply_status(ctx, group, group.status.as_ref(), &todo.status).await?;

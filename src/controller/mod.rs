@@ -10,6 +10,7 @@ mod role_binding;
 pub mod snapshot;
 mod system_user;
 mod tenant;
+mod tenant_store;
 mod wiring;
 
 pub use wiring::{announce_redemption, run};
@@ -27,7 +28,7 @@ use serde::Serialize;
 use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
 use crate::mail::{MailError, Mailer};
 use crate::metrics::{KindLabels, Metrics, ReconcileLabels};
-use crate::store::{StoreError, UserStore};
+use crate::store::{StoreError, Stores};
 use index::ByNamespace;
 
 /// An Api of a namespaced kind in `ns`, or across all namespaces.
@@ -69,8 +70,9 @@ pub struct Settings {
 pub struct Context {
     /// The Kubernetes client.
     pub client: Client,
-    /// The user store.
-    pub store: Arc<dyn UserStore>,
+    /// The user stores: the operator's and each Tenant's own ([`tenant_store::store_of`]
+    /// picks a tenant's).
+    pub stores: Arc<Stores>,
     /// The mail transport.
     pub mailer: Arc<dyn Mailer>,
     /// Settings.
@@ -161,6 +163,10 @@ pub enum Error {
     /// No randomness for a token.
     #[error("no randomness available: {0}")]
     Random(String),
+    /// A Tenant's own store cannot be used: its credential is missing or unreadable, or its
+    /// URL unusable. The message names the tenant and the Secret.
+    #[error("{0}")]
+    TenantStore(String),
     /// The mass-offboarding guard holds this deletion back.
     #[error("{0}")]
     Throttled(String),
@@ -190,6 +196,7 @@ impl Error {
             Self::Malformed(_) => "MalformedObject",
             Self::Random(_) => "RandomnessError",
             Self::Throttled(_) => "OffboardingThrottled",
+            Self::TenantStore(_) => "StoreUnavailable",
             Self::OffboardingIncomplete { .. } => "OffboardingIncomplete",
             Self::Finalizer(e) => match &**e {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)

@@ -25,6 +25,8 @@ pub(super) fn failure(err: &Error) -> Option<PeerLabels> {
     let (peer, reason) = match err {
         Error::Store(e) | Error::OffboardingIncomplete { source: e, .. } => ("store", store(e)),
         Error::Mail(e) => ("mail", mail(e)),
+        // A tenant's store credential: its Secret missing, unreadable or unusable.
+        Error::TenantStore(_) => ("store", AUTH),
         Error::Kube(e) => ("kubernetes", kube(e)),
         Error::Finalizer(e) => match &**e {
             kube::runtime::finalizer::Error::ApplyFailed(inner)

@@ -15,6 +15,7 @@ use kube::runtime::events::EventType;
 use super::guard::Budget;
 use super::invitations::{Executor, KubeSecrets, secret_name};
 use super::snapshot::snapshot;
+use super::tenant_store;
 use super::{Context, Error, apply_status, publish, publish_note, reconcile_with};
 use crate::crd::{OffboardingPolicy, SystemUser, Tenant};
 use crate::plan::bindings::{assignments as assignments_of, bound_roles, next_expiry};
@@ -22,7 +23,7 @@ use crate::plan::offboarding::Step;
 use crate::plan::records::{Assignment, InvitationRecord, ObjectKey, UserRecord, object_key};
 use crate::plan::system_user as plan;
 use crate::plan::world::peers;
-use crate::store::StoreError;
+use crate::store::{StoreError, UserStore};
 
 #[tracing::instrument(skip_all, fields(kind = "SystemUser", namespace = user.namespace().unwrap_or_default(), object = user.name_any()))]
 pub(super) async fn reconcile(user: Arc<SystemUser>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -67,6 +68,8 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
 
 /// What the caches and the store hold about one person: [`plan::Seen`], owned.
 struct Read {
+    /// The tenant's store, which everything below was read from.
+    store: Arc<dyn UserStore>,
     tenant: Option<Arc<Tenant>>,
     peers: Vec<plan::Peer>,
     account: Option<UserRecord>,
@@ -106,12 +109,12 @@ async fn read(ctx: &Context, user: &SystemUser) -> Result<Read, Error> {
         .users
         .with_key(&ns, &user.spec.email.to_lowercase());
     let peers = peers(user, candidates.iter().map(|u| &**u));
-    let store = &ctx.store;
+    let store = tenant_store::store_of(ctx, &ns, &user.spec.tenant_ref.name).await?;
     let mut account = store.user_by_external_id(&object_key(&ns, &me)).await?;
     let own = account.is_some();
     if let (None, Some(tenant)) = (&account, &tenant) {
         let tenant_key = object_key(&ns, &tenant.name_any());
-        account = archived(ctx, user, &tenant_key).await?;
+        account = archived(ctx, &*store, user, &tenant_key).await?;
     }
     let latest = match &account {
         Some(a) => store.latest_invitation(&a.id).await?,
@@ -135,6 +138,7 @@ async fn read(ctx: &Context, user: &SystemUser) -> Result<Read, Error> {
         roles: bound_roles(&me, &snap.bindings, &snap.verdicts),
         expires: next_expiry(&me, &snap.bindings, &snap.verdicts),
         desired: assignments_of(&ns, &me, &snap.bindings, &snap.verdicts),
+        store,
         tenant,
         peers,
         account,
@@ -177,9 +181,10 @@ async fn execute(
     now: Timestamp,
 ) -> Result<Done, Error> {
     let mut done = Done::default();
+    let store = read.store.clone();
     let (Some(tenant), Some(settings)) = (read.tenant.as_deref(), &decision.settings) else {
         if let Some(acc) = read.account.as_ref().filter(|_| decision.withdraw) {
-            offboard_account(ctx, acc, OffboardingPolicy::Deactivate).await?;
+            offboard_account(&*store, acc, OffboardingPolicy::Deactivate).await?;
         }
         return Ok(done);
     };
@@ -189,7 +194,7 @@ async fn execute(
         client: &ctx.client,
         metrics: &ctx.metrics,
     };
-    let carried = Executor::of(ctx, &secrets)
+    let carried = Executor::of(ctx, &*store, &secrets)
         .carry_out(
             user,
             tenant,
@@ -209,16 +214,16 @@ async fn execute(
         Err(Error::Store(e @ StoreError::Refused { .. })) => {
             done.refused = Some(e.to_string());
             done.failure = Some(Error::Store(e));
-            done.unkept = ctx.store.unkept_fields().await?;
+            done.unkept = store.unkept_fields().await?;
             return Ok(done);
         }
         Err(e) => return Err(e),
     }
     if let (Some(desired), Some(acc)) = (&decision.assignments, &done.account) {
-        ctx.store.set_assignments(&acc.id, desired).await?;
+        store.set_assignments(&acc.id, desired).await?;
         done.assigned = true;
     }
-    done.unkept = ctx.store.unkept_fields().await?;
+    done.unkept = store.unkept_fields().await?;
     Ok(done)
 }
 
@@ -247,14 +252,11 @@ async fn show(ctx: &Context, user: &SystemUser, report: &plan::Report) -> Result
 /// take over ([`plan::restorable`]): one kept for restore, or a losing duplicate's.
 async fn archived(
     ctx: &Context,
+    store: &dyn UserStore,
     user: &SystemUser,
     tenant_key: &str,
 ) -> Result<Option<UserRecord>, Error> {
-    let Some(found) = ctx
-        .store
-        .user_by_email(tenant_key, &user.spec.email)
-        .await?
-    else {
+    let Some(found) = store.user_by_email(tenant_key, &user.spec.email).await? else {
         return Ok(None);
     };
     let holder = ObjectKey::parse(&found.external_id).and_then(|key| {
@@ -272,26 +274,27 @@ async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     let tenant = ctx
         .tenants
         .get(&kube::runtime::reflector::ObjectRef::new(&user.spec.tenant_ref.name).within(&ns));
+    let store = tenant_store::store_of(ctx, &ns, &user.spec.tenant_ref.name).await?;
     let _lock = ctx.offboard_lock.lock().await;
-    let Some(account) = ctx.store.user_by_external_id(&key).await? else {
+    let Some(account) = store.user_by_external_id(&key).await? else {
         return Ok(Action::await_change());
     };
     let mut budget = match &tenant {
-        Some(tenant) => Some(Budget::read(ctx, tenant, &ns).await?),
+        Some(tenant) => Some(Budget::read(&*store, tenant, &ns).await?),
         None => None,
     };
     let policy = budget.as_ref().map(|b| b.policy).unwrap_or_default();
     let requested = user.metadata.deletion_timestamp.as_ref().map(|t| t.0);
     // Without its Tenant there is no budget to weigh: what the person held goes.
     let step = match &budget {
-        Some(b) => b.step(ctx, &account, requested).await?,
+        Some(b) => b.step(&*store, &account, requested).await?,
         None => Step::Offboard { counted: false },
     };
     if let (Step::Hold, Some(b)) = (step, &budget) {
         // An error, not Ok: the finalizer helper releases the object after any Ok.
         return Err(Error::Throttled(b.plan.held(&user.spec.tenant_ref.name)));
     }
-    let what = match offboard_account(ctx, &account, policy).await {
+    let what = match offboard_account(&*store, &account, policy).await {
         Ok(what) => what,
         Err(e @ Error::OffboardingIncomplete { .. }) => {
             let (status, news) =
@@ -305,7 +308,7 @@ async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         Err(e) => return Err(e),
     };
     if let (Step::Offboard { counted: true }, Some(budget)) = (step, budget.as_mut()) {
-        budget.spend(ctx).await?;
+        budget.spend(&*store).await?;
     }
     publish(
         ctx,
@@ -327,13 +330,13 @@ async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
 /// access, and the error ([`Error::OffboardingIncomplete`]) says what is left; the reconcile
 /// retries it.
 pub(super) async fn offboard_account(
-    ctx: &Context,
+    store: &dyn UserStore,
     account: &UserRecord,
     policy: OffboardingPolicy,
 ) -> Result<&'static str, Error> {
     let now = Timestamp::now();
-    ctx.store.revoke_open(&account.id, now).await?;
-    match ctx.store.set_active(&account.id, false, now).await {
+    store.revoke_open(&account.id, now).await?;
+    match store.set_active(&account.id, false, now).await {
         // Gone from the product already: nothing there to deactivate.
         Err(StoreError::NotFound(_)) => {}
         other => other?,
@@ -344,7 +347,7 @@ pub(super) async fn offboard_account(
             source: e,
         }
     };
-    ctx.store
+    store
         .set_assignments(&account.id, &[])
         .await
         .map_err(left("removing its roles"))?;
@@ -353,7 +356,7 @@ pub(super) async fn offboard_account(
             "account deactivated (kept for restore), open invitations revoked, roles removed"
         }
         OffboardingPolicy::Delete => {
-            ctx.store
+            store
                 .delete_user(&account.id)
                 .await
                 .map_err(left("deleting the account"))?;

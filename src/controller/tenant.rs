@@ -9,11 +9,13 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::guard::Budget;
+use super::tenant_store;
 use super::{Context, Error, apply_status, publish_note, reconcile_with};
 use crate::crd::{SystemUser, Tenant};
 use crate::plan::offboarding::{self, Step};
 use crate::plan::records::{RoleRecord, TenantRecord};
 use crate::plan::tenant::{self, Cleanup};
+use crate::store::UserStore;
 
 #[tracing::instrument(skip_all, fields(kind = "Tenant", namespace = tenant.namespace().unwrap_or_default(), object = tenant.name_any()))]
 pub(super) async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -40,18 +42,19 @@ pub(super) async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let ns = tenant.namespace().ok_or(Error::Malformed("no namespace"))?;
     let key = TenantRecord::desired(tenant, &ns, &tenant.name_any()).key;
+    let store = tenant_store::store_of(ctx, &ns, &tenant.name_any()).await?;
     let _lock = ctx.offboard_lock.lock().await;
-    let mut budget = Budget::read(ctx, tenant, &ns).await?;
+    let mut budget = Budget::read(&*store, tenant, &ns).await?;
     let requested = tenant.metadata.deletion_timestamp.as_ref().map(|t| t.0);
     let mut offboarded = 0;
     let mut held = 0;
-    for account in ctx.store.users_of_tenant(&key).await? {
-        match budget.step(ctx, &account, requested).await? {
+    for account in store.users_of_tenant(&key).await? {
+        match budget.step(&*store, &account, requested).await? {
             Step::Hold => held += 1,
             Step::Offboard { counted } => {
-                super::system_user::offboard_account(ctx, &account, budget.policy).await?;
+                super::system_user::offboard_account(&*store, &account, budget.policy).await?;
                 if counted {
-                    budget.spend(ctx).await?;
+                    budget.spend(&*store).await?;
                     offboarded += 1;
                 }
             }
@@ -73,8 +76,9 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
             Err(Error::Throttled(message))
         }
         Cleanup::Done { note } => {
-            ctx.store.delete_tenant(&key).await?;
+            store.delete_tenant(&key).await?;
             ctx.metrics.forget_tenant(&key);
+            ctx.stores.detach(&key);
             publish_note(ctx, tenant, note).await;
             Ok(Action::await_change())
         }
@@ -85,15 +89,25 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let ns = tenant.namespace().ok_or(Error::Malformed("no namespace"))?;
     let name = tenant.name_any();
     let desired = TenantRecord::desired(tenant, &ns, &name);
-    let stored = ctx.store.tenant(&desired.key).await?;
-    if stored.as_ref() != Some(&desired) {
-        ctx.store.put_tenant(&desired).await?;
-    }
-    let mut roles: Vec<RoleRecord> = tenant.catalogue().iter().map(RoleRecord::from).collect();
-    roles.sort_by(|a, b| a.name.cmp(&b.name));
-    if ctx.store.roles(&desired.key).await? != roles {
-        ctx.store.put_roles(&desired.key, &roles).await?;
-    }
+    // The credential is read again at each reconcile: a rotated one takes effect here.
+    let store = match tenant_store::attach(ctx, tenant).await {
+        Ok(()) => tenant_store::store_of(ctx, &ns, &name).await,
+        Err(e) => Err(e),
+    };
+    let written = match store {
+        Ok(store) => write(&*store, tenant, &desired).await.map(|()| store),
+        Err(e) => Err(e),
+    };
+    let store = match written {
+        Ok(store) => store,
+        // Only a tenant's own store says so on the Tenant: the operator's shows in /readyz.
+        Err(e) if tenant.spec.store.is_some() => {
+            let status = tenant::store_unavailable(tenant, &e.to_string(), Timestamp::now());
+            apply_status(ctx, tenant, tenant.status.as_ref(), &status).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let members: Vec<_> = ctx
         .by_ns
         .users
@@ -104,11 +118,11 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let members: Vec<&SystemUser> = members.iter().map(|u| &**u).collect();
     let now = Timestamp::now();
     if let Some(value) = tenant.annotations().get(offboarding::ALLOW_ANNOTATION) {
-        ctx.store.release(&desired.key, value, now).await?;
+        store.release(&desired.key, value, now).await?;
     }
     // The hour's count matters only while someone's deletion may be held.
     let done = if tenant::deleting(&members) > 0 {
-        ctx.store
+        store
             .offboardings_since(&desired.key, now - offboarding::WINDOW)
             .await?
     } else {
@@ -124,4 +138,21 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         publish_note(ctx, tenant, note).await;
     }
     Ok(Action::requeue(report.requeue))
+}
+
+/// The tenant and its role catalogue in its store, written only where they differ.
+async fn write(
+    store: &dyn UserStore,
+    tenant: &Tenant,
+    desired: &TenantRecord,
+) -> Result<(), Error> {
+    if store.tenant(&desired.key).await?.as_ref() != Some(desired) {
+        store.put_tenant(desired).await?;
+    }
+    let mut roles: Vec<RoleRecord> = tenant.catalogue().iter().map(RoleRecord::from).collect();
+    roles.sort_by(|a, b| a.name.cmp(&b.name));
+    if store.roles(&desired.key).await? != roles {
+        store.put_roles(&desired.key, &roles).await?;
+    }
+    Ok(())
 }

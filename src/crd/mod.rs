@@ -27,8 +27,8 @@ pub use system_user::{
     Address, InvitationStatus, SystemUser, SystemUserSpec, SystemUserStatus, UserPhase,
 };
 pub use tenant::{
-    Contact, InvitationPolicy, OffboardingPolicy, OffboardingSpec, Role, Tenant, TenantSpec,
-    TenantStatus, UserCounts, default_roles,
+    Contact, InvitationPolicy, OffboardingPolicy, OffboardingSpec, Role, SecretKeyRef, Tenant,
+    TenantSpec, TenantStatus, TenantStore, UserCounts, default_roles,
 };
 
 /// The API group of every usher kind.

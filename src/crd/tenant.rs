@@ -15,6 +15,7 @@ use super::{EMAIL_MESSAGE, EMAIL_RULE, KEY_MESSAGE, KEY_RULE};
     shortname = "tn",
     category = "usher",
     doc = "A customer account of the product. SystemUsers, LocationGroups and RoleBindings name it in tenantRef; usher writes it to the user store and counts its users by phase.",
+    validation = Rule::new("has(self.spec.store) == has(oldSelf.spec.store)").message("spec.store cannot be added, removed or pointed elsewhere: the tenant's people live in that store; create a new Tenant to move them").field_path(".spec.store"),
     printcolumn(
         name = "Display Name",
         type_ = "string",
@@ -62,6 +63,52 @@ pub struct TenantSpec {
     /// What happens to a person's store account when their SystemUser is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offboarding: Option<OffboardingSpec>,
+
+    /// This tenant's own user store, such as the SCIM endpoint the product gives this customer
+    /// organisation. Default: the operator's store (`usher run --store`). Set when the Tenant is
+    /// created and not changed after: a tenant's people live in one store (create a new Tenant
+    /// to move them). Tenants that name the same URL share that store, and a person in several
+    /// of them is one identity there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.url == oldSelf.url").message("spec.store cannot be added, removed or pointed elsewhere: the tenant's people live in that store; create a new Tenant to move them"))]
+    pub store: Option<TenantStore>,
+}
+
+/// A tenant's own user store.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStore {
+    /// Where the store is: `scim+https://HOST/BASE` (a SCIM 2.0 server, RFC 7644; its bearer
+    /// token in credentialsSecretRef) or `postgres://USER@HOST/DB` (its password in
+    /// credentialsSecretRef). `scim+http://` is allowed on loopback only. No password in the URL.
+    #[x_kube(
+        validation = Rule::new(r"self.matches('^(scim\\+https://[^\\s/]+(/[^\\s]*)?|scim\\+http://(localhost|127\\.0\\.0\\.1|\\[::1\\])(:[0-9]+)?(/[^\\s]*)?|postgres(ql)?://[^\\s/]+(/[^\\s]*)?)$')").message("must be scim+https://HOST/BASE or postgres://USER@HOST/DB (scim+http:// on loopback only)"),
+        validation = Rule::new(r"!self.matches('^[a-z+]+://[^/@]*:[^/@]*@')").message("must hold no password; put it in the Secret credentialsSecretRef names")
+    )]
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+
+    /// The Secret, in the Tenant's namespace, holding the store's credential: the SCIM bearer
+    /// token (key `token` by default) or the PostgreSQL password (key `password` by default).
+    /// usher reads it by name only, so its ServiceAccount must be allowed to `get` that name
+    /// (the installed RBAC allows the name `usher-store`). Re-read at every reconcile of the
+    /// Tenant: a rotated credential takes effect within `--resync`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretKeyRef>,
+}
+
+/// One key of a Secret in the object's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("must not be empty"))]
+    #[schemars(length(max = 253))]
+    pub name: String,
+    /// The key within the Secret. Default: `token` for a SCIM store, `password` for PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
 }
 
 /// How to reach a customer's operations team.

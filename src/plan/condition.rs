@@ -42,6 +42,7 @@ const WAITS: &[&str] = &[
     "UserNotFound",
     "GroupNotFound",
     "GroupNotReady",
+    "StoreUnavailable",
 ];
 
 /// Ready=False reasons that are the state git declares, not a fault: a RoleBinding past its

@@ -93,6 +93,32 @@ pub fn status(tenant: &Tenant, users: UserCounts, now: Timestamp) -> TenantStatu
     }
 }
 
+/// Ready=False reason of a Tenant whose own store (`spec.store`) cannot be used now.
+pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
+
+/// The status of a Tenant whose own store cannot be used now: Ready False with reason
+/// [`STORE_UNAVAILABLE`] and `why` (which names the tenant, and the Secret or the store's
+/// answer), `Reconciling=True` beside it, as usher retries by itself; the counts kept as they
+/// were.
+pub fn store_unavailable(tenant: &Tenant, why: &str, now: Timestamp) -> TenantStatus {
+    let generation = tenant.metadata.generation;
+    let previous = tenant.status.as_ref();
+    TenantStatus {
+        observed_generation: generation,
+        conditions: conditions(
+            false,
+            STORE_UNAVAILABLE,
+            why,
+            generation,
+            previous
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default(),
+            now,
+        ),
+        users: previous.and_then(|s| s.users.clone()),
+    }
+}
+
 /// How many of a tenant's people are being deleted (their SystemUsers Terminating): the
 /// deletions the guard may hold back. Only when there are some is the hour's count read.
 pub fn deleting(members: &[&SystemUser]) -> usize {
@@ -247,6 +273,7 @@ mod tests {
                 contact: None,
                 invitations: None,
                 roles: None,
+                store: None,
                 offboarding: Some(OffboardingSpec {
                     max_per_hour,
                     ..Default::default()

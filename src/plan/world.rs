@@ -123,6 +123,7 @@ mod tests {
                 contact: None,
                 invitations: None,
                 roles: None,
+                store: None,
                 offboarding: None,
             },
         )

@@ -99,7 +99,7 @@ async fn redeem(state: &AppState, client: &str, proof: &Proof) -> Result<Redeeme
     } else {
         by_token(state, proof.token.trim())?
     };
-    match state.store.redeem(&hash, Timestamp::now()).await {
+    match state.stores.redeem(&hash, Timestamp::now()).await {
         Ok(Ok(redeemed)) => {
             state.metrics.invitations_redeemed.inc();
             tracing::info!(fingerprint = %hash.fingerprint(), "invitation redeemed");
@@ -157,21 +157,20 @@ async fn by_code(state: &AppState, email: &str, code: &str) -> Result<TokenHash,
     if !state.per_address.try_take(&email.to_lowercase()) {
         return Err(Refusal::TooManyForAddress);
     }
-    let candidates = state
-        .store
-        .invitations_for_address(email)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "looking up invitations by address failed in the store");
-            Refusal::Unavailable
-        })?;
-    candidates
-        .into_iter()
-        .fold(None, |found, hash| {
-            let matched = key.short_code(&hash) == code;
-            found.or(matched.then_some(hash))
-        })
-        .ok_or(Refusal::NoSuchCode)
+    let (candidates, failed) = state.stores.invitations_for_address(email).await;
+    let found = candidates.into_iter().fold(None, |found, hash| {
+        let matched = key.short_code(&hash) == code;
+        found.or(matched.then_some(hash))
+    });
+    match (found, failed) {
+        (Some(hash), _) => Ok(hash),
+        // The code may be one of the store that did not answer.
+        (None, Some(e)) => {
+            tracing::warn!(error = %e, "looking up invitations by address failed in a store");
+            Err(Refusal::Unavailable)
+        }
+        (None, None) => Err(Refusal::NoSuchCode),
+    }
 }
 
 static PAGES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(|| {

@@ -21,7 +21,7 @@ use futures::channel::mpsc::UnboundedSender;
 
 use crate::metrics::Metrics;
 use crate::plan::records::Redeemed;
-use crate::store::UserStore;
+use crate::store::Stores;
 use crate::token::TokenKey;
 
 pub use client::{BadProxy, TrustedProxies};
@@ -35,8 +35,8 @@ pub const CODE_REFILL: Duration = Duration::from_secs(600);
 
 /// What the handlers share.
 pub struct AppState {
-    /// The user store, where redemption happens.
-    pub store: Arc<dyn UserStore>,
+    /// The user stores, where redemption happens: the operator's and each Tenant's own.
+    pub stores: Arc<Stores>,
     /// Told of every redemption, so the person's status turns Active at once.
     pub redeemed: UnboundedSender<Redeemed>,
     /// Metrics.
@@ -60,12 +60,12 @@ impl AppState {
     /// [`CODE_TRIES`] short-code tries per address, one more every [`CODE_REFILL`]. The token key
     /// is set later, through [`AppState::token_key`].
     pub fn new(
-        store: Arc<dyn UserStore>,
+        stores: Arc<Stores>,
         redeemed: UnboundedSender<Redeemed>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            store,
+            stores,
             redeemed,
             metrics,
             per_client: Limiter::new(10, Duration::from_secs(6), Full::Admit),
@@ -180,10 +180,31 @@ pub async fn serve(
     .await
 }
 
+/// One line per store, as kube-apiserver's `/readyz?verbose` words its checks: `[+]store ok`,
+/// `[-]store scim+https://… failed: why (Tenant acme/acme)`. Not ready (503) only when the
+/// operator's store fails: a tenant's own store blocks that tenant alone (its Tenant says so),
+/// not the page every other tenant's people redeem on.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    let states = state.stores.states().await;
+    let mut body = String::new();
+    for s in &states {
+        let tenants = match s.tenants.as_slice() {
+            [] => String::new(),
+            [one] => format!(" (Tenant {one})"),
+            many => format!(" (Tenants {})", many.join(", ")),
+        };
+        match &s.failure {
+            None => body.push_str(&format!("[+]{} ok{tenants}\n", s.name)),
+            Some(why) => body.push_str(&format!("[-]{} failed: {why}{tenants}\n", s.name)),
+        }
+    }
+    let ready = states.first().is_some_and(|s| s.failure.is_none());
+    if ready {
+        body.push_str("readyz check passed\n");
+        (StatusCode::OK, body).into_response()
+    } else {
+        body.push_str("readyz check failed\n");
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 
@@ -294,7 +315,11 @@ mod tests {
             store
         });
         let (tx, rx) = futures::channel::mpsc::unbounded();
-        let state = Arc::new(AppState::new(store, tx, Arc::new(Metrics::default())));
+        let state = Arc::new(AppState::new(
+            Arc::new(Stores::single(store)),
+            tx,
+            Arc::new(Metrics::default()),
+        ));
         let key = TokenKey::generate().unwrap();
         let code = key.short_code(&token.hash()).expose();
         state.token_key.set(key).unwrap();
@@ -817,7 +842,7 @@ mod tests {
         let harness = harness();
         let (tx, _rx) = futures::channel::mpsc::unbounded();
         let keyless = Arc::new(AppState::new(
-            harness.state.store.clone(),
+            harness.state.stores.clone(),
             tx,
             Arc::new(Metrics::default()),
         ));

@@ -5,6 +5,7 @@
 
 mod handle;
 mod port;
+mod registry;
 mod scim;
 mod sql;
 
@@ -14,6 +15,7 @@ use jiff::Timestamp;
 
 pub use handle::StoreHandle;
 pub use port::{Accounts, Catalogue, Health, Invitations, OffboardingLedger, UserStore};
+pub use registry::{StoreState, Stores, TenantStore};
 pub use scim::{ScimStore, USER_EXTENSION};
 pub use sql::{Dialect, SqlStore};
 
@@ -62,6 +64,9 @@ pub enum StoreConfig {
         url: String,
         /// Which of the two.
         dialect: Dialect,
+        /// PostgreSQL only: the schema the tables live in (created if missing), so that several
+        /// stores share one database. None: the connection's default (`public`).
+        schema: Option<String>,
     },
     /// A SCIM 2.0 server, with invitations in a local SQL store.
     Scim {
@@ -79,10 +84,15 @@ pub enum StoreConfig {
 impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Sql { url, dialect } => f
+            Self::Sql {
+                url,
+                dialect,
+                schema,
+            } => f
                 .debug_struct("Sql")
                 .field("url", &redact(url))
                 .field("dialect", dialect)
+                .field("schema", schema)
                 .finish(),
             Self::Scim { base, local, .. } => f
                 .debug_struct("Scim")
@@ -158,6 +168,7 @@ impl StoreConfig {
             return Ok(Self::Sql {
                 url: url.into(),
                 dialect: Dialect::Sqlite,
+                schema: None,
             });
         }
         if let Some(path) = url.strip_prefix("sqlite://") {
@@ -167,6 +178,7 @@ impl StoreConfig {
             return Ok(Self::Sql {
                 url: url.into(),
                 dialect: Dialect::Sqlite,
+                schema: None,
             });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -179,6 +191,7 @@ impl StoreConfig {
             return Ok(Self::Sql {
                 url: url.into(),
                 dialect: Dialect::Postgres,
+                schema: None,
             });
         }
         let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
@@ -187,23 +200,95 @@ impl StoreConfig {
         )))
     }
 
+    /// The store a Tenant names in `spec.store` (see [`crate::crd::TenantStore`]): `url` is
+    /// `scim+https://…` (its bearer token is `credential`) or `postgres://…` (its password is
+    /// `credential`, when the URL's user needs one). A SCIM store's local store is one of its
+    /// own, derived from the operator's `local` (`--local-store`) and the URL: next to its file
+    /// for SQLite (`usher-local-<hash>.db`), a schema `usher_<hash>` of its database for
+    /// PostgreSQL, so that no two SCIM servers share the local records their ids key.
+    /// Errors: [`StoreError::Url`] for a URL or credential usher cannot use (SQLite among them:
+    /// a file of one pod is no tenant's store).
+    pub fn for_tenant(
+        url: &str,
+        credential: Option<&str>,
+        local: &str,
+    ) -> Result<Self, StoreError> {
+        let bad = |reason: &str| StoreError::Url {
+            url: redact(url),
+            reason: reason.to_string(),
+        };
+        if url.starts_with("scim+") {
+            let mut config = Self::parse_with(url, credential, local)?;
+            if let Self::Scim { local, .. } = &mut config {
+                let tag = store_tag(url);
+                if let Self::Sql {
+                    url: local_url,
+                    dialect,
+                    schema,
+                } = &mut **local
+                {
+                    match dialect {
+                        Dialect::Sqlite => *local_url = beside(local_url, &tag),
+                        Dialect::Postgres => *schema = Some(format!("usher_{tag}")),
+                    }
+                }
+            }
+            return Ok(config);
+        }
+        match Self::parse(url)? {
+            Self::Sql {
+                dialect: Dialect::Postgres,
+                ..
+            } => {
+                let mut parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+                if parsed.password().is_some() {
+                    return Err(bad(
+                        "put no password in the URL; it comes from credentialsSecretRef",
+                    ));
+                }
+                if let Some(password) = credential.map(str::trim).filter(|p| !p.is_empty()) {
+                    parsed
+                        .set_password(Some(password))
+                        .map_err(|()| bad("this URL cannot carry a password"))?;
+                }
+                Ok(Self::Sql {
+                    url: parsed.to_string(),
+                    dialect: Dialect::Postgres,
+                    schema: None,
+                })
+            }
+            _ => Err(bad(
+                "a tenant's store must be reachable from every usher instance: use scim+https://HOST/BASE or postgres://USER@HOST/DB",
+            )),
+        }
+    }
+
     /// Connect (and migrate). Fails while the store is unreachable; the caller retries.
     pub async fn open(&self) -> Result<Arc<dyn UserStore>, StoreError> {
         Ok(match self {
-            Self::Sql { url, dialect } => Arc::new(SqlStore::connect(url, *dialect).await?),
+            Self::Sql {
+                url,
+                dialect,
+                schema,
+            } => Arc::new(SqlStore::connect_in(url, *dialect, schema.as_deref()).await?),
             Self::Scim {
                 base,
                 token,
                 local,
                 page_size,
             } => {
-                let Self::Sql { url, dialect } = &**local else {
+                let Self::Sql {
+                    url,
+                    dialect,
+                    schema,
+                } = &**local
+                else {
                     return Err(StoreError::Url {
                         url: base.clone(),
                         reason: "the local store must be SQL".into(),
                     });
                 };
-                let local = SqlStore::connect(url, *dialect).await?;
+                let local = SqlStore::connect_in(url, *dialect, schema.as_deref()).await?;
                 Arc::new(ScimStore::connect(base, token, local, *page_size).await?)
             }
         })
@@ -248,6 +333,25 @@ pub fn redact(url: &str) -> String {
             Some((scheme, _)) => format!("{scheme}://…"),
             None => "…".to_string(),
         },
+    }
+}
+
+/// Twelve hex digits of the SHA-256 of a store URL: names what belongs to that store alone.
+fn store_tag(url: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(url.as_bytes())[..6])
+}
+
+/// A SQLite URL for a file beside `url`'s, tagged: `sqlite://data/local.db` and `ab12` give
+/// `sqlite://data/local-ab12.db`.
+fn beside(url: &str, tag: &str) -> String {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    match path.rsplit_once('.') {
+        Some((stem, ext)) if !ext.contains('/') => format!("{stem}-{tag}.{ext}{query}"),
+        _ => format!("{path}-{tag}{query}"),
     }
 }
 

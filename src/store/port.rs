@@ -21,6 +21,7 @@
 use async_trait::async_trait;
 use jiff::Timestamp;
 
+use super::registry::TenantStore;
 use super::{StoreError, StoreHandle};
 use crate::plan::records::{
     Assignment, Grant, GroupRecord, InvitationRecord, RedeemRefusal, Redeemed, RoleRecord,
@@ -30,7 +31,8 @@ use crate::token::TokenHash;
 
 /// Declares ports: for each, the `#[async_trait]` trait (`Send + Sync`, every method `async`,
 /// its return type `T` becoming `Result<T, StoreError>`, `()` when none is written) and the
-/// metered `impl` of it for [`StoreHandle`]. Each method is marked `read` or `write`; only a
+/// metered `impl` of it for [`StoreHandle`], and the one for [`TenantStore`] that names the
+/// tenant in every error. Each method is marked `read` or `write`; only a
 /// successful `write` counts in `store_writes`. Attributes (doc comments) of the traits and
 /// methods are kept.
 macro_rules! port {
@@ -74,6 +76,16 @@ macro_rules! port {
                         let s = self.inner()?;
                         self.call(stringify!($method), port!(@writes $kind), s.$method($($arg),*))
                             .await
+                    }
+                )*
+            }
+
+            #[async_trait]
+            impl $port for TenantStore {
+                $(
+                    async fn $method(&self $(, $arg: $ty)*)
+                        -> Result<port!(@returns $($ret)?), StoreError> {
+                        self.store.$method($($arg),*).await.map_err(|e| e.of_tenant(&self.tenant))
                     }
                 )*
             }

@@ -67,7 +67,21 @@ impl SqlStore {
     /// Connect to `url` (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`) and migrate the
     /// schema. A SQLite file is created if missing.
     pub async fn connect(url: &str, dialect: Dialect) -> Result<Self, StoreError> {
+        Self::connect_in(url, dialect, None).await
+    }
+
+    /// [`SqlStore::connect`], with PostgreSQL's tables in `schema` (created if missing) rather
+    /// than the connection's default; ignored for SQLite. Errors as `connect`.
+    pub async fn connect_in(
+        url: &str,
+        dialect: Dialect,
+        schema: Option<&str>,
+    ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
+        // Quoted as an identifier; usher makes these names itself (`usher_<hex>`).
+        let schema = schema
+            .filter(|_| dialect == Dialect::Postgres)
+            .map(|s| format!("\"{}\"", s.replace('"', "")));
         let memory = url == "sqlite::memory:";
         let (url, connections) = match dialect {
             // One connection to a memory database, or every query would see another database.
@@ -80,7 +94,16 @@ impl SqlStore {
             .max_connections(connections)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
+                let schema = schema.clone();
                 Box::pin(async move {
+                    if let Some(schema) = schema {
+                        let sql = format!(
+                            "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+                        );
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut *conn)
+                            .await?;
+                    }
                     if dialect == Dialect::Sqlite {
                         // WAL lets the redeem API read while a reconcile writes; NORMAL is
                         // durable across process crashes in WAL mode.

@@ -36,4 +36,5 @@ mod roles;
 mod secrets;
 mod shards;
 mod stores;
+mod tenant_stores;
 mod unreadable;

@@ -600,7 +600,8 @@ fn can_i(verb: &str, what: &str, ns: &str, sa: &str) -> bool {
 
 /// The least-privilege check for usher's ServiceAccount `account` of namespace `home` (installed
 /// by deploy/ or the chart): what it may and may not do in a tenant's namespace, the one Secret it
-/// may read (its token key `token_key`, by name, in its own namespace) and where its Lease may be.
+/// may read (its token key `token_key`, by name, in its own namespace; a Tenant's store
+/// credential, by the name `usher-store`, in the tenant's namespace) and where its Lease may be.
 pub fn assert_least_privilege(home: &str, account: &str, token_key: &str, tenant_ns: &str) {
     let sa = format!("system:serviceaccount:{home}:{account}");
     for (verb, resource, allowed) in [
@@ -627,6 +628,8 @@ pub fn assert_least_privilege(home: &str, account: &str, token_key: &str, tenant
         (key.as_str(), home, true),
         ("secrets/other", home, false),
         (key.as_str(), tenant_ns, false),
+        ("secrets/usher-store", tenant_ns, true),
+        ("secrets/usher-store-old", tenant_ns, false),
     ];
     if token_key != "usher-token-key" {
         secrets.push(("secrets/usher-token-key", home, false));

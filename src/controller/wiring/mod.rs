@@ -23,7 +23,7 @@ use crate::crd::{LocationGroup, RoleBinding, SystemUser, Tenant};
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
 use crate::plan::system_user::{REDEEMED_ANNOTATION, RESEND_ANNOTATION};
-use crate::store::UserStore;
+use crate::store::Stores;
 use feed::{Feed, changes, hash, in_namespace, lifecycle, report_invalid, tenant_key, tuned};
 
 /// The four watches, one per kind.
@@ -79,7 +79,7 @@ impl Feeds {
 /// just redeemed, so they turn Active at once.
 pub async fn run(
     client: Client,
-    store: Arc<dyn UserStore>,
+    stores: Arc<Stores>,
     mailer: Arc<dyn Mailer>,
     settings: Settings,
     metrics: Arc<Metrics>,
@@ -110,7 +110,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         recorder,
         client,
-        store,
+        stores,
         mailer,
         settings,
         users: feeds.users.store(),

@@ -50,6 +50,7 @@ fn tenant(policy: Option<InvitationPolicy>) -> Tenant {
             contact: None,
             invitations: policy,
             roles: None,
+            store: None,
             offboarding: None,
         },
     )
