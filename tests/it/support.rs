@@ -330,6 +330,12 @@ impl Usher {
         if !self.extra.iter().any(|a| a == "--store") {
             cmd.args(["--store", &format!("sqlite://{}", self.db.display())]);
         }
+        // The local stores (a SCIM store's, each SCIM tenant store's beside it) live in the
+        // test's scratch dir, never in the working directory another run would find.
+        if !self.extra.iter().any(|a| a == "--local-store") {
+            let local = self.dir.join("usher-local.db");
+            cmd.args(["--local-store", &format!("sqlite://{}", local.display())]);
+        }
         cmd.args(["--mail", &self.mail])
             .args(["--listen", &format!("127.0.0.1:{}", self.port.get())])
             .args([
