@@ -90,14 +90,13 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let name = tenant.name_any();
     let desired = TenantRecord::desired(tenant, &ns, &name);
     // The credential is read again at each reconcile: a rotated one takes effect here.
-    let store = match tenant_store::attach(ctx, tenant).await {
-        Ok(()) => tenant_store::store_of(ctx, &ns, &name).await,
-        Err(e) => Err(e),
-    };
-    let written = match store {
-        Ok(store) => write(&*store, tenant, &desired).await.map(|()| store),
-        Err(e) => Err(e),
-    };
+    let written = async {
+        tenant_store::attach(ctx, tenant).await?;
+        let store = tenant_store::store_of(ctx, &ns, &name).await?;
+        write(&*store, tenant, &desired).await?;
+        Ok::<_, Error>(store)
+    }
+    .await;
     let store = match written {
         Ok(store) => store,
         // Only a tenant's own store says so on the Tenant: the operator's shows in /readyz.

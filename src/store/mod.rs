@@ -15,7 +15,7 @@ use jiff::Timestamp;
 
 pub use handle::StoreHandle;
 pub use port::{Accounts, Catalogue, Health, Invitations, OffboardingLedger, UserStore};
-pub use registry::{StoreState, Stores, TenantStore};
+pub use registry::{StoreState, Stores};
 pub use scim::{ScimStore, USER_EXTENSION};
 pub use sql::{Dialect, SqlStore};
 

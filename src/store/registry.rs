@@ -86,11 +86,6 @@ impl Stores {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The operator's store.
-    pub fn default_store(&self) -> Arc<dyn UserStore> {
-        self.default.clone()
-    }
-
     /// Attach `tenant` (its key, `<namespace>/<name>`) to the store at `url` with `credential`
     /// (see [`StoreConfig::for_tenant`]), connecting in the background when no tenant uses that
     /// store yet or its credential changed. Errors: [`StoreError::Url`] for a URL or credential

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use usher::crd::{SystemUser, Tenant, UserPhase};
 use usher_testenv::{Scim, Smtp};
 
 use crate::support::{
-    Usher, apply_yaml, client, eventually, invitation_in, namespace, recipient, wait_for,
+    Usher, apply_yaml, client, eventually, invitation_in, namespace, recipient, scim_get, wait_for,
 };
 
 const SHARD: &str = "sharding.fluxcd.io/key";
@@ -40,16 +40,7 @@ async fn put_secret(client: &kube::Client, ns: &str, name: &str, token: &str) {
 
 /// The userNames of the server's SCIM Users.
 async fn user_names(scim: &Scim) -> Vec<String> {
-    let page: Value = reqwest::Client::new()
-        .get(format!("{}/Users?count=1000", scim.base()))
-        .bearer_auth(&scim.token)
-        .send()
-        .await
-        .expect("scim2-server answers")
-        .json()
-        .await
-        .expect("a SCIM ListResponse");
-    page["Resources"]
+    scim_get(scim, "/Users?count=1000").await["Resources"]
         .as_array()
         .into_iter()
         .flatten()
@@ -138,12 +129,10 @@ async fn two_tenants_on_two_scim_servers_share_a_contractor_and_a_broken_store_b
     assert!(user_names(&initech).await.is_empty());
     let sam = users_b.get("sam").await.unwrap();
     assert_ne!(phase(&sam), Some(UserPhase::Pending));
-    for (api, name) in [(&tenants_b, "globex")] {
-        wait_for(api, name, "Ready", |t| {
-            ready(t).is_some_and(|(s, _, _)| s == "True")
-        })
-        .await;
-    }
+    wait_for(&tenants_b, "globex", "Ready", |t| {
+        ready(t).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
 
     // `/readyz` reports each store; a tenant store's failure leaves usher ready.
     let probe = reqwest::get(format!("{}/readyz", usher.probe_url))
