@@ -183,6 +183,72 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Record an account of a SystemUser (`fields.external_id`) whose SCIM User, `scim_id`, is
+    /// another account's too (the same person in another tenant): a row of its own under `id`,
+    /// inactive, replacing any earlier row of that SystemUser.
+    pub(super) async fn link_user(
+        &self,
+        id: &str,
+        scim_id: &str,
+        fields: &UserFields,
+    ) -> Result<(), StoreError> {
+        self.adopt_user(id, fields, None).await?;
+        self.set_scim_id(id, scim_id).await
+    }
+
+    /// Make the account `id` one of the accounts of the SCIM User `scim_id`.
+    pub(super) async fn set_scim_id(&self, id: &str, scim_id: &str) -> Result<(), StoreError> {
+        // NULL where the account's own id is the SCIM id: every query reads both forms.
+        let stored = (id != scim_id).then_some(scim_id);
+        sqlx::query("UPDATE users SET scim_id = $1 WHERE id = $2")
+            .bind(stored)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The SCIM User id of the account `id`; None when there is no such account.
+    pub(super) async fn scim_id_of(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(scim_id, id) AS s FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("s")).transpose()?)
+    }
+
+    /// The accounts whose SCIM User is `scim_id`, oldest first.
+    pub(super) async fn accounts_of_scim_user(
+        &self,
+        scim_id: &str,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM users WHERE scim_id = $1 OR (scim_id IS NULL AND id = $1)
+             ORDER BY created_us, id",
+        )
+        .bind(scim_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    /// The accounts of `tenant`, each with its SCIM User id.
+    pub(super) async fn accounts_of_tenant(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(UserRecord, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT *, COALESCE(scim_id, id) AS scim FROM users WHERE tenant = $1
+             ORDER BY external_id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((user_from_row(r)?, r.try_get("scim")?)))
+            .collect()
+    }
+
     /// The person fields a SCIM product was seen not to keep (`store_limits`), sorted.
     pub(super) async fn limits(&self) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT field FROM store_limits ORDER BY field")

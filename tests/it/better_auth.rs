@@ -475,11 +475,14 @@ async fn a_wrong_token_is_refused_at_connect() {
     once_usher_copes::a_wrong_token_is_refused_at_connect().await;
 }
 
+#[tokio::test]
+async fn one_address_in_two_tenants_is_accepted() {
+    once_usher_copes::one_address_in_two_tenants_is_accepted().await;
+}
+
 /// What Better Auth's SCIM plugin does differently, one scenario each, with the exchanges the
 /// server refused in the message when one fails. Each "Was:" says how usher failed before it
-/// coped; the tests above run them. `one_address_in_two_tenants_is_accepted` still fails (one
-/// userName space per server; a person in two tenants as one identity is issue 16's store per
-/// tenant) and is not run yet.
+/// coped; the tests above run them.
 #[allow(dead_code)]
 pub mod once_usher_copes {
     use super::*;
@@ -576,9 +579,10 @@ pub mod once_usher_copes {
     }
 
     /// One address in two tenants on one server (legal by the contract: an address is unique
-    /// per tenant). Today: the second `POST /Users` (another externalId, same userName) is
-    /// answered 409 `uniqueness: SCIM User userName already exists`; the plugin keeps one
-    /// userName space per connection (and one Better Auth User per address).
+    /// per tenant): one User, an account per tenant. Was: the second `POST /Users` (another
+    /// externalId, same userName) is answered 409 `uniqueness: SCIM User userName already
+    /// exists` (the plugin keeps one userName space per connection, and one Better Auth User per
+    /// address), and usher reported the person `Failed`.
     pub async fn one_address_in_two_tenants_is_accepted() {
         let peer = BetterAuthScim::start().expect("Better Auth's SCIM plugin");
         let store = store_of(&peer, 100).await;
@@ -596,6 +600,16 @@ pub mod once_usher_copes {
             second.unwrap_err(),
             refusals(&peer)
         );
+        let users = peer_get(&peer, "/Users").await.1;
+        assert_eq!(users["totalResults"], 1, "one User: {users}");
+        let second = second.unwrap();
+        assert_eq!(second.tenant, "globex/globex");
+        let read = store
+            .user_by_external_id("globex/globex-pat")
+            .await
+            .unwrap()
+            .expect("globex's account is found");
+        assert_eq!(read.id, second.id);
     }
 
     /// More than Better Auth's rate limit (in production: 100 requests per 10 s and path) in a

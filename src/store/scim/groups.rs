@@ -11,6 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::client::{Filter, id_of, quoted};
+use super::identity::Identity;
 use super::{CORE_GROUP, PATCH_OP, ScimStore};
 use crate::plan::records::{Assignment, Grant, GroupRecord, RoleRecord, TenantRecord};
 use crate::store::{Catalogue, StoreError};
@@ -154,41 +155,47 @@ impl ScimStore {
         reply.ok().map(|_| true)
     }
 
-    /// Write the permissions `held` gives as the User's `entitlements` (RFC 7643 section 4.1.2),
-    /// when the server's User schema has them: one per (permission, scope), `value` the
-    /// permission, `type` the scope (`tenant`, or the location group's path), `display` the role
-    /// and scope it comes from. Written only when they differ from the User's; a server that
-    /// refuses them (400, 501) is not asked again, and the role Groups remain the only mapping.
-    async fn sync_entitlements(
-        &self,
-        user_id: &str,
-        held: &[Assignment],
-    ) -> Result<(), StoreError> {
+    /// Write the permissions `identity`'s accounts hold (as their role Groups do, see
+    /// `identity.rs`) as its User's `entitlements` (RFC 7643 section 4.1.2), when the server's
+    /// User schema has them: one per (permission, scope), `value` the permission, `type` the
+    /// scope (`tenant`, or the location group's path; for a User shared by several tenants'
+    /// accounts, the tenant's key, or `<tenant>: <path>`), `display` the role and scope it comes
+    /// from. Written only when they differ from the User's; a server that refuses them (400,
+    /// 501) is not asked again, and the role Groups remain the only mapping.
+    pub(super) async fn sync_entitlements(&self, identity: &Identity) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
-        if !self.entitlements.load(Relaxed) {
+        if !self.entitlements.load(Relaxed) || identity.accounts.is_empty() {
             return Ok(());
         }
-        let Some(user) = self.local.user(user_id).await? else {
-            return Ok(());
-        };
-        let catalogue = self.local.roles(&user.tenant).await?;
+        let shared = identity.shared();
         let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new();
-        for a in held {
-            let scope = match &a.group {
-                Some(key) => self
-                    .local
-                    .group(key)
-                    .await?
-                    .map_or_else(|| key.clone(), |g| g.path),
-                None => "tenant".to_string(),
-            };
-            for role in catalogue.iter().filter(|r| r.name == a.role) {
-                for permission in &role.permissions {
-                    let display = format!("{} @ {scope}", role.name);
-                    wanted.insert((permission.clone(), scope.clone(), display));
+        for (tenant, held) in identity.written().into_values() {
+            let catalogue = self.local.roles(&tenant).await?;
+            for a in held {
+                let path = match &a.group {
+                    Some(key) => Some(
+                        self.local
+                            .group(key)
+                            .await?
+                            .map_or_else(|| key.clone(), |g| g.path),
+                    ),
+                    None => None,
+                };
+                let scope = match (shared, path) {
+                    (false, Some(path)) => path,
+                    (false, None) => "tenant".to_string(),
+                    (true, Some(path)) => format!("{tenant}: {path}"),
+                    (true, None) => tenant.clone(),
+                };
+                for role in catalogue.iter().filter(|r| r.name == a.role) {
+                    for permission in &role.permissions {
+                        let display = format!("{} @ {scope}", role.name);
+                        wanted.insert((permission.clone(), scope.clone(), display));
+                    }
                 }
             }
         }
+        let user_id = &identity.scim_id;
         let reply = self
             .send(Method::GET, &format!("/Users/{user_id}"), None, None)
             .await?;
@@ -305,32 +312,58 @@ impl ScimStore {
         Ok(())
     }
 
-    /// Make the role Groups' memberships of one person follow a change of their assignments.
-    pub(super) async fn sync_roles(
+    /// Make the role Groups follow a change of an identity (see `identity.rs`): for each of its
+    /// accounts, what its Groups held before and hold after.
+    pub(super) async fn regroup(
+        &self,
+        before: &Identity,
+        after: &Identity,
+    ) -> Result<(), StoreError> {
+        let (old, new) = (before.written(), after.written());
+        let none = (String::new(), Vec::new());
+        for id in old
+            .keys()
+            .chain(new.keys().filter(|k| !old.contains_key(*k)))
+        {
+            let (tenant, held) = old.get(id).unwrap_or(&none);
+            let (tenant_after, holds) = new.get(id).unwrap_or(&none);
+            let tenant = if tenant.is_empty() {
+                tenant_after
+            } else {
+                tenant
+            };
+            self.sync_roles(&after.scim_id, tenant, held, holds).await?;
+        }
+        Ok(())
+    }
+
+    /// Make the SCIM User `user_id`'s memberships of `tenant`'s role Groups follow a change of
+    /// one account's assignments.
+    async fn sync_roles(
         &self,
         user_id: &str,
+        tenant: &str,
         before: &[Assignment],
         after: &[Assignment],
     ) -> Result<(), StoreError> {
-        let tenant = match self.local.user(user_id).await? {
-            Some(u) => u.tenant,
-            None => return Ok(()),
-        };
         let pairs = |list: &[Assignment]| -> BTreeSet<(String, Option<String>)> {
             list.iter()
                 .map(|a| (a.role.clone(), a.group.clone()))
                 .collect()
         };
         let (old, new) = (pairs(before), pairs(after));
+        if old == new {
+            return Ok(());
+        }
         let _one_at_a_time = self.groups.lock().await;
         for (role, group) in old.difference(&new) {
-            let external = role_group_id(&tenant, role, group.as_deref());
+            let external = role_group_id(tenant, role, group.as_deref());
             for g in self.find_groups(&external).await? {
                 self.remove_member(&id_of(&g)?, user_id).await?;
             }
         }
         for (role, group) in new.difference(&old) {
-            let external = role_group_id(&tenant, role, group.as_deref());
+            let external = role_group_id(tenant, role, group.as_deref());
             let scope = match group {
                 Some(key) => Some(
                     self.local
@@ -385,10 +418,23 @@ impl Catalogue for ScimStore {
         let Some(holder) = self.local.holder_of(binding).await? else {
             return Ok(());
         };
-        let before = self.local.assignments(&holder).await?;
+        let Some(identity) = self.identity(&holder, true).await? else {
+            return self.local.remove_assignment(binding).await;
+        };
+        let rest: Vec<Assignment> = identity
+            .account(&holder)
+            .map(|a| {
+                a.assignments
+                    .iter()
+                    .filter(|x| x.binding != binding)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let next = identity.with_assignments(&holder, &rest);
+        self.regroup(&identity, &next).await?;
         self.local.remove_assignment(binding).await?;
-        let after = self.local.assignments(&holder).await?;
-        self.sync_roles(&holder, &before, &after).await
+        self.sync_entitlements(&next).await
     }
 
     async fn group(&self, key: &str) -> Result<Option<GroupRecord>, StoreError> {
@@ -432,9 +478,13 @@ impl Catalogue for ScimStore {
             .map(|r| r.name.clone())
             .collect();
         if !changed.is_empty() {
+            let mut done = BTreeSet::new();
             for holder in self.local.holders(tenant, &changed).await? {
-                let held = self.local.assignments(&holder).await?;
-                self.sync_entitlements(&holder, &held).await?;
+                if let Some(identity) = self.identity(&holder, true).await?
+                    && done.insert(identity.scim_id.clone())
+                {
+                    self.sync_entitlements(&identity).await?;
+                }
             }
         }
         Ok(())
@@ -449,10 +499,13 @@ impl Catalogue for ScimStore {
         user_id: &str,
         assignments: &[Assignment],
     ) -> Result<(), StoreError> {
-        let before = self.local.assignments(user_id).await?;
-        self.sync_roles(user_id, &before, assignments).await?;
+        let Some(identity) = self.identity(user_id, true).await? else {
+            return self.local.set_assignments(user_id, assignments).await;
+        };
+        let next = identity.with_assignments(user_id, assignments);
+        self.regroup(&identity, &next).await?;
         self.local.set_assignments(user_id, assignments).await?;
-        self.sync_entitlements(user_id, assignments).await
+        self.sync_entitlements(&next).await
     }
 
     async fn grants(&self, user_id: &str) -> Result<Vec<Grant>, StoreError> {

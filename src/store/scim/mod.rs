@@ -17,10 +17,12 @@
 //! that route to the local store (health, invitations, the offboarding ledger); `client.rs` the
 //! HTTP exchange every request goes through (retries, paging, refusals); `users.rs` the Users and
 //! the accounts port; `groups.rs` the Groups and the catalogue port, whose role assignments are
-//! Group memberships.
+//! Group memberships; `identity.rs` the rules for one User shared by a person's accounts in
+//! several tenants.
 
 mod client;
 mod groups;
+mod identity;
 mod users;
 
 use std::time::Duration;
@@ -221,11 +223,29 @@ impl Invitations for ScimStore {
             Err(_) => false,
         };
         if let (Ok(r), true) = (&outcome, still)
-            && let Err(e) = self.set_scim_active(&r.user_id, true).await
+            && let Err(e) = self.activate_redeemed(&r.user_id).await
         {
             tracing::warn!(error = %e, "activating the SCIM User after a redemption failed; the reconcile retries");
         }
         Ok(outcome)
+    }
+}
+
+impl ScimStore {
+    /// The SCIM side of a redemption of account `id`'s invitation: its User active, and, on a
+    /// User other tenants' accounts share, this tenant's role Groups opened to it (see
+    /// `identity.rs`).
+    async fn activate_redeemed(&self, id: &str) -> Result<(), StoreError> {
+        let Some(identity) = self.identity(id, true).await? else {
+            return self.set_scim_active(id, true).await;
+        };
+        self.set_scim_active(&identity.scim_id, true).await?;
+        if identity.shared() {
+            self.regroup(&identity.with_active(id, false), &identity)
+                .await?;
+            self.sync_entitlements(&identity).await?;
+        }
+        Ok(())
     }
 }
 

@@ -11,24 +11,27 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::client::{Filter, id_of, refusal};
+use super::identity::{Account, Identity};
 use super::{CORE_USER, PATCH_OP, ScimStore, USER_EXTENSION};
 use crate::crd::Address;
 use crate::plan::records::{ObjectKey, Profile, UserFields, UserRecord};
+use crate::plan::system_user::same_address;
 use crate::store::{Accounts, Catalogue, StoreError};
 
 impl ScimStore {
-    /// The User with this externalId, with its local shadow when usher has one: by the SCIM id
-    /// the shadow keeps first (a server need not store `externalId`, nor filter on it), then by
-    /// filter, each answer checked.
+    /// The User with this externalId, with the local account of that SystemUser when usher has
+    /// one: by the SCIM id the local store keeps first (a server need not store `externalId`,
+    /// nor filter on it), then by filter, each answer checked.
     async fn find_user(
         &self,
         external_id: &str,
     ) -> Result<Option<(Value, Option<UserRecord>)>, StoreError> {
-        if let Some(shadow) = self.local.user_by_external_id(external_id).await?
-            && let Some((user, _)) = self.get_user(&shadow.id).await?
-            && still_ours(&user, &shadow)
+        if let Some(account) = self.local.user_by_external_id(external_id).await?
+            && let Some(identity) = self.identity(&account.id, false).await?
+            && let Some((user, _)) = self.get_user(&identity.scim_id).await?
+            && identity.holds(&user)
         {
-            return Ok(Some((user, Some(shadow))));
+            return Ok(Some((user, Some(account))));
         }
         let found = self
             .list("/Users", &Filter::Eq("externalId", external_id), "")
@@ -36,12 +39,63 @@ impl ScimStore {
         // externalId need not be unique on the server; prefer the account usher knows.
         for u in &found {
             if let Some(id) = u["id"].as_str()
-                && let Some(shadow) = self.local.user(id).await?
+                && let Some(account) = self.local.user(id).await?
+                && account.external_id == external_id
             {
-                return Ok(Some((u.clone(), Some(shadow))));
+                return Ok(Some((u.clone(), Some(account))));
             }
         }
         Ok(found.into_iter().next().map(|u| (u, None)))
+    }
+
+    /// The SCIM User `scim_id` and the local accounts that share it, oldest first, with their
+    /// role assignments when `assignments` (else none are read).
+    pub(super) async fn identity_of_user(
+        &self,
+        scim_id: &str,
+        assignments: bool,
+    ) -> Result<Identity, StoreError> {
+        let mut accounts = Vec::new();
+        for record in self.local.accounts_of_scim_user(scim_id).await? {
+            let assignments = match assignments {
+                true => self.local.assignments(&record.id).await?,
+                false => Vec::new(),
+            };
+            accounts.push(Account {
+                record,
+                assignments,
+            });
+        }
+        Ok(Identity {
+            scim_id: scim_id.to_string(),
+            accounts,
+        })
+    }
+
+    /// The identity of the local account `id` (see [`Self::identity_of_user`]); None when the
+    /// local store has no such account.
+    pub(super) async fn identity(
+        &self,
+        id: &str,
+        assignments: bool,
+    ) -> Result<Option<Identity>, StoreError> {
+        match self.local.scim_id_of(id).await? {
+            Some(scim) => Ok(Some(self.identity_of_user(&scim, assignments).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The record of the local `account` whose SCIM User reads `user` (see `identity.rs`).
+    async fn view(&self, user: &Value, account: &UserRecord) -> Result<UserRecord, StoreError> {
+        let server = self.record(user, Some(account));
+        let identity = self.identity_of_user(&id_of(user)?, false).await?;
+        Ok(match identity.account(&account.id) {
+            Some(_) => identity.view(user, server, account),
+            None => UserRecord {
+                id: account.id.clone(),
+                ..server
+            },
+        })
     }
 
     /// The User with this id and its version for `If-Match` (the ETag header, else
@@ -199,25 +253,36 @@ impl ScimStore {
         }
     }
 
-    /// The record of a SCIM User and its local `shadow` (as the caller read it), making sure the
+    /// The record of a SCIM User and its local `account` (as the caller read it), making sure the
     /// local store has one (after a crash between creating it there and here, or a lost local
-    /// store).
+    /// store): the User's own, or, when other accounts share the User, one joining them.
     async fn known(
         &self,
         scim: &Value,
-        shadow: Option<UserRecord>,
+        account: Option<UserRecord>,
     ) -> Result<UserRecord, StoreError> {
-        let id = id_of(scim)?;
-        let mut record = self.record(scim, shadow.as_ref());
-        if shadow.is_none() {
-            // An active User had accepted (usher only activates on a redemption): it keeps its
-            // access rather than being deactivated and invited again.
-            let accepted = record.active.then(Timestamp::now);
-            self.local
-                .adopt_user(&id, &fields_of(&record), accepted)
-                .await?;
-            record.activated_at = accepted;
+        if let Some(account) = account {
+            return self.view(scim, &account).await;
         }
+        let id = id_of(scim)?;
+        let mut record = self.record(scim, None);
+        if !self.local.accounts_of_scim_user(&id).await?.is_empty() {
+            let account = crate::store::new_id()?;
+            self.local
+                .link_user(&account, &id, &fields_of(&record))
+                .await?;
+            let linked = self.local.user(&account).await?.ok_or_else(|| {
+                StoreError::Backend(format!("the account just linked to SCIM User {id} is gone"))
+            })?;
+            return self.view(scim, &linked).await;
+        }
+        // An active User had accepted (usher only activates on a redemption): it keeps its
+        // access rather than being deactivated and invited again.
+        let accepted = record.active.then(Timestamp::now);
+        self.local
+            .adopt_user(&id, &fields_of(&record), accepted)
+            .await?;
+        record.activated_at = accepted;
         Ok(record)
     }
 
@@ -432,19 +497,6 @@ impl ScimStore {
     }
 }
 
-/// Whether the User the server has under a shadow's id is still that person's account: its
-/// `externalId` is usher's, or, on a server that keeps none, its userName is the shadow's
-/// address. Anything else (the id reused, the account re-provisioned by another client) is not
-/// usher's to update, deactivate or delete.
-fn still_ours(user: &Value, shadow: &UserRecord) -> bool {
-    match user["externalId"].as_str() {
-        Some(stored) => stored == shadow.external_id,
-        None => user["userName"]
-            .as_str()
-            .is_some_and(|name| crate::plan::system_user::same_address(name, &shadow.email)),
-    }
-}
-
 /// The address as usher wrote it (the shadow's) when the server's is the same address in
 /// another case: products lowercase addresses, and that is no change to repair. Any other
 /// difference is the server's.
@@ -492,6 +544,137 @@ fn fields_of(r: &UserRecord) -> UserFields {
     }
 }
 
+impl ScimStore {
+    /// The User of another tenant's account with the address `fields.email` (in any case), which
+    /// the account of `fields` can share: a User usher keeps accounts for, still theirs, with no
+    /// account of `fields.tenant` yet (one account per tenant and address). None when the
+    /// address is nobody's, or someone else's (not usher's to share).
+    async fn identity_for_address(
+        &self,
+        fields: &UserFields,
+    ) -> Result<Option<(Value, Identity)>, StoreError> {
+        let found = self
+            .list(
+                "/Users",
+                &Filter::EqIgnoreCase("userName", &fields.email),
+                "",
+            )
+            .await?;
+        for user in found {
+            let Ok(scim_id) = id_of(&user) else { continue };
+            let identity = self.identity_of_user(&scim_id, true).await?;
+            let usable = !identity.accounts.is_empty()
+                && identity.holds(&user)
+                && identity
+                    .accounts
+                    .iter()
+                    .all(|a| a.record.tenant != fields.tenant);
+            if usable {
+                return Ok(Some((user, identity)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A new account for `fields` sharing the User of another tenant's account with the same
+    /// address; None when there is none to share (see [`Self::identity_for_address`]).
+    async fn join(&self, fields: &UserFields) -> Result<Option<UserRecord>, StoreError> {
+        let Some((user, identity)) = self.identity_for_address(fields).await? else {
+            return Ok(None);
+        };
+        let account = crate::store::new_id()?;
+        let joined = identity.with_account(&account, fields);
+        // A pending account that had the User alone loses its Groups first (see identity.rs).
+        self.regroup(&identity, &joined).await?;
+        self.local
+            .link_user(&account, &identity.scim_id, fields)
+            .await?;
+        tracing::info!(tenant = %fields.tenant,
+            "this person already has a User in the product, through another tenant; this tenant's account shares it");
+        let linked = self.local.user(&account).await?.ok_or_else(|| {
+            StoreError::Backend(format!(
+                "the account just linked to SCIM User {} is gone",
+                identity.scim_id
+            ))
+        })?;
+        self.view(&user, &linked).await.map(Some)
+    }
+
+    /// Take the account `id` out of `identity`'s User: its tenant's role Groups first, then the
+    /// User deleted with its last account, or else handed to the oldest account left when `id`
+    /// owned it, and active as the accounts left are. The local account is left to the caller.
+    async fn leave(&self, identity: &Identity, id: &str) -> Result<(), StoreError> {
+        let rest = identity.without(id);
+        self.regroup(identity, &rest).await?;
+        let scim_id = &identity.scim_id;
+        if rest.accounts.is_empty() {
+            let reply = self
+                .send(Method::DELETE, &format!("/Users/{scim_id}"), None, None)
+                .await?;
+            if reply.status != StatusCode::NOT_FOUND {
+                reply.ok()?;
+            }
+            return Ok(());
+        }
+        let Some((user, _)) = self.get_user(scim_id).await? else {
+            return Ok(());
+        };
+        if !identity.holds(&user) {
+            return Ok(());
+        }
+        if identity.owner(&user).is_some_and(|o| o.record.id == id)
+            && let Some(heir) = rest.heir()
+        {
+            self.write_user(scim_id, &fields_of(&heir.record)).await?;
+        }
+        if user["active"].as_bool() != Some(rest.any_active()) {
+            self.set_scim_active(scim_id, rest.any_active()).await?;
+        }
+        self.sync_entitlements(&rest).await
+    }
+
+    /// Give the account `id` of the shared `identity` the new address of `fields`: it leaves
+    /// that User (the others keep it) for the User of its new address: another tenant's
+    /// account's, or a new one.
+    async fn readdress(
+        &self,
+        identity: &Identity,
+        id: &str,
+        fields: &UserFields,
+    ) -> Result<UserRecord, StoreError> {
+        let target = match self.identity_for_address(fields).await? {
+            Some((_, target)) => target.scim_id,
+            None => {
+                let mut body = self.user_json(fields);
+                body["active"] = json!(false);
+                let created = self
+                    .send(Method::POST, "/Users", Some(&body), None)
+                    .await?
+                    .ok()?;
+                self.learn_unkept(fields, &created).await?;
+                id_of(&created)?
+            }
+        };
+        self.leave(identity, id).await?;
+        let before = self.identity_of_user(&target, true).await?;
+        self.local.adopt_user(id, fields, None).await?;
+        self.local.set_scim_id(id, &target).await?;
+        let after = self.identity_of_user(&target, true).await?;
+        self.regroup(&before, &after).await?;
+        self.set_scim_active(&target, after.any_active()).await?;
+        self.sync_entitlements(&after).await?;
+        let Some((user, _)) = self.get_user(&target).await? else {
+            return Err(StoreError::NotFound(format!("SCIM User {target}")));
+        };
+        let account = self
+            .local
+            .user(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
+        self.view(&user, &account).await
+    }
+}
+
 #[async_trait]
 impl Accounts for ScimStore {
     async fn unkept_fields(&self) -> Result<Vec<String>, StoreError> {
@@ -503,56 +686,95 @@ impl Accounts for ScimStore {
         external_id: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
         match self.find_user(external_id).await? {
-            Some((u, shadow)) => Ok(Some(self.known(&u, shadow).await?)),
+            Some((u, account)) => Ok(Some(self.known(&u, account).await?)),
             None => Ok(None),
         }
     }
 
     async fn create_user(&self, fields: &UserFields) -> Result<UserRecord, StoreError> {
         // Created before a crash, or by someone else for this person: take it over.
-        let scim = match self.find_user(&fields.external_id).await? {
-            Some((existing, _)) => self.write_user(&id_of(&existing)?, fields).await?,
-            None => {
-                let mut body = self.user_json(fields);
-                body["active"] = json!(false);
-                match self
-                    .send(Method::POST, "/Users", Some(&body), None)
-                    .await?
-                    .ok()
-                {
-                    Ok(created) => {
-                        self.learn_unkept(fields, &created).await?;
-                        created
+        if let Some((existing, account)) = self.find_user(&fields.external_id).await? {
+            let account = self.known(&existing, account).await?;
+            return self.update_user(&account.id, fields).await;
+        }
+        let mut body = self.user_json(fields);
+        body["active"] = json!(false);
+        let created = match self
+            .send(Method::POST, "/Users", Some(&body), None)
+            .await?
+            .ok()
+        {
+            Ok(created) => created,
+            // Taken: ours after all (a server that cannot filter on externalId hid it), this
+            // person's through another tenant (shared), or someone else's, which stays refused.
+            Err(StoreError::Refused {
+                status: 409,
+                detail,
+            }) => {
+                if let Some(id) = self.ours_by_user_name(fields).await? {
+                    let existing = self.get_user(&id).await?.map(|(u, _)| u);
+                    if let Some(existing) = existing {
+                        let account = self.known(&existing, None).await?;
+                        return self.update_user(&account.id, fields).await;
                     }
-                    // Taken: ours after all (a server that cannot filter on externalId hid it),
-                    // or someone else's, which stays refused.
-                    Err(StoreError::Refused {
+                }
+                return match self.join(fields).await? {
+                    Some(joined) => Ok(joined),
+                    None => Err(StoreError::Refused {
                         status: 409,
                         detail,
-                    }) => match self.ours_by_user_name(fields).await? {
-                        Some(id) => self.write_user(&id, fields).await?,
-                        None => {
-                            return Err(StoreError::Refused {
-                                status: 409,
-                                detail,
-                            });
-                        }
-                    },
-                    Err(e) => return Err(e),
-                }
+                    }),
+                };
             }
+            Err(e) => return Err(e),
         };
-        let id = id_of(&scim)?;
+        self.learn_unkept(fields, &created).await?;
+        let id = id_of(&created)?;
         self.local.adopt_user(&id, fields, None).await?;
         let shadow = self.local.user(&id).await?;
-        Ok(self.record(&scim, shadow.as_ref()))
+        Ok(self.record(&created, shadow.as_ref()))
     }
 
     async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError> {
-        let scim = self.write_user(id, fields).await?;
+        let identity = self.identity(id, true).await?;
+        let mine = identity.as_ref().and_then(|i| i.account(id));
+        let readdressed = mine.is_some_and(|a| !same_address(&a.record.email, &fields.email));
+        let scim_id = identity.as_ref().map_or(id, |i| i.scim_id.as_str());
+        // A shared User is one address: an account that takes another one leaves it.
+        if let Some(identity) = identity.as_ref().filter(|i| i.shared() && readdressed) {
+            return self.readdress(identity, id, fields).await;
+        }
+        let owner = match identity.as_ref().filter(|i| i.shared()) {
+            Some(shared) => {
+                let Some((user, _)) = self.get_user(scim_id).await? else {
+                    return Err(StoreError::NotFound(format!("SCIM User {scim_id}")));
+                };
+                shared
+                    .owner(&user)
+                    .is_some_and(|o| o.record.id == id)
+                    .then_some(())
+                    .ok_or(user)
+            }
+            None => Ok(()),
+        };
+        let scim = match owner {
+            Ok(()) => match (self.write_user(scim_id, fields).await, identity.as_ref()) {
+                // The new address is another tenant's person's User: this account joins it.
+                (Err(StoreError::Refused { status: 409, .. }), Some(identity)) if readdressed => {
+                    return self.readdress(identity, id, fields).await;
+                }
+                (written, _) => written?,
+            },
+            // Another account owns the User: this one's details stay in git and usher's record.
+            Err(user) => user,
+        };
         self.local.adopt_user(id, fields, None).await?;
-        let shadow = self.local.user(id).await?;
-        let mut record = self.record(&scim, shadow.as_ref());
+        let shadow = self
+            .local
+            .user(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
+        let mut record = self.view(&scim, &shadow).await?;
         // A 204 answer carried the User as it was before: what was written is `fields`.
         record.email = fields.email.clone();
         record.external_id = fields.external_id.clone();
@@ -561,7 +783,7 @@ impl Accounts for ScimStore {
     }
 
     async fn users_of_tenant(&self, tenant: &str) -> Result<Vec<UserRecord>, StoreError> {
-        let shadows = self.local.users_of_tenant(tenant).await?;
+        let accounts = self.local.accounts_of_tenant(tenant).await?;
         let namespace = ObjectKey::parse(tenant).map_or(tenant.to_string(), |k| k.namespace);
         let prefix = format!("{namespace}/");
         let scim: HashMap<String, Value> = self
@@ -570,24 +792,25 @@ impl Accounts for ScimStore {
             .into_iter()
             .filter_map(|u| Some((u["id"].as_str()?.to_string(), u)))
             .collect();
-        let mut out = Vec::with_capacity(shadows.len());
-        for shadow in &shadows {
-            match scim.get(&shadow.id) {
-                Some(u) => out.push(self.record(u, Some(shadow))),
-                // Not in the filtered list: a server that does not store or filter externalId.
-                // Its id still finds it; only a User gone from the server is left out.
-                None => {
-                    if let Some((u, _)) = self.get_user(&shadow.id).await?
-                        && still_ours(&u, shadow)
-                    {
-                        out.push(self.record(&u, Some(shadow)));
-                    }
-                }
+        let mut out = Vec::with_capacity(accounts.len());
+        for (account, scim_id) in &accounts {
+            // Not in the filtered list: a server that does not store or filter externalId, or a
+            // User another tenant's account owns. Its id still finds it; only a User gone from
+            // the server is left out.
+            let user = match scim.get(scim_id) {
+                Some(u) => Some(u.clone()),
+                None => self.get_user(scim_id).await?.map(|(u, _)| u),
+            };
+            let Some(user) = user else { continue };
+            let identity = self.identity_of_user(scim_id, false).await?;
+            if identity.holds(&user) {
+                let server = self.record(&user, Some(account));
+                out.push(identity.view(&user, server, account));
             }
         }
         // People of this tenant the local store lost (the extension names their tenant).
         for (id, u) in &scim {
-            if shadows.iter().all(|s| &s.id != id) && u[USER_EXTENSION]["tenant"] == tenant {
+            if accounts.iter().all(|(_, s)| s != id) && u[USER_EXTENSION]["tenant"] == tenant {
                 out.push(self.known(u, None).await?);
             }
         }
@@ -600,31 +823,64 @@ impl Accounts for ScimStore {
         tenant: &str,
         email: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
-        let Some(shadow) = self.local.user_by_email(tenant, email).await? else {
+        let Some(account) = self.local.user_by_email(tenant, email).await? else {
             return Ok(None);
         };
-        Ok(self
-            .get_user(&shadow.id)
-            .await?
-            .map(|(u, _)| self.record(&u, Some(&shadow))))
+        let Some(identity) = self.identity(&account.id, false).await? else {
+            return Ok(None);
+        };
+        match self.get_user(&identity.scim_id).await? {
+            Some((u, _)) if identity.holds(&u) => Ok(Some(self.view(&u, &account).await?)),
+            _ => Ok(None),
+        }
     }
 
     async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
-        // The server need not drop a deleted User from its Groups; usher does.
-        let held = self.local.assignments(id).await?;
-        self.sync_roles(id, &held, &[]).await?;
-        let reply = self
-            .send(Method::DELETE, &format!("/Users/{id}"), None, None)
-            .await?;
-        if reply.status != StatusCode::NOT_FOUND {
-            reply.ok()?;
+        match self.identity(id, true).await? {
+            // The server need not drop a deleted User from its Groups; `leave` does.
+            Some(identity) => self.leave(&identity, id).await?,
+            None => {
+                let reply = self
+                    .send(Method::DELETE, &format!("/Users/{id}"), None, None)
+                    .await?;
+                if reply.status != StatusCode::NOT_FOUND {
+                    reply.ok()?;
+                }
+            }
         }
         self.local.delete_user(id).await
     }
 
     async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
+        let Some(identity) = self.identity(id, true).await? else {
+            self.local.set_active(id, active, now).await?;
+            return self.set_scim_active(id, active).await;
+        };
+        let next = identity.with_active(id, active);
+        // Access goes from the product before usher's books say so, and comes after.
+        if !active {
+            self.regroup(&identity, &next).await?;
+        }
         // Local first: a redemption racing a deactivation reads it and leaves SCIM alone.
         self.local.set_active(id, active, now).await?;
-        self.set_scim_active(id, active).await
+        self.set_scim_active(&identity.scim_id, next.any_active())
+            .await?;
+        if active {
+            self.regroup(&identity, &next).await?;
+        }
+        // The person's profile follows an account that is in use.
+        if !active
+            && identity.shared()
+            && let Some(heir) = next.heir().filter(|a| a.record.active)
+            && let Some((user, _)) = self.get_user(&identity.scim_id).await?
+            && identity.owner(&user).is_some_and(|o| o.record.id == id)
+        {
+            self.write_user(&identity.scim_id, &fields_of(&heir.record))
+                .await?;
+        }
+        if identity.shared() {
+            self.sync_entitlements(&next).await?;
+        }
+        Ok(())
     }
 }
