@@ -47,7 +47,17 @@ pub(super) async fn reconcile(user: Arc<SystemUser>, ctx: Arc<Context>) -> Resul
 /// ([`plan::report`]).
 async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
-    let read = read(ctx, user).await?;
+    let read = match read(ctx, user).await {
+        Err(e @ Error::TenantStore(_)) => {
+            let (status, note) = plan::store_unavailable(user, &e.to_string(), now);
+            apply_status(ctx, user, user.status.as_ref(), &status).await?;
+            if let Some(note) = note {
+                publish_note(ctx, user, note).await;
+            }
+            return Err(e);
+        }
+        read => read?,
+    };
     let decision = plan::decide(user, &read.seen());
     let done = execute(ctx, user, read, &decision, now).await?;
     let report = plan::report(

@@ -129,7 +129,15 @@ async fn two_tenants_on_two_scim_servers_share_a_contractor_and_a_broken_store_b
         "names the tenant and the Secret: {message}"
     );
     assert!(user_names(&initech).await.is_empty());
-    let sam = users_b.get("sam").await.unwrap();
+    // Its person says so too, naming the Secret.
+    let sam = wait_for(&users_b, "sam", "StoreUnavailable", |u| {
+        u.status.as_ref().is_some_and(|s| {
+            s.conditions.first().is_some_and(|c| {
+                c.reason == "StoreUnavailable" && c.message.contains("initech-store")
+            })
+        })
+    })
+    .await;
     assert_ne!(phase(&sam), Some(UserPhase::Pending));
     wait_for(&tenants_b, "globex", "Ready", |t| {
         ready(t).is_some_and(|(s, _, _)| s == "True")

@@ -17,8 +17,8 @@ use jiff::{SignedDuration, Timestamp};
 
 pub use crate::plan::condition::Note;
 pub use report::{
-    FIELDS_NOT_KEPT, Outcome, Report, StatusInput, events, offboarding_incomplete, report,
-    requeue_after, requeue_at, status,
+    FIELDS_NOT_KEPT, Outcome, Report, STORE_UNAVAILABLE, StatusInput, events,
+    offboarding_incomplete, report, requeue_after, requeue_at, status, store_unavailable,
 };
 pub use writes::{
     AccessAction, AccountAction, InvitationAction, UserPlan, drift, plan, read_mid_redemption,

@@ -298,6 +298,46 @@ fn unkept(
     })
 }
 
+/// The reason a person shows while their tenant's own store (`Tenant.spec.store`) cannot be used.
+pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
+
+/// The status of a person whose tenant's own store cannot be used (`why`, which names the tenant
+/// and what is missing): Ready False `StoreUnavailable` (kstatus Reconciling: usher retries by
+/// itself), and everything else as the status last said, since nothing of the person could be
+/// read or changed; and a Warning Event when the condition is new.
+pub fn store_unavailable(
+    user: &SystemUser,
+    why: &str,
+    now: Timestamp,
+) -> (SystemUserStatus, Option<Note>) {
+    let previous = user.status.clone().unwrap_or_default();
+    let message = format!(
+        "{why}; nothing of this person is read or written until it can be used, and their access in the product stays as it was"
+    );
+    let new = previous
+        .conditions
+        .first()
+        .is_none_or(|c| c.reason != STORE_UNAVAILABLE);
+    let status = SystemUserStatus {
+        observed_generation: user.metadata.generation,
+        conditions: conditions(
+            false,
+            STORE_UNAVAILABLE,
+            &message,
+            user.metadata.generation,
+            &previous.conditions,
+            now,
+        ),
+        ..previous
+    };
+    let note = new.then_some(Note {
+        warning: true,
+        reason: STORE_UNAVAILABLE,
+        message,
+    });
+    (status, note)
+}
+
 /// The status, Events and requeue that follow from a [`Decision`] carried out to `outcome`.
 /// `secret_name` is the name the invitation Secret has when the tenant exposes tokens; `resync`
 /// the longest wait before looking again.

@@ -206,6 +206,40 @@ fn a_store_refusal_shows_as_store_refused_with_its_own_event_reason() {
 }
 
 #[test]
+fn a_tenant_store_that_cannot_be_used_shows_on_the_person_and_keeps_what_was_known() {
+    let mut u = user("alice", "alice@acme.example");
+    u.status = Some(SystemUserStatus {
+        phase: Some(UserPhase::Active),
+        user_id: Some("u-1".into()),
+        roles: vec!["Manager".into()],
+        ..Default::default()
+    });
+    let why = "Tenant acme/acme's store: Secret usher-store has no key \"token\"";
+    let (status, note) = store_unavailable(&u, why, now());
+    assert_eq!(status.phase, Some(UserPhase::Active), "access as it was");
+    assert_eq!(status.user_id.as_deref(), Some("u-1"));
+    assert_eq!(status.roles, ["Manager"]);
+    let ready = &status.conditions[0];
+    assert_eq!(
+        (ready.type_.as_str(), ready.status.as_str()),
+        ("Ready", "False")
+    );
+    assert_eq!(ready.reason, STORE_UNAVAILABLE);
+    assert!(ready.message.starts_with(why), "{}", ready.message);
+    assert_eq!(
+        status.conditions[1].type_, "Reconciling",
+        "usher retries by itself"
+    );
+    let note = note.expect("a Warning the first time");
+    assert!(note.warning && note.reason == STORE_UNAVAILABLE);
+    // Still unavailable at the next reconcile: the same status, no second Event.
+    u.status = Some(status.clone());
+    let (again, note) = store_unavailable(&u, why, now());
+    assert_eq!(again, status);
+    assert!(note.is_none());
+}
+
+#[test]
 fn drift_is_one_warning_and_a_missing_tenant_waits_for_the_resync_only() {
     let t = tenant(None);
     let mut shown = user("alice", "alice@acme.example");
