@@ -150,6 +150,17 @@ impl SqlStore {
         fields: &UserFields,
         accepted: Option<Timestamp>,
     ) -> Result<(), StoreError> {
+        self.adopt(id, None, fields, accepted).await
+    }
+
+    /// [`Self::adopt_user`], the new row on the SCIM User `scim_id` when given (else its own).
+    async fn adopt(
+        &self,
+        id: &str,
+        scim_id: Option<&str>,
+        fields: &UserFields,
+        accepted: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
         let now = micros(Timestamp::now());
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM users WHERE external_id = $1 AND id != $2")
@@ -157,14 +168,15 @@ impl SqlStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
+        let adopted = sqlx::query(
             "INSERT INTO users (id, tenant, external_id, email, email_lower, profile, active,
-             activated_us, created_us, updated_us, attributes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             activated_us, created_us, updated_us, attributes, scim_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant,
              external_id = excluded.external_id, email = excluded.email,
              email_lower = excluded.email_lower, profile = excluded.profile,
-             updated_us = excluded.updated_us, attributes = excluded.attributes",
+             updated_us = excluded.updated_us, attributes = excluded.attributes
+             WHERE users.scim_id IS NULL",
         )
         .bind(id)
         .bind(&fields.tenant)
@@ -177,9 +189,69 @@ impl SqlStore {
         .bind(now)
         .bind(now)
         .bind(attributes_json(fields)?)
+        .bind(scim_id.filter(|s| *s != id))
         .execute(&mut *tx)
         .await?;
+        // The id is an account that moved to another User: the server gave an id it gave
+        // before (RFC 7643 forbids it), and that account is not another's to take.
+        if adopted.rows_affected() == 0 {
+            return Err(StoreError::Backend(format!(
+                "the SCIM server reuses the id {id} of another account's earlier User; not adopted"
+            )));
+        }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Write an account's fields (`id` stays where it is, on its SCIM User).
+    pub(super) async fn update_account(
+        &self,
+        id: &str,
+        fields: &UserFields,
+    ) -> Result<(), StoreError> {
+        self.write_account(id, None, fields).await
+    }
+
+    /// Write an account's fields and move it to the SCIM User `scim_id`, in one statement.
+    pub(super) async fn move_user(
+        &self,
+        id: &str,
+        scim_id: &str,
+        fields: &UserFields,
+    ) -> Result<(), StoreError> {
+        self.write_account(id, Some(scim_id), fields).await
+    }
+
+    async fn write_account(
+        &self,
+        id: &str,
+        scim_id: Option<&str>,
+        fields: &UserFields,
+    ) -> Result<(), StoreError> {
+        let moved = sqlx::query(
+            "UPDATE users SET tenant = $1, external_id = $2, email = $3, email_lower = $4,
+             profile = $5, attributes = $6, updated_us = $7,
+             holds_address = CASE WHEN email_lower = $4 THEN holds_address ELSE 1 END,
+             scim_id = CASE WHEN $8 = 1 THEN (CASE WHEN $9 = id THEN NULL ELSE $9 END)
+                            ELSE scim_id END
+             WHERE id = $10",
+        )
+        .bind(&fields.tenant)
+        .bind(&fields.external_id)
+        .bind(&fields.email)
+        .bind(fields.email.to_lowercase())
+        .bind(profile_json(fields)?)
+        .bind(attributes_json(fields)?)
+        .bind(micros(Timestamp::now()))
+        .bind(i64::from(scim_id.is_some()))
+        .bind(scim_id.unwrap_or_default())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| address_taken(e, fields))?;
+        if moved.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("account {id}")));
+        }
         Ok(())
     }
 
@@ -192,20 +264,7 @@ impl SqlStore {
         scim_id: &str,
         fields: &UserFields,
     ) -> Result<(), StoreError> {
-        self.adopt_user(id, fields, None).await?;
-        self.set_scim_id(id, scim_id).await
-    }
-
-    /// Make the account `id` one of the accounts of the SCIM User `scim_id`.
-    pub(super) async fn set_scim_id(&self, id: &str, scim_id: &str) -> Result<(), StoreError> {
-        // NULL where the account's own id is the SCIM id: every query reads both forms.
-        let stored = (id != scim_id).then_some(scim_id);
-        sqlx::query("UPDATE users SET scim_id = $1 WHERE id = $2")
-            .bind(stored)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.adopt(id, Some(scim_id), fields, None).await
     }
 
     /// The SCIM User id of the account `id`; None when there is no such account.

@@ -1228,6 +1228,45 @@ async fn scim_one_person_in_two_tenants_is_one_user_with_access_in_each() {
         ["acme/acme", "globex/globex"],
         "permissions per tenant"
     );
+    // A third tenant's pending account whose role Group holds the User all the same (a change
+    // that failed half-way): offboarding the account takes the User out.
+    store
+        .put_tenant(&TenantRecord {
+            key: "initech/initech".into(),
+            display_name: "initech".into(),
+        })
+        .await
+        .unwrap();
+    store
+        .put_roles("initech/initech", std::slice::from_ref(&manager))
+        .await
+        .unwrap();
+    let initech = store.create_user(&pat("initech", "Pat")).await.unwrap();
+    store
+        .set_assignments(&initech.id, &[binding("initech")])
+        .await
+        .unwrap();
+    assert!(members("initech").await.is_empty(), "pending: no role yet");
+    let stray = reqwest::Client::new()
+        .post(format!("{}/Groups", scim.base()))
+        .bearer_auth(&scim.token)
+        .json(&json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": "initech/initech: Manager",
+            "externalId": "role/initech/initech/Manager",
+            "members": [{"value": user_id}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(stray.status().is_success(), "{}", stray.status());
+    assert_eq!(members("initech").await, std::slice::from_ref(&user_id));
+    store.delete_user(&initech.id).await.unwrap();
+    assert!(
+        members("initech").await.is_empty(),
+        "offboarded: out of the Group"
+    );
+    assert_eq!(user().await["active"], true, "still acme's and globex's");
     // Suspended in acme: acme's role goes, the User stays active for globex, whose account
     // (the one in use) now owns it.
     store.set_active(&acme.id, false, now).await.unwrap();

@@ -312,57 +312,84 @@ impl ScimStore {
         Ok(())
     }
 
-    /// Make the role Groups follow a change of an identity (see `identity.rs`): for each of its
-    /// accounts, what its Groups held before and hold after.
+    /// Make the role Groups follow a change of an identity (see `identity.rs`): what `after`
+    /// no longer gives taken away ([`Self::ungroup`]), then what it newly gives added
+    /// ([`Self::group`]).
     pub(super) async fn regroup(
         &self,
         before: &Identity,
         after: &Identity,
     ) -> Result<(), StoreError> {
+        self.ungroup(before, after).await?;
+        self.group(before, after).await
+    }
+
+    /// Take away what `after` no longer gives each account whose Groups change (or that is
+    /// gone): every role the account holds, not only what its Groups were last written with, so
+    /// that a change that failed half-way, or raced another, leaves nothing behind. Taking a
+    /// non-member out is harmless.
+    pub(super) async fn ungroup(
+        &self,
+        before: &Identity,
+        after: &Identity,
+    ) -> Result<(), StoreError> {
         let (old, new) = (before.written(), after.written());
-        let none = (String::new(), Vec::new());
-        for id in old
-            .keys()
-            .chain(new.keys().filter(|k| !old.contains_key(*k)))
-        {
-            let (tenant, held) = old.get(id).unwrap_or(&none);
-            let (tenant_after, holds) = new.get(id).unwrap_or(&none);
-            let tenant = if tenant.is_empty() {
-                tenant_after
-            } else {
-                tenant
-            };
-            self.sync_roles(&after.scim_id, tenant, held, holds).await?;
+        for account in &before.accounts {
+            let id = &account.record.id;
+            let kept = new.get(id).map(|(_, list)| pairs(list));
+            if kept.as_ref() == old.get(id).map(|(_, list)| pairs(list)).as_ref() {
+                continue;
+            }
+            let gone: BTreeSet<Pair> = pairs(&account.assignments)
+                .difference(&kept.unwrap_or_default())
+                .cloned()
+                .collect();
+            self.sync_roles(
+                &after.scim_id,
+                &account.record.tenant,
+                &gone,
+                &BTreeSet::new(),
+            )
+            .await?;
         }
         Ok(())
     }
 
-    /// Make the SCIM User `user_id`'s memberships of `tenant`'s role Groups follow a change of
-    /// one account's assignments.
+    /// Add what `after` newly gives each account.
+    pub(super) async fn group(
+        &self,
+        before: &Identity,
+        after: &Identity,
+    ) -> Result<(), StoreError> {
+        let (old, new) = (before.written(), after.written());
+        for (id, (tenant, list)) in &new {
+            let had = old.get(id).map(|(_, l)| pairs(l)).unwrap_or_default();
+            let added: BTreeSet<Pair> = pairs(list).difference(&had).cloned().collect();
+            self.sync_roles(&after.scim_id, tenant, &BTreeSet::new(), &added)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Take the SCIM User `user_id` out of `tenant`'s role Groups `remove` and into `add`.
     async fn sync_roles(
         &self,
         user_id: &str,
         tenant: &str,
-        before: &[Assignment],
-        after: &[Assignment],
+        remove: &BTreeSet<Pair>,
+        add: &BTreeSet<Pair>,
     ) -> Result<(), StoreError> {
-        let pairs = |list: &[Assignment]| -> BTreeSet<(String, Option<String>)> {
-            list.iter()
-                .map(|a| (a.role.clone(), a.group.clone()))
-                .collect()
-        };
-        let (old, new) = (pairs(before), pairs(after));
-        if old == new {
+        if remove.is_empty() && add.is_empty() {
             return Ok(());
         }
         let _one_at_a_time = self.groups.lock().await;
-        for (role, group) in old.difference(&new) {
+        for (role, group) in remove {
             let external = role_group_id(tenant, role, group.as_deref());
             for g in self.find_groups(&external).await? {
                 self.remove_member(&id_of(&g)?, user_id).await?;
             }
         }
-        for (role, group) in new.difference(&old) {
+        for (role, group) in add {
             let external = role_group_id(tenant, role, group.as_deref());
             let scope = match group {
                 Some(key) => Some(
@@ -386,6 +413,16 @@ impl ScimStore {
         }
         Ok(())
     }
+}
+
+/// A (role, location group) pair an assignment gives.
+type Pair = (String, Option<String>);
+
+/// The (role, group) pairs of assignments.
+fn pairs(list: &[Assignment]) -> BTreeSet<Pair> {
+    list.iter()
+        .map(|a| (a.role.clone(), a.group.clone()))
+        .collect()
 }
 
 /// The externalId of a role Group: `role/<tenant>/<role>`, or on a location group
@@ -418,7 +455,7 @@ impl Catalogue for ScimStore {
         let Some(holder) = self.local.holder_of(binding).await? else {
             return Ok(());
         };
-        let Some(identity) = self.identity(&holder, true).await? else {
+        let Some((_held, identity)) = self.locked_identity(&holder).await? else {
             return self.local.remove_assignment(binding).await;
         };
         let rest: Vec<Assignment> = identity
@@ -480,7 +517,7 @@ impl Catalogue for ScimStore {
         if !changed.is_empty() {
             let mut done = BTreeSet::new();
             for holder in self.local.holders(tenant, &changed).await? {
-                if let Some(identity) = self.identity(&holder, true).await?
+                if let Some((_held, identity)) = self.locked_identity(&holder).await?
                     && done.insert(identity.scim_id.clone())
                 {
                     self.sync_entitlements(&identity).await?;
@@ -499,7 +536,7 @@ impl Catalogue for ScimStore {
         user_id: &str,
         assignments: &[Assignment],
     ) -> Result<(), StoreError> {
-        let Some(identity) = self.identity(user_id, true).await? else {
+        let Some((_held, identity)) = self.locked_identity(user_id).await? else {
             return self.local.set_assignments(user_id, assignments).await;
         };
         let next = identity.with_assignments(user_id, assignments);

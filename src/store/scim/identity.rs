@@ -8,7 +8,7 @@
 //! that share it. The rules, in one place (pure, tested below):
 //!
 //! - **Who writes the User.** Its *owner*, the account whose key is the User's `externalId` (on
-//!   a server that keeps none, the oldest account): its profile is the person's. The others'
+//!   a server that keeps none, the heir below): its profile is the person's. The others'
 //!   profiles stay in git and usher's record, and are not taken for drift. An owner that leaves,
 //!   or is deactivated while another account is active, hands the User to its heir: the oldest
 //!   active account, else the oldest.
@@ -20,6 +20,12 @@
 //!   active: the User being active for another tenant must not open this one before its
 //!   invitation is redeemed, nor after it is suspended. A User of one account keeps them as
 //!   before (it is inactive while its account is).
+//! - **One change at a time, taking away first.** Each change of a User's accounts is read,
+//!   decided and written under that User's lock (a redemption racing a suspension, or two
+//!   tenants' reconciles, never decide from what the other is changing). A change takes access
+//!   away before the User's `active` follows, and gives it after; what it takes away is every
+//!   role the account holds, not only what was last written, so that a change that failed
+//!   half-way leaves nothing behind.
 //! - **Leaving.** An account that leaves (offboarded, or re-addressed) takes only its tenant's
 //!   Groups with it; the User is deleted or deactivated with its last account.
 
@@ -64,12 +70,13 @@ impl Identity {
         self.accounts.iter().any(|a| a.record.active)
     }
 
-    /// The account whose key the User carries as `externalId`, else the oldest.
+    /// The account whose key the User carries as `externalId`, else (a server that keeps none)
+    /// the [`Self::heir`], which is who a hand-over writes the User for.
     pub fn owner(&self, user: &Value) -> Option<&Account> {
         let by_key = user["externalId"]
             .as_str()
             .and_then(|key| self.accounts.iter().find(|a| a.record.external_id == key));
-        by_key.or(self.accounts.first())
+        by_key.or(self.heir())
     }
 
     /// The account to hand the User to when its owner goes: the oldest active, else the oldest.

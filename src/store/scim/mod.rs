@@ -46,6 +46,9 @@ const CORE_GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 /// The message schema of a PATCH body (RFC 7644 section 3.5.2).
 const PATCH_OP: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
+/// How many locks the Users' identities are striped over.
+const IDENTITY_STRIPES: usize = 64;
+
 /// The SCIM backend.
 pub struct ScimStore {
     http: reqwest::Client,
@@ -64,6 +67,9 @@ pub struct ScimStore {
     filtering: bool,
     /// Group writes one at a time: two reconciles must not both create the same Group.
     groups: tokio::sync::Mutex<()>,
+    /// A User's accounts are read, decided on and written one change at a time (see
+    /// [`ScimStore::lock`]): striped by SCIM id, so that unrelated people do not wait.
+    identities: Box<[tokio::sync::Mutex<()>]>,
     /// The SystemUser fields the server was seen not to keep (see `users.rs`), as the local
     /// store remembers them.
     unkept: std::sync::Mutex<std::collections::BTreeSet<String>>,
@@ -97,6 +103,9 @@ impl ScimStore {
             filtering: true,
             entitlements: Default::default(),
             groups: tokio::sync::Mutex::new(()),
+            identities: (0..IDENTITY_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             unkept: Default::default(),
             page_size: page_size.max(1),
         };
@@ -148,7 +157,48 @@ impl ScimStore {
     }
 }
 
+/// The identity locks one change holds (see [`ScimStore::lock`]).
+pub(super) struct Held<'a> {
+    stripes: Vec<usize>,
+    _guards: Vec<tokio::sync::MutexGuard<'a, ()>>,
+}
+
 impl ScimStore {
+    /// Hold the lock of the SCIM User `scim_id` for one read-decide-write of its accounts
+    /// (`identity.rs`): two reconciles of one person's tenants, or a redemption racing a
+    /// suspension, must not each decide from what the other is changing.
+    pub(super) async fn lock(&self, scim_id: &str) -> Held<'_> {
+        let stripe = stripe(scim_id);
+        Held {
+            stripes: vec![stripe],
+            _guards: vec![self.identities[stripe].lock().await],
+        }
+    }
+
+    /// Also hold the lock of `scim_id` (a second User one change moves an account to). Taken
+    /// out of order, so given up after 10 s rather than waiting on a change that waits on this
+    /// one: the error is retried by the reconcile.
+    pub(super) async fn lock_also<'a>(
+        &'a self,
+        held: &mut Held<'a>,
+        scim_id: &str,
+    ) -> Result<(), StoreError> {
+        let stripe = stripe(scim_id);
+        if held.stripes.contains(&stripe) {
+            return Ok(());
+        }
+        let guard = tokio::time::timeout(Duration::from_secs(10), self.identities[stripe].lock())
+            .await
+            .map_err(|_| {
+                StoreError::Backend(format!(
+                    "SCIM User {scim_id} is being changed by another reconcile; retried"
+                ))
+            })?;
+        held.stripes.push(stripe);
+        held._guards.push(guard);
+        Ok(())
+    }
+
     /// One page of one User id: a resource endpoint, not /ServiceProviderConfig, which many
     /// servers answer without authentication, so that a wrong token does not pass for ready.
     async fn ping_users(&self) -> Result<(), StoreError> {
@@ -162,6 +212,14 @@ impl ScimStore {
         .ok()
         .map(|_| ())
     }
+}
+
+/// The lock stripe of a SCIM User id.
+fn stripe(scim_id: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    scim_id.hash(&mut h);
+    (h.finish() % IDENTITY_STRIPES as u64) as usize
 }
 
 #[async_trait]
@@ -236,13 +294,20 @@ impl ScimStore {
     /// User other tenants' accounts share, this tenant's role Groups opened to it (see
     /// `identity.rs`).
     async fn activate_redeemed(&self, id: &str) -> Result<(), StoreError> {
-        let Some(identity) = self.identity(id, true).await? else {
-            return self.set_scim_active(id, true).await;
+        let Some(scim_id) = self.local.scim_id_of(id).await? else {
+            return Ok(());
         };
-        self.set_scim_active(&identity.scim_id, true).await?;
+        let _held = self.lock(&scim_id).await;
+        // Read again under the lock: suspended or offboarded meanwhile, it stays closed.
+        let identity = self.identity_of_user(&scim_id, true).await?;
+        if !identity.account(id).is_some_and(|a| a.record.active) {
+            return Ok(());
+        }
+        self.set_scim_active(&scim_id, identity.any_active())
+            .await?;
         if identity.shared() {
-            self.regroup(&identity.with_active(id, false), &identity)
-                .await?;
+            let before = identity.with_active(id, false);
+            self.regroup(&before, &identity).await?;
             self.sync_entitlements(&identity).await?;
         }
         Ok(())

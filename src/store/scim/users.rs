@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::client::{Filter, id_of, refusal};
 use super::identity::{Account, Identity};
-use super::{CORE_USER, PATCH_OP, ScimStore, USER_EXTENSION};
+use super::{CORE_USER, Held, PATCH_OP, ScimStore, USER_EXTENSION};
 use crate::crd::Address;
 use crate::plan::records::{ObjectKey, Profile, UserFields, UserRecord};
 use crate::plan::system_user::same_address;
@@ -83,6 +83,20 @@ impl ScimStore {
             Some(scim) => Ok(Some(self.identity_of_user(&scim, assignments).await?)),
             None => Ok(None),
         }
+    }
+
+    /// The identity of the local account `id`, read under its lock (see [`ScimStore::lock`]),
+    /// with the lock; None when the local store has no such account.
+    pub(super) async fn locked_identity(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Held<'_>, Identity)>, StoreError> {
+        let Some(scim_id) = self.local.scim_id_of(id).await? else {
+            return Ok(None);
+        };
+        let held = self.lock(&scim_id).await;
+        let identity = self.identity_of_user(&scim_id, true).await?;
+        Ok(Some((held, identity)))
     }
 
     /// The record of the local `account` whose SCIM User reads `user` (see `identity.rs`).
@@ -266,15 +280,10 @@ impl ScimStore {
         }
         let id = id_of(scim)?;
         let mut record = self.record(scim, None);
-        if !self.local.accounts_of_scim_user(&id).await?.is_empty() {
-            let account = crate::store::new_id()?;
-            self.local
-                .link_user(&account, &id, &fields_of(&record))
-                .await?;
-            let linked = self.local.user(&account).await?.ok_or_else(|| {
-                StoreError::Backend(format!("the account just linked to SCIM User {id} is gone"))
-            })?;
-            return self.view(scim, &linked).await;
+        let _held = self.lock(&id).await;
+        let identity = self.identity_of_user(&id, true).await?;
+        if !identity.accounts.is_empty() {
+            return self.link(scim, &identity, &fields_of(&record)).await;
         }
         // An active User had accepted (usher only activates on a redemption): it keeps its
         // access rather than being deactivated and invited again.
@@ -579,25 +588,49 @@ impl ScimStore {
     /// A new account for `fields` sharing the User of another tenant's account with the same
     /// address; None when there is none to share (see [`Self::identity_for_address`]).
     async fn join(&self, fields: &UserFields) -> Result<Option<UserRecord>, StoreError> {
-        let Some((user, identity)) = self.identity_for_address(fields).await? else {
+        let Some((user, found)) = self.identity_for_address(fields).await? else {
             return Ok(None);
         };
+        let _held = self.lock(&found.scim_id).await;
+        // Read again under the lock: its accounts may have changed since.
+        let identity = self.identity_of_user(&found.scim_id, true).await?;
+        if identity.accounts.is_empty()
+            || identity
+                .accounts
+                .iter()
+                .any(|a| a.record.tenant == fields.tenant)
+        {
+            return Ok(None);
+        }
+        tracing::info!(tenant = %fields.tenant,
+            "this person already has a User in the product, through another tenant; this tenant's account shares it");
+        self.link(&user, &identity, fields).await.map(Some)
+    }
+
+    /// A new account for `fields` on the User `user`, which `identity`'s accounts share (the
+    /// caller holds its lock): the Groups of an account that now shares the User and is pending
+    /// taken away first (see `identity.rs`), then the account recorded, inactive, then the
+    /// User's entitlements.
+    async fn link(
+        &self,
+        user: &Value,
+        identity: &Identity,
+        fields: &UserFields,
+    ) -> Result<UserRecord, StoreError> {
         let account = crate::store::new_id()?;
         let joined = identity.with_account(&account, fields);
-        // A pending account that had the User alone loses its Groups first (see identity.rs).
-        self.regroup(&identity, &joined).await?;
+        self.ungroup(identity, &joined).await?;
         self.local
             .link_user(&account, &identity.scim_id, fields)
             .await?;
-        tracing::info!(tenant = %fields.tenant,
-            "this person already has a User in the product, through another tenant; this tenant's account shares it");
+        self.sync_entitlements(&joined).await?;
         let linked = self.local.user(&account).await?.ok_or_else(|| {
             StoreError::Backend(format!(
                 "the account just linked to SCIM User {} is gone",
                 identity.scim_id
             ))
         })?;
-        self.view(&user, &linked).await.map(Some)
+        self.view(user, &linked).await
     }
 
     /// Take the account `id` out of `identity`'s User: its tenant's role Groups first, then the
@@ -605,7 +638,7 @@ impl ScimStore {
     /// owned it, and active as the accounts left are. The local account is left to the caller.
     async fn leave(&self, identity: &Identity, id: &str) -> Result<(), StoreError> {
         let rest = identity.without(id);
-        self.regroup(identity, &rest).await?;
+        self.ungroup(identity, &rest).await?;
         let scim_id = &identity.scim_id;
         if rest.accounts.is_empty() {
             let reply = self
@@ -630,38 +663,34 @@ impl ScimStore {
         if user["active"].as_bool() != Some(rest.any_active()) {
             self.set_scim_active(scim_id, rest.any_active()).await?;
         }
+        // What the accounts left gain (one alone again keeps its Groups while pending) comes
+        // after the User's state: never onto a User still active for the one that left.
+        self.group(identity, &rest).await?;
         self.sync_entitlements(&rest).await
     }
 
-    /// Give the account `id` of the shared `identity` the new address of `fields`: it leaves
-    /// that User (the others keep it) for the User of its new address: another tenant's
-    /// account's, or a new one.
-    async fn readdress(
-        &self,
+    /// Give the account `id` of `identity` (whose lock `held` is) the new address of `fields`:
+    /// it leaves that User (the others keep it) for the User of its new address: another
+    /// tenant's account's, its own from an earlier attempt, or a new one.
+    async fn readdress<'a>(
+        &'a self,
+        held: &mut Held<'a>,
         identity: &Identity,
         id: &str,
         fields: &UserFields,
     ) -> Result<UserRecord, StoreError> {
         let target = match self.identity_for_address(fields).await? {
             Some((_, target)) => target.scim_id,
-            None => {
-                let mut body = self.user_json(fields);
-                body["active"] = json!(false);
-                let created = self
-                    .send(Method::POST, "/Users", Some(&body), None)
-                    .await?
-                    .ok()?;
-                self.learn_unkept(fields, &created).await?;
-                id_of(&created)?
-            }
+            None => self.new_user_for(fields).await?,
         };
+        self.lock_also(held, &target).await?;
         self.leave(identity, id).await?;
         let before = self.identity_of_user(&target, true).await?;
-        self.local.adopt_user(id, fields, None).await?;
-        self.local.set_scim_id(id, &target).await?;
+        // One statement: an account is never half moved.
+        self.local.move_user(id, &target, fields).await?;
         let after = self.identity_of_user(&target, true).await?;
-        self.regroup(&before, &after).await?;
         self.set_scim_active(&target, after.any_active()).await?;
+        self.regroup(&before, &after).await?;
         self.sync_entitlements(&after).await?;
         let Some((user, _)) = self.get_user(&target).await? else {
             return Err(StoreError::NotFound(format!("SCIM User {target}")));
@@ -672,6 +701,55 @@ impl ScimStore {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
         self.view(&user, &account).await
+    }
+
+    /// The record of account `id` after `fields` were written to it (`scim`, the User as the
+    /// server answered or as read).
+    async fn written(
+        &self,
+        id: &str,
+        scim: &Value,
+        fields: &UserFields,
+    ) -> Result<UserRecord, StoreError> {
+        let account = self
+            .local
+            .user(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
+        let mut record = self.view(scim, &account).await?;
+        // A 204 answer carried the User as it was before: what was written is `fields`.
+        record.email = fields.email.clone();
+        record.external_id = fields.external_id.clone();
+        record.profile = fields.profile.clone();
+        Ok(record)
+    }
+
+    /// The id of a new, inactive User for `fields`, or of the one an earlier attempt created
+    /// (a 409 on a User carrying this account's key as `externalId`).
+    async fn new_user_for(&self, fields: &UserFields) -> Result<String, StoreError> {
+        let mut body = self.user_json(fields);
+        body["active"] = json!(false);
+        match self
+            .send(Method::POST, "/Users", Some(&body), None)
+            .await?
+            .ok()
+        {
+            Ok(created) => {
+                self.learn_unkept(fields, &created).await?;
+                id_of(&created)
+            }
+            Err(StoreError::Refused {
+                status: 409,
+                detail,
+            }) => self
+                .ours_by_user_name(fields)
+                .await?
+                .ok_or(StoreError::Refused {
+                    status: 409,
+                    detail,
+                }),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -736,50 +814,46 @@ impl Accounts for ScimStore {
     }
 
     async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError> {
-        let identity = self.identity(id, true).await?;
-        let mine = identity.as_ref().and_then(|i| i.account(id));
-        let readdressed = mine.is_some_and(|a| !same_address(&a.record.email, &fields.email));
-        let scim_id = identity.as_ref().map_or(id, |i| i.scim_id.as_str());
+        let Some((mut held, identity)) = self.locked_identity(id).await? else {
+            // No local account (lost): `id` is the User's own, as it always was before accounts
+            // could share one.
+            let scim = self.write_user(id, fields).await?;
+            self.local.adopt_user(id, fields, None).await?;
+            return self.written(id, &scim, fields).await;
+        };
+        let scim_id = identity.scim_id.clone();
+        let readdressed = identity
+            .account(id)
+            .is_some_and(|a| !same_address(&a.record.email, &fields.email));
         // A shared User is one address: an account that takes another one leaves it.
-        if let Some(identity) = identity.as_ref().filter(|i| i.shared() && readdressed) {
-            return self.readdress(identity, id, fields).await;
+        if identity.shared() && readdressed {
+            return self.readdress(&mut held, &identity, id, fields).await;
         }
-        let owner = match identity.as_ref().filter(|i| i.shared()) {
-            Some(shared) => {
-                let Some((user, _)) = self.get_user(scim_id).await? else {
+        let owner = match identity.shared() {
+            true => {
+                let Some((user, _)) = self.get_user(&scim_id).await? else {
                     return Err(StoreError::NotFound(format!("SCIM User {scim_id}")));
                 };
-                shared
-                    .owner(&user)
-                    .is_some_and(|o| o.record.id == id)
-                    .then_some(())
-                    .ok_or(user)
+                match identity.owner(&user).is_some_and(|o| o.record.id == id) {
+                    true => None,
+                    false => Some(user),
+                }
             }
-            None => Ok(()),
+            false => None,
         };
         let scim = match owner {
-            Ok(()) => match (self.write_user(scim_id, fields).await, identity.as_ref()) {
+            None => match self.write_user(&scim_id, fields).await {
                 // The new address is another tenant's person's User: this account joins it.
-                (Err(StoreError::Refused { status: 409, .. }), Some(identity)) if readdressed => {
-                    return self.readdress(identity, id, fields).await;
+                Err(StoreError::Refused { status: 409, .. }) if readdressed => {
+                    return self.readdress(&mut held, &identity, id, fields).await;
                 }
-                (written, _) => written?,
+                written => written?,
             },
             // Another account owns the User: this one's details stay in git and usher's record.
-            Err(user) => user,
+            Some(user) => user,
         };
-        self.local.adopt_user(id, fields, None).await?;
-        let shadow = self
-            .local
-            .user(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
-        let mut record = self.view(&scim, &shadow).await?;
-        // A 204 answer carried the User as it was before: what was written is `fields`.
-        record.email = fields.email.clone();
-        record.external_id = fields.external_id.clone();
-        record.profile = fields.profile.clone();
-        Ok(record)
+        self.local.update_account(id, fields).await?;
+        self.written(id, &scim, fields).await
     }
 
     async fn users_of_tenant(&self, tenant: &str) -> Result<Vec<UserRecord>, StoreError> {
@@ -836,9 +910,9 @@ impl Accounts for ScimStore {
     }
 
     async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
-        match self.identity(id, true).await? {
+        match self.locked_identity(id).await? {
             // The server need not drop a deleted User from its Groups; `leave` does.
-            Some(identity) => self.leave(&identity, id).await?,
+            Some((_held, identity)) => self.leave(&identity, id).await?,
             None => {
                 let reply = self
                     .send(Method::DELETE, &format!("/Users/{id}"), None, None)
@@ -852,22 +926,19 @@ impl Accounts for ScimStore {
     }
 
     async fn set_active(&self, id: &str, active: bool, now: Timestamp) -> Result<(), StoreError> {
-        let Some(identity) = self.identity(id, true).await? else {
+        let Some((_held, identity)) = self.locked_identity(id).await? else {
             self.local.set_active(id, active, now).await?;
             return self.set_scim_active(id, active).await;
         };
         let next = identity.with_active(id, active);
-        // Access goes from the product before usher's books say so, and comes after.
-        if !active {
-            self.regroup(&identity, &next).await?;
-        }
+        // Access goes from the product before usher's books say so, and comes after the User's
+        // state.
+        self.ungroup(&identity, &next).await?;
         // Local first: a redemption racing a deactivation reads it and leaves SCIM alone.
         self.local.set_active(id, active, now).await?;
         self.set_scim_active(&identity.scim_id, next.any_active())
             .await?;
-        if active {
-            self.regroup(&identity, &next).await?;
-        }
+        self.group(&identity, &next).await?;
         // The person's profile follows an account that is in use.
         if !active
             && identity.shared()
