@@ -139,6 +139,63 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(report.requeue))
 }
 
+/// The census: a Tenant's people counted again ([`tenant::recount`]) and the count written
+/// into its status, between the Tenant's own reconciles, so that a bulk import's many phase
+/// changes neither hold back nor multiply those. Written only if the status is still the one
+/// the count was made on (its `resourceVersion`): never over a newer status of the Tenant's own
+/// reconcile, which the next recount then builds on.
+pub(super) async fn recount(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = count_again(&tenant, &ctx).await;
+    // Counted apart from the Tenant's reconciles: `usher_reconciles_total{kind="TenantCensus"}`.
+    super::observe(&ctx, "TenantCensus", &*tenant, started, result).await
+}
+
+async fn count_again(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    let ns = tenant.namespace().ok_or(Error::Malformed("no namespace"))?;
+    let name = tenant.name_any();
+    let members: Vec<_> = ctx
+        .by_ns
+        .users
+        .list(&ns)
+        .into_iter()
+        .filter(|u| u.spec.tenant_ref.name == name)
+        .collect();
+    let members: Vec<&SystemUser> = members.iter().map(|u| &**u).collect();
+    let Some(status) = tenant::recount(tenant, &members) else {
+        return Ok(Action::await_change());
+    };
+    let patch = serde_json::json!({
+        "apiVersion": <Tenant as kube::Resource>::api_version(&()),
+        "kind": "Tenant",
+        "metadata": {"resourceVersion": tenant.resource_version()},
+        "status": status,
+    });
+    let api: kube::Api<Tenant> = kube::Api::namespaced(ctx.client.clone(), &ns);
+    match api
+        .patch_status(
+            &name,
+            &kube::api::PatchParams::apply(super::MANAGER).force(),
+            &kube::api::Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            ctx.metrics.api_writes.inc();
+            if let Some(people) = &status.users {
+                let key = TenantRecord::desired(tenant, &ns, &name).key;
+                ctx.metrics.set_tenant_people(&key, people);
+            }
+            Ok(Action::await_change())
+        }
+        // Written meanwhile (by the Tenant's reconcile): count again on what it wrote.
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+            Ok(Action::requeue(std::time::Duration::from_secs(1)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The tenant and its role catalogue in its store, written only where they differ.
 async fn write(
     store: &dyn UserStore,

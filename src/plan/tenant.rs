@@ -128,6 +128,26 @@ pub fn deleting(members: &[&SystemUser]) -> usize {
         .count()
 }
 
+/// The status a recount of a Tenant's people shows (the census, between the Tenant's own
+/// reconciles): the last status with `users` counted again from `members`. None when there is
+/// nothing to change, or nothing the census may change: no status yet, the Tenant or one of its
+/// people being deleted (the guard's status is the Tenant reconcile's to write).
+pub fn recount(tenant: &Tenant, members: &[&SystemUser]) -> Option<TenantStatus> {
+    let current = tenant.status.as_ref()?;
+    if tenant.metadata.deletion_timestamp.is_some() || deleting(members) > 0 {
+        return None;
+    }
+    let users = count(
+        members
+            .iter()
+            .map(|u| u.status.as_ref().and_then(|s| s.phase)),
+    );
+    (current.users.as_ref() != Some(&users)).then(|| TenantStatus {
+        users: Some(users),
+        ..current.clone()
+    })
+}
+
 /// What a Tenant's reconcile shows: its status, a Warning when the guard starts holding
 /// deletions back, and when to look again.
 #[derive(Clone, Debug, PartialEq)]
@@ -340,6 +360,39 @@ mod tests {
         // Shown already: no second Warning.
         tenant.status = Some(held.status.clone());
         assert_eq!(report(&tenant, &members, 6, now(), resync).note, None);
+    }
+
+    #[test]
+    fn the_census_counts_again_only_on_a_status_and_leaves_deletions_to_the_reconcile() {
+        let mut t = acme(5);
+        let pending = person("a", Some(UserPhase::Pending), false);
+        let active = person("b", Some(UserPhase::Active), false);
+        assert_eq!(
+            recount(&t, &[&pending]),
+            None,
+            "no status yet: the reconcile's"
+        );
+        let first = report(
+            &t,
+            &[&pending],
+            0,
+            now(),
+            std::time::Duration::from_secs(60),
+        );
+        t.status = Some(first.status.clone());
+        assert_eq!(recount(&t, &[&pending]), None, "nothing changed");
+        let counted = recount(&t, &[&pending, &active]).expect("one more person");
+        assert_eq!(
+            counted.conditions, first.status.conditions,
+            "only the counts change"
+        );
+        assert_ne!(counted.users, first.status.users);
+        let leaving = person("c", Some(UserPhase::Active), true);
+        assert_eq!(
+            recount(&t, &[&pending, &leaving]),
+            None,
+            "the guard's status"
+        );
     }
 
     #[test]

@@ -30,10 +30,12 @@ pub(super) fn hash(value: impl Hash) -> u64 {
     h.finish()
 }
 
-/// One watch of a kind, cached in a reflector and copied to every stream taken from it with
-/// [`Feed::subscribe`]. [`Feed::run`] consumes the feed and starts the watch, so a subscriber
-/// can be neither added after the start nor miscounted: each `subscribe` is one channel, and
-/// every channel has its reader. An object that does not decode (stored under an older schema,
+/// One watch of a kind, cached in a reflector and handed to every stream taken from it with
+/// [`Feed::changes`], each getting only the changes its key says are worth a reconcile (a copy
+/// of an object is made only for the subscribers it concerns: most watch events are status
+/// writes that concern one subscriber or none). [`Feed::run`] consumes the feed and starts the
+/// watch, so a subscriber can be neither added after the start nor miscounted: each `changes`
+/// is one channel, and every channel has its reader. An object that does not decode (stored under an older schema,
 /// or written around admission) is reported and left out, so that it cannot stop the watch of
 /// every other object of its kind.
 pub(super) struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
@@ -42,7 +44,7 @@ pub(super) struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
     index: Arc<ByNamespace<K>>,
     reader: Store<K>,
     writer: reflector::store::Writer<K>,
-    senders: Vec<mpsc::UnboundedSender<watcher::Event<K>>>,
+    senders: Vec<Subscriber<K>>,
     /// Only objects with these labels (`--shard-selector`); None: every object.
     selector: Option<String>,
 }
@@ -83,11 +85,19 @@ where
         self.reader.clone()
     }
 
-    /// A stream of every event of the watch, after the cache and the index saw it.
-    pub(super) fn subscribe(&mut self) -> mpsc::UnboundedReceiver<watcher::Event<K>> {
+    /// A stream of the objects whose `key` changed since last seen, and of every deleted
+    /// object, after the cache and the index saw them.
+    pub(super) fn changes(
+        &mut self,
+        key: impl Fn(&K) -> u64 + Send + 'static,
+    ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
         let (tx, rx) = mpsc::unbounded();
-        self.senders.push(tx);
-        rx
+        self.senders.push(Subscriber {
+            tx,
+            key: Box::new(key),
+            seen: HashMap::new(),
+        });
+        rx.map(Ok)
     }
 
     /// The watch, until it ends: fills the cache and the index, then hands each event on.
@@ -98,7 +108,7 @@ where
             index,
             reader,
             writer,
-            senders,
+            mut senders,
             selector,
         } = self;
         let cached = reader.clone();
@@ -119,8 +129,8 @@ where
                 match event {
                     Ok(event) => {
                         index.observe(&event, &reader);
-                        for tx in &senders {
-                            let _ = tx.unbounded_send(event.clone());
+                        for subscriber in &mut senders {
+                            subscriber.offer(&event);
                         }
                     }
                     Err(e) => {
@@ -274,30 +284,32 @@ where
     }
 }
 
-/// Objects whose `key` changed since last seen, and every deleted object.
-pub(super) fn changes<K>(
-    events: mpsc::UnboundedReceiver<watcher::Event<K>>,
-    key: impl Fn(&K) -> u64 + Send + 'static,
-) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
-where
-    K: Resource + Send + 'static,
-{
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    events.flat_map(move |event| {
+/// One subscriber of a [`Feed`]: its channel, the key whose change is worth passing on, and
+/// the key each object (by uid) had when last passed on.
+struct Subscriber<K> {
+    tx: mpsc::UnboundedSender<K>,
+    key: Box<dyn Fn(&K) -> u64 + Send>,
+    seen: HashMap<String, u64>,
+}
+
+impl<K: Resource + Clone> Subscriber<K> {
+    /// Pass `event`'s object on if its key changed, or it was deleted.
+    fn offer(&mut self, event: &watcher::Event<K>) {
         let uid = |o: &K| o.meta().uid.clone().unwrap_or_default();
-        let out = match event {
+        match event {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                let k = key(&o);
-                (seen.insert(uid(&o), k) != Some(k)).then_some(o)
+                let k = (self.key)(o);
+                if self.seen.insert(uid(o), k) != Some(k) {
+                    let _ = self.tx.unbounded_send(o.clone());
+                }
             }
             watcher::Event::Delete(o) => {
-                seen.remove(&uid(&o));
-                Some(o)
+                self.seen.remove(&uid(o));
+                let _ = self.tx.unbounded_send(o.clone());
             }
-            watcher::Event::Init | watcher::Event::InitDone => None,
-        };
-        futures::stream::iter(out.map(Ok))
-    })
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
 }
 
 /// A Tenant's lifecycle plus the release annotation of the offboarding guard.
@@ -329,13 +341,26 @@ where
 }
 
 /// Reconciles of one kind at a time at most `concurrency`, and a burst of triggers for one object
-/// (its creation, its binding's, the finalizer, …) folded into one reconcile. Unbounded, a bulk
-/// import had hundreds of reconciles queueing for the store's few connections.
-pub(super) fn tuned(concurrency: u16) -> kube::runtime::controller::Config {
+/// (its creation, its binding's, the finalizer, …) folded into one reconcile: the triggers that
+/// come within `debounce` of each other (trailing edge; each one pushes the reconcile back, so
+/// it also bounds how soon a lone change is acted on). Unbounded, a bulk import had hundreds of
+/// reconciles queueing for the store's few connections.
+pub(super) fn tuned(
+    concurrency: u16,
+    debounce: std::time::Duration,
+) -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default()
-        .debounce(std::time::Duration::from_millis(200))
+        .debounce(debounce)
         .concurrency(concurrency)
 }
+
+/// The debounce of the controllers a person waits on (apply → Pending, redeem → Active): a
+/// creation and its binding's, made by one `kubectl apply`, arrive well within it.
+pub(super) const PROMPT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The debounce of the Tenant census: a Tenant's status counts its people by phase, which a bulk
+/// import changes many times a second; one recount per quiet second is enough.
+pub(super) const SUMMARY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

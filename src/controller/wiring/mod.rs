@@ -24,7 +24,9 @@ use crate::mail::Mailer;
 use crate::metrics::Metrics;
 use crate::plan::system_user::{REDEEMED_ANNOTATION, RESEND_ANNOTATION};
 use crate::store::Stores;
-use feed::{Feed, changes, hash, in_namespace, lifecycle, report_invalid, tenant_key, tuned};
+use feed::{
+    Feed, PROMPT, SUMMARY, hash, in_namespace, lifecycle, report_invalid, tenant_key, tuned,
+};
 
 /// The four watches, one per kind.
 struct Feeds {
@@ -124,9 +126,10 @@ pub async fn run(
         failures: Default::default(),
     });
 
-    let controllers = futures::future::join4(
+    let controllers = futures::future::join5(
         system_users(&mut feeds, ctx.clone(), wake),
         tenants(&mut feeds, ctx.clone()),
+        tenant_census(&mut feeds, ctx.clone()),
         location_groups(&mut feeds, ctx.clone()),
         role_bindings(&mut feeds, ctx),
     );
@@ -202,7 +205,7 @@ where
         }
     });
     Controller::for_stream(
-        changes(feeds.users.subscribe(), |u: &SystemUser| {
+        feeds.users.changes(|u: &SystemUser| {
             hash((
                 lifecycle(u),
                 u.annotations().get(RESEND_ANNOTATION),
@@ -213,15 +216,12 @@ where
     )
     // The invitation Secrets are not watched: usher only writes and deletes them, so its
     // ServiceAccount needs no right to read or list any Secret.
+    .watches_stream(feeds.tenants.changes(tenant_key), move |t: Tenant| {
+        let name = t.name_any();
+        in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
+    })
     .watches_stream(
-        changes(feeds.tenants.subscribe(), tenant_key),
-        move |t: Tenant| {
-            let name = t.name_any();
-            in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
-        },
-    )
-    .watches_stream(
-        changes(feeds.bindings.subscribe(), |b: &RoleBinding| {
+        feeds.bindings.changes(|b: &RoleBinding| {
             hash((
                 lifecycle(b),
                 b.status
@@ -237,7 +237,7 @@ where
     // Who holds an address is decided among all its holders (DuplicateEmail), so one that
     // arrives, leaves or changes address wakes the holders of its old address and its new one.
     .watches_stream(
-        changes(feeds.users.subscribe(), |u: &SystemUser| {
+        feeds.users.changes(|u: &SystemUser| {
             hash((
                 u.spec.email.to_lowercase(),
                 u.metadata.deletion_timestamp.is_some(),
@@ -266,56 +266,72 @@ where
         },
     )
     .reconcile_on(wake)
-    .with_config(tuned(32))
+    .with_config(tuned(32, PROMPT))
     .shutdown_on_signal()
     .run(system_user::reconcile, error_policy, ctx)
     .for_each(|_| futures::future::ready(()))
 }
 
-/// Tenant: its spec and the release annotation; the phases (and existence) of its users.
+/// Tenant: its spec and the release annotation; its users arriving, leaving, and being deleted
+/// (the guard). Their phases are the census's ([`tenant_census`]): were they triggers here, the
+/// trailing debounce would hold the Tenant's own first reconcile (its finalizer, its record in
+/// the store) back for as long as a bulk import keeps changing its people.
 fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
-    Controller::for_stream(
-        changes(feeds.tenants.subscribe(), tenant_key),
-        ctx.tenants.clone(),
-    )
-    .watches_stream(
-        changes(feeds.users.subscribe(), |u: &SystemUser| {
-            hash((
-                u.status.as_ref().and_then(|s| s.phase),
-                &u.spec.tenant_ref.name,
-                u.metadata.deletion_timestamp.is_some(),
-            ))
-        }),
-        |u: SystemUser| {
-            u.namespace()
-                .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
-        },
-    )
-    .with_config(tuned(4))
-    .shutdown_on_signal()
-    .run(tenant::reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
+    Controller::for_stream(feeds.tenants.changes(tenant_key), ctx.tenants.clone())
+        .watches_stream(
+            feeds.users.changes(|u: &SystemUser| {
+                hash((
+                    &u.spec.tenant_ref.name,
+                    u.metadata.deletion_timestamp.is_some(),
+                ))
+            }),
+            |u: SystemUser| {
+                u.namespace()
+                    .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
+            },
+        )
+        .with_config(tuned(4, PROMPT))
+        .shutdown_on_signal()
+        .run(tenant::reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+}
+
+/// The Tenant census: its people's phases, counted again into its status once they have been
+/// quiet for [`SUMMARY`].
+fn tenant_census(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
+    Controller::for_stream(feeds.tenants.changes(|_| 0), ctx.tenants.clone())
+        .watches_stream(
+            feeds.users.changes(|u: &SystemUser| {
+                hash((
+                    u.status.as_ref().and_then(|s| s.phase),
+                    &u.spec.tenant_ref.name,
+                ))
+            }),
+            |u: SystemUser| {
+                u.namespace()
+                    .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
+            },
+        )
+        .with_config(tuned(2, SUMMARY))
+        .shutdown_on_signal()
+        .run(tenant::recount, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
 }
 
 /// LocationGroup: any group's spec in the namespace (parents decide children); tenants.
 fn location_groups(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
     let (g1, g2) = (ctx.by_ns.groups.clone(), ctx.by_ns.groups.clone());
-    Controller::for_stream(
-        changes(feeds.groups.subscribe(), lifecycle),
-        ctx.groups.clone(),
-    )
-    .watches_stream(
-        changes(feeds.groups.subscribe(), lifecycle),
-        move |g: LocationGroup| in_namespace(&g1, g.namespace(), |_| true),
-    )
-    .watches_stream(
-        changes(feeds.tenants.subscribe(), lifecycle),
-        move |t: Tenant| in_namespace(&g2, t.namespace(), |_| true),
-    )
-    .with_config(tuned(8))
-    .shutdown_on_signal()
-    .run(location_group::reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
+    Controller::for_stream(feeds.groups.changes(lifecycle), ctx.groups.clone())
+        .watches_stream(feeds.groups.changes(lifecycle), move |g: LocationGroup| {
+            in_namespace(&g1, g.namespace(), |_| true)
+        })
+        .watches_stream(feeds.tenants.changes(lifecycle), move |t: Tenant| {
+            in_namespace(&g2, t.namespace(), |_| true)
+        })
+        .with_config(tuned(8, PROMPT))
+        .shutdown_on_signal()
+        .run(location_group::reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
 }
 
 /// RoleBinding: its spec; its siblings (same user), their specs and phases; its user; groups;
@@ -327,39 +343,37 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
     );
-    Controller::for_stream(
-        changes(feeds.bindings.subscribe(), lifecycle),
-        ctx.bindings.clone(),
-    )
-    // A sibling's spec, or its phase: one that expires frees what it blocked, without an edit.
-    .watches_stream(
-        changes(feeds.bindings.subscribe(), |b: &RoleBinding| {
-            hash((lifecycle(b), b.status.as_ref().and_then(|s| s.phase)))
-        }),
-        move |b: RoleBinding| {
-            let user = b.spec.user_ref.name.clone();
-            in_namespace(&b1, b.namespace(), move |o| o.spec.user_ref.name == user)
-        },
-    )
-    .watches_stream(
-        changes(feeds.users.subscribe(), |u: &SystemUser| {
-            hash((lifecycle(u), &u.spec.tenant_ref.name))
-        }),
-        move |u: SystemUser| {
-            let name = u.name_any();
-            in_namespace(&b2, u.namespace(), move |o| o.spec.user_ref.name == name)
-        },
-    )
-    .watches_stream(
-        changes(feeds.groups.subscribe(), lifecycle),
-        move |g: LocationGroup| in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some()),
-    )
-    .watches_stream(
-        changes(feeds.tenants.subscribe(), lifecycle),
-        move |t: Tenant| in_namespace(&b4, t.namespace(), |_| true),
-    )
-    .with_config(tuned(16))
-    .shutdown_on_signal()
-    .run(role_binding::reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
+    Controller::for_stream(feeds.bindings.changes(lifecycle), ctx.bindings.clone())
+        // A sibling's spec, or its phase: one that expires frees what it blocked, without an edit.
+        // Not the binding itself: its own phase is what its reconcile just wrote.
+        .watches_stream(
+            feeds.bindings.changes(|b: &RoleBinding| {
+                hash((lifecycle(b), b.status.as_ref().and_then(|s| s.phase)))
+            }),
+            move |b: RoleBinding| {
+                let (user, me) = (b.spec.user_ref.name.clone(), b.name_any());
+                in_namespace(&b1, b.namespace(), move |o| {
+                    o.spec.user_ref.name == user && o.name_any() != me
+                })
+            },
+        )
+        .watches_stream(
+            feeds
+                .users
+                .changes(|u: &SystemUser| hash((lifecycle(u), &u.spec.tenant_ref.name))),
+            move |u: SystemUser| {
+                let name = u.name_any();
+                in_namespace(&b2, u.namespace(), move |o| o.spec.user_ref.name == name)
+            },
+        )
+        .watches_stream(feeds.groups.changes(lifecycle), move |g: LocationGroup| {
+            in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some())
+        })
+        .watches_stream(feeds.tenants.changes(lifecycle), move |t: Tenant| {
+            in_namespace(&b4, t.namespace(), |_| true)
+        })
+        .with_config(tuned(16, PROMPT))
+        .shutdown_on_signal()
+        .run(role_binding::reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
 }

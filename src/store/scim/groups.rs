@@ -504,7 +504,9 @@ impl Catalogue for ScimStore {
         self.local.put_roles(tenant, roles).await?;
         // A role that gives other permissions now (or is gone): its holders' entitlements
         // follow, so that the product never grants what the catalogue took away.
-        let changed: Vec<String> = before
+        // And one new to the catalogue: people may hold it already (their reconcile can run
+        // before their Tenant's first one).
+        let mut changed: Vec<String> = before
             .iter()
             .filter(|old| {
                 roles
@@ -514,6 +516,12 @@ impl Catalogue for ScimStore {
             })
             .map(|r| r.name.clone())
             .collect();
+        changed.extend(
+            roles
+                .iter()
+                .filter(|new| before.iter().all(|old| old.name != new.name))
+                .map(|r| r.name.clone()),
+        );
         if !changed.is_empty() {
             let mut done = BTreeSet::new();
             for holder in self.local.holders(tenant, &changed).await? {
