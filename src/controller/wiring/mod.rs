@@ -173,8 +173,9 @@ pub async fn announce_redemption(client: &Client, person: &ObjectRef<SystemUser>
     }
 }
 
-/// SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings; the
-/// other holders of its address; a redemption (`wake`).
+/// SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings'
+/// specs; the location groups they name; the other holders of its address; a redemption
+/// (`wake`).
 fn system_users<W>(
     feeds: &mut Feeds,
     ctx: Arc<Context>,
@@ -188,6 +189,7 @@ where
         ctx.by_ns.users.clone(),
         ctx.by_ns.users.clone(),
     );
+    let bindings = ctx.by_ns.bindings.clone();
     let addresses = std::sync::Mutex::new(HashMap::<String, String>::new());
     // A redemption of someone this instance does not watch (another shard's, or another
     // namespace's) is announced on the object itself, so that the instance that watches it
@@ -220,20 +222,35 @@ where
         let name = t.name_any();
         in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
     })
+    // A person's roles are decided in their own reconcile, from the specs of their bindings,
+    // groups and tenant (the snapshot): a binding's spec wakes them, and of its status only
+    // what that decision reads (`exclusive`). Not its phase: that is the binding reconcile's
+    // copy of the same decision, and waking on it would reconcile every person twice.
     .watches_stream(
         feeds.bindings.changes(|b: &RoleBinding| {
-            hash((
-                lifecycle(b),
-                b.status
-                    .as_ref()
-                    .map(|s| (s.phase, s.conflicts_with.clone())),
-            ))
+            hash((lifecycle(b), b.status.as_ref().and_then(|s| s.exclusive)))
         }),
         move |b: RoleBinding| {
             let user = b.spec.user_ref.name.clone();
             in_namespace(&u2, b.namespace(), move |u| u.name_any() == user)
         },
     )
+    // A location group's spec (its place in the tree) decides whether the bindings scoped to
+    // it, or to a group below it, grant anything: it wakes the people with a scoped binding in
+    // its namespace.
+    .watches_stream(feeds.groups.changes(lifecycle), move |g: LocationGroup| {
+        let ns = g.namespace().unwrap_or_default();
+        let people: std::collections::BTreeSet<String> = bindings
+            .list(&ns)
+            .iter()
+            .filter(|b| b.spec.scope.is_some())
+            .map(|b| b.spec.user_ref.name.clone())
+            .collect();
+        people
+            .into_iter()
+            .map(|name| ObjectRef::new(&name).within(&ns))
+            .collect::<Vec<_>>()
+    })
     // Who holds an address is decided among all its holders (DuplicateEmail), so one that
     // arrives, leaves or changes address wakes the holders of its old address and its new one.
     .watches_stream(
