@@ -141,9 +141,9 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
 
 /// The census: a Tenant's people counted again ([`tenant::recount`]) and the count written
 /// into its status, between the Tenant's own reconciles, so that a bulk import's many phase
-/// changes neither hold back nor multiply those. Written only if the status is still the one
-/// the count was made on (its `resourceVersion`): never over a newer status of the Tenant's own
-/// reconcile, which the next recount then builds on.
+/// changes neither hold back nor multiply those. Only `status.users` is applied, under a field
+/// manager of its own ([`CENSUS_MANAGER`]): the conditions stay the Tenant reconcile's, whatever
+/// the census read.
 pub(super) async fn recount(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let result = count_again(&tenant, &ctx).await;
@@ -162,39 +162,37 @@ async fn count_again(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         .filter(|u| u.spec.tenant_ref.name == name)
         .collect();
     let members: Vec<&SystemUser> = members.iter().map(|u| &**u).collect();
-    let Some(status) = tenant::recount(tenant, &members) else {
+    let Some(people) = tenant::recount(tenant, &members) else {
         return Ok(Action::await_change());
     };
     let patch = serde_json::json!({
         "apiVersion": <Tenant as kube::Resource>::api_version(&()),
         "kind": "Tenant",
-        "metadata": {"resourceVersion": tenant.resource_version()},
-        "status": status,
+        "status": {"users": people},
     });
     let api: kube::Api<Tenant> = kube::Api::namespaced(ctx.client.clone(), &ns);
     match api
         .patch_status(
             &name,
-            &kube::api::PatchParams::apply(super::MANAGER).force(),
+            &kube::api::PatchParams::apply(CENSUS_MANAGER).force(),
             &kube::api::Patch::Apply(&patch),
         )
         .await
     {
         Ok(_) => {
             ctx.metrics.api_writes.inc();
-            if let Some(people) = &status.users {
-                let key = TenantRecord::desired(tenant, &ns, &name).key;
-                ctx.metrics.set_tenant_people(&key, people);
-            }
+            let key = TenantRecord::desired(tenant, &ns, &name).key;
+            ctx.metrics.set_tenant_people(&key, &people);
             Ok(Action::await_change())
         }
-        // Written meanwhile (by the Tenant's reconcile): count again on what it wrote.
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
-            Ok(Action::requeue(std::time::Duration::from_secs(1)))
-        }
+        // Gone meanwhile: nothing to count.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Action::await_change()),
         Err(e) => Err(e.into()),
     }
 }
+
+/// The field manager of the census's writes (`status.users` only).
+pub const CENSUS_MANAGER: &str = "usher-census";
 
 /// The tenant and its role catalogue in its store, written only where they differ.
 async fn write(

@@ -359,8 +359,9 @@ pub(super) fn tuned(
 pub(super) const PROMPT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The debounce of the Tenant census: a Tenant's status counts its people by phase, which a bulk
-/// import changes many times a second; one recount per quiet second is enough.
-pub(super) const SUMMARY: std::time::Duration = std::time::Duration::from_secs(1);
+/// import changes many times a second; a recount once they have been quiet for this long. Being
+/// trailing, a longer one would fold more recounts but leave the counts stale for longer.
+pub(super) const SUMMARY: std::time::Duration = std::time::Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {

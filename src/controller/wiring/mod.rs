@@ -289,10 +289,10 @@ where
     .for_each(|_| futures::future::ready(()))
 }
 
-/// Tenant: its spec and the release annotation; its users arriving, leaving, and being deleted
-/// (the guard). Their phases are the census's ([`tenant_census`]): were they triggers here, the
-/// trailing debounce would hold the Tenant's own first reconcile (its finalizer, its record in
-/// the store) back for as long as a bulk import keeps changing its people.
+/// Tenant: its spec and the release annotation; its people being deleted (the guard). Their
+/// arrivals and phases are the census's ([`tenant_census`]): were they triggers here, a bulk
+/// import would reconcile each Tenant hundreds of times, and the trailing debounce would hold
+/// its own first reconcile (its finalizer, its record in the store) back meanwhile.
 fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
     Controller::for_stream(feeds.tenants.changes(tenant_key), ctx.tenants.clone())
         .watches_stream(
@@ -303,7 +303,9 @@ fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + u
                 ))
             }),
             |u: SystemUser| {
+                let leaving = u.metadata.deletion_timestamp.is_some();
                 u.namespace()
+                    .filter(|_| leaving)
                     .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
             },
         )
