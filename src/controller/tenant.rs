@@ -152,6 +152,10 @@ pub(super) async fn recount(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Ac
 }
 
 async fn count_again(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    // Not on a cache still being filled (at start): a partial count is a wrong count.
+    if !ctx.caches_ready() {
+        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+    }
     let ns = tenant.namespace().ok_or(Error::Malformed("no namespace"))?;
     let name = tenant.name_any();
     let members: Vec<_> = ctx
