@@ -285,17 +285,18 @@ where
 }
 
 /// One subscriber of a [`Feed`]: its channel, the key whose change is worth passing on, and
-/// the key each object (by uid) had when last passed on.
+/// the key each object had when last passed on (by a hash of its uid: 16 bytes an object
+/// rather than a copy of the uid, in each of the dozen subscribers).
 struct Subscriber<K> {
     tx: mpsc::UnboundedSender<K>,
     key: Box<dyn Fn(&K) -> u64 + Send>,
-    seen: HashMap<String, u64>,
+    seen: HashMap<u64, u64>,
 }
 
 impl<K: Resource + Clone> Subscriber<K> {
     /// Pass `event`'s object on if its key changed, or it was deleted.
     fn offer(&mut self, event: &watcher::Event<K>) {
-        let uid = |o: &K| o.meta().uid.clone().unwrap_or_default();
+        let uid = |o: &K| hash(o.meta().uid.as_deref().unwrap_or_default());
         match event {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
                 let k = (self.key)(o);

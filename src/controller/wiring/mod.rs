@@ -228,7 +228,9 @@ where
     // copy of the same decision, and waking on it would reconcile every person twice.
     .watches_stream(
         feeds.bindings.changes(|b: &RoleBinding| {
-            hash((lifecycle(b), b.status.as_ref().and_then(|s| s.exclusive)))
+            // As the decision reads it: unset is not exclusive.
+            let exclusive = b.status.as_ref().and_then(|s| s.exclusive);
+            hash((lifecycle(b), exclusive.unwrap_or(false)))
         }),
         move |b: RoleBinding| {
             let user = b.spec.user_ref.name.clone();
