@@ -107,13 +107,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) => return Err(e),
     };
-    let members: Vec<_> = ctx
-        .by_ns
-        .users
-        .list(&ns)
-        .into_iter()
-        .filter(|u| u.spec.tenant_ref.name == name)
-        .collect();
+    let members = members_of(ctx, &ns, &name);
     let members: Vec<&SystemUser> = members.iter().map(|u| &**u).collect();
     let now = Timestamp::now();
     if let Some(value) = tenant.annotations().get(offboarding::ALLOW_ANNOTATION) {
@@ -158,13 +152,7 @@ async fn count_again(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     }
     let ns = tenant.namespace().ok_or(Error::Malformed("no namespace"))?;
     let name = tenant.name_any();
-    let members: Vec<_> = ctx
-        .by_ns
-        .users
-        .list(&ns)
-        .into_iter()
-        .filter(|u| u.spec.tenant_ref.name == name)
-        .collect();
+    let members = members_of(ctx, &ns, &name);
     let members: Vec<&SystemUser> = members.iter().map(|u| &**u).collect();
     let Some(people) = tenant::recount(tenant, &members) else {
         return Ok(Action::await_change());
@@ -197,6 +185,16 @@ async fn count_again(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
 
 /// The field manager of the census's writes (`status.users` only).
 pub const CENSUS_MANAGER: &str = "usher-census";
+
+/// The SystemUsers of tenant `name` in namespace `ns`, from the cache.
+fn members_of(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<SystemUser>> {
+    ctx.by_ns
+        .users
+        .list(ns)
+        .into_iter()
+        .filter(|u| u.spec.tenant_ref.name == name)
+        .collect()
+}
 
 /// The tenant and its role catalogue in its store, written only where they differ.
 async fn write(

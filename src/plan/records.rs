@@ -149,6 +149,20 @@ pub struct UserFields {
 }
 
 impl UserRecord {
+    /// A new account `id` holding `fields`, inactive and never accepted: what a store has just
+    /// created.
+    pub fn created(id: String, fields: &UserFields) -> Self {
+        Self {
+            id,
+            tenant: fields.tenant.clone(),
+            external_id: fields.external_id.clone(),
+            email: fields.email.clone(),
+            profile: fields.profile.clone(),
+            active: false,
+            activated_at: None,
+        }
+    }
+
     /// Whether the stored details already match.
     pub fn matches(&self, fields: &UserFields) -> bool {
         self.tenant == fields.tenant

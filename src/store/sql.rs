@@ -489,15 +489,7 @@ impl Accounts for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(|e| address_taken(e, fields))?;
-        Ok(UserRecord {
-            id,
-            tenant: fields.tenant.clone(),
-            external_id: fields.external_id.clone(),
-            email: fields.email.clone(),
-            profile: fields.profile.clone(),
-            active: false,
-            activated_at: None,
-        })
+        Ok(UserRecord::created(id, fields))
     }
 
     async fn update_user(&self, id: &str, fields: &UserFields) -> Result<UserRecord, StoreError> {

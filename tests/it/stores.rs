@@ -13,7 +13,7 @@ use usher::plan::records::{
 use usher::store::{StoreError, UserStore};
 use usher::token::{Token, TokenHash};
 
-use crate::support::{scim_filter, scim_get};
+use crate::support::{scim_filter, scim_get, scim_group_members};
 
 fn fields(name: &str) -> UserFields {
     UserFields {
@@ -1056,25 +1056,9 @@ async fn scim_entitlements_carry_the_permissions_of_each_role_where_it_applies()
     };
     let entitlements = || async {
         let u = scim_get(&scim, &format!("/Users/{}", lia.id)).await;
-        let mut found: Vec<(String, String)> = u["entitlements"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                (
-                    e["value"].as_str().unwrap_or_default().to_string(),
-                    e["type"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
-        found.sort();
-        found
+        attribute_pairs(&u["entitlements"], "value", "type")
     };
-    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-        list.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    };
+    let pairs = owned_pairs;
     store
         .set_assignments(
             &lia.id,
@@ -1159,24 +1143,10 @@ async fn scim_one_person_in_two_tenants_is_one_user_with_access_in_each() {
     let user_id = users["Resources"][0]["id"].as_str().unwrap().to_string();
     let path = format!("/Users/{user_id}");
     let user = || scim_get(&scim, &path);
-    let members = |tenant: &'static str| {
+    let members = |tenant: &str| {
+        let group = format!("role/{tenant}/{tenant}/Manager");
         let scim = &scim;
-        async move {
-            let g = scim_get(
-                scim,
-                &format!(
-                    "/Groups{}",
-                    scim_filter("externalId", &format!("role/{tenant}/{tenant}/Manager"))
-                ),
-            )
-            .await;
-            g["Resources"][0]["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|m| m["value"].as_str().map(str::to_string))
-                .collect::<Vec<_>>()
-        }
+        async move { scim_group_members(scim, &group).await }
     };
     let binding = |t: &str| Assignment {
         binding: format!("{t}/pat-manager"),
@@ -1329,25 +1299,10 @@ async fn scim_an_address_change_moves_one_account_between_users() {
         .await
         .unwrap();
     let names = || async {
-        let mut n: Vec<(String, String)> = scim_get(&scim, "/Users?count=100").await["Resources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|u| {
-                (
-                    u["userName"].as_str().unwrap_or_default().to_string(),
-                    u["externalId"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
-        n.sort();
-        n
+        let users = scim_get(&scim, "/Users?count=100").await;
+        attribute_pairs(&users["Resources"], "userName", "externalId")
     };
-    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-        list.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    };
+    let pairs = owned_pairs;
     assert_eq!(
         names().await,
         pairs(&[(pat, "acme/pat"), ("sam@initech.example", "initech/sam")])
@@ -1390,4 +1345,24 @@ async fn scim_an_address_change_moves_one_account_between_users() {
         let read = store.user_by_external_id(key).await.unwrap().unwrap();
         assert_eq!(&read.id, id, "{key}");
     }
+}
+
+/// Two attributes of each resource of a SCIM list, as sorted pairs ("" where unset).
+fn attribute_pairs(list: &serde_json::Value, a: &str, b: &str) -> Vec<(String, String)> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut found: Vec<(String, String)> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (text(&r[a]), text(&r[b])))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Expected pairs, owned.
+fn owned_pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }

@@ -533,6 +533,21 @@ pub async fn scim_get(scim: &usher_testenv::Scim, path: &str) -> serde_json::Val
         .expect("SCIM JSON")
 }
 
+/// The member ids of a SCIM server's Group with this externalId (none when it does not exist).
+pub async fn scim_group_members(scim: &usher_testenv::Scim, external_id: &str) -> Vec<String> {
+    let g = scim_get(
+        scim,
+        &format!("/Groups{}", scim_filter("externalId", external_id)),
+    )
+    .await;
+    g["Resources"][0]["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["value"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// `?filter=<attr> eq "<value>"`, URL-encoded.
 pub fn scim_filter(attr: &str, value: &str) -> String {
     let f = format!("{attr} eq \"{value}\"");

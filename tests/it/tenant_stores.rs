@@ -13,8 +13,8 @@ use usher::crd::{SystemUser, Tenant, UserPhase};
 use usher_testenv::{Scim, Smtp};
 
 use crate::support::{
-    Usher, apply_yaml, client, eventually, invitation_in, namespace, recipient, scim_filter,
-    scim_get, wait_for,
+    Usher, apply_yaml, client, eventually, invitation_in, namespace, recipient, scim_get,
+    scim_group_members, wait_for,
 };
 
 const SHARD: &str = "sharding.fluxcd.io/key";
@@ -48,6 +48,20 @@ async fn user_names(scim: &Scim) -> Vec<String> {
         .flatten()
         .filter_map(|u| u["userName"].as_str().map(str::to_string))
         .collect()
+}
+
+/// The contractor's two invitations, one per tenant.
+async fn invitations_to_pat(smtp: &Smtp) -> Vec<Vec<u8>> {
+    eventually(Duration::from_secs(30), || async {
+        let m: Vec<Vec<u8>> = smtp
+            .messages()
+            .into_iter()
+            .filter(|raw| recipient(raw) == PAT)
+            .collect();
+        (m.len() == 2).then_some(m)
+    })
+    .await
+    .expect("two invitations to the contractor, one per tenant")
 }
 
 fn ready(t: &Tenant) -> Option<(String, String, String)> {
@@ -168,16 +182,7 @@ async fn two_tenants_on_two_scim_servers_share_a_contractor_and_a_broken_store_b
     assert!(!body.contains(&acme.token) && !body.contains(&globex.token));
 
     // Pat redeems both invitations on one page; both accounts turn Active.
-    let mails = eventually(Duration::from_secs(30), || async {
-        let m: Vec<Vec<u8>> = smtp
-            .messages()
-            .into_iter()
-            .filter(|raw| recipient(raw) == PAT)
-            .collect();
-        (m.len() == 2).then_some(m)
-    })
-    .await
-    .expect("two invitations to the contractor, one per tenant");
+    let mails = invitations_to_pat(&smtp).await;
     for raw in &mails {
         assert_eq!(usher.redeem(&invitation_in(raw).1).await.0, 200);
     }
@@ -203,21 +208,6 @@ async fn two_tenants_on_two_scim_servers_share_a_contractor_and_a_broken_store_b
         !usher.log().contains(&acme.token) && !usher.log().contains(&globex.token),
         "no credential in the log"
     );
-}
-
-/// The members' ids of a SCIM Group by externalId (none when it does not exist).
-async fn group_members(scim: &Scim, external_id: &str) -> Vec<String> {
-    let g = scim_get(
-        scim,
-        &format!("/Groups{}", scim_filter("externalId", external_id)),
-    )
-    .await;
-    g["Resources"][0]["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["value"].as_str().map(str::to_string))
-        .collect()
 }
 
 /// Two tenants that share the operator's one SCIM server, and a contractor in both: one User
@@ -269,16 +259,7 @@ async fn a_contractor_in_two_tenants_on_one_scim_server_is_one_user_with_access_
     );
 
     // Pat accepts acme's invitation: active for acme, and globex's role not opened by it.
-    let mails = eventually(Duration::from_secs(30), || async {
-        let m: Vec<Vec<u8>> = smtp
-            .messages()
-            .into_iter()
-            .filter(|raw| recipient(raw) == PAT)
-            .collect();
-        (m.len() == 2).then_some(m)
-    })
-    .await
-    .expect("two invitations to the contractor, one per tenant");
+    let mails = invitations_to_pat(&smtp).await;
     let mut tokens: Vec<String> = mails.iter().map(|raw| invitation_in(raw).1).collect();
     let first = tokens.remove(0);
     assert_eq!(usher.redeem(&first).await.0, 200);
@@ -303,11 +284,11 @@ async fn a_contractor_in_two_tenants_on_one_scim_server_is_one_user_with_access_
         true
     );
     assert_eq!(
-        group_members(&scim, open_role).await,
+        scim_group_members(&scim, open_role).await,
         std::slice::from_ref(&id)
     );
     assert!(
-        group_members(&scim, closed_role).await.is_empty(),
+        scim_group_members(&scim, closed_role).await.is_empty(),
         "the other tenant's role waits for its invitation"
     );
 
@@ -321,8 +302,8 @@ async fn a_contractor_in_two_tenants_on_one_scim_server_is_one_user_with_access_
     }
     let both = eventually(Duration::from_secs(30), || async {
         let (a, b) = (
-            group_members(&scim, &role_a).await,
-            group_members(&scim, &role_b).await,
+            scim_group_members(&scim, &role_a).await,
+            scim_group_members(&scim, &role_b).await,
         );
         (a == [id.clone()] && b == [id.clone()]).then_some(())
     })
@@ -336,9 +317,9 @@ async fn a_contractor_in_two_tenants_on_one_scim_server_is_one_user_with_access_
     })
     .await;
     assert!(gone.is_some(), "acme's pat offboarded:\n{}", usher.log());
-    assert!(group_members(&scim, &role_a).await.is_empty());
+    assert!(scim_group_members(&scim, &role_a).await.is_empty());
     assert_eq!(
-        group_members(&scim, &role_b).await,
+        scim_group_members(&scim, &role_b).await,
         std::slice::from_ref(&id)
     );
     let u = scim_get(&scim, &format!("/Users/{id}")).await;
@@ -364,5 +345,5 @@ async fn a_contractor_in_two_tenants_on_one_scim_server_is_one_user_with_access_
         u["active"], false,
         "deactivated with pat's last account: {u}"
     );
-    assert!(group_members(&scim, &role_b).await.is_empty());
+    assert!(scim_group_members(&scim, &role_b).await.is_empty());
 }

@@ -173,12 +173,7 @@ impl ScimStore {
             let catalogue = self.local.roles(&tenant).await?;
             for a in held {
                 let path = match &a.group {
-                    Some(key) => Some(
-                        self.local
-                            .group(key)
-                            .await?
-                            .map_or_else(|| key.clone(), |g| g.path),
-                    ),
+                    Some(key) => Some(self.group_path(key).await?),
                     None => None,
                 };
                 let scope = match (shared, path) {
@@ -245,6 +240,16 @@ impl ScimStore {
             }
             _ => reply.ok().map(|_| ()),
         }
+    }
+
+    /// The path (`main/west`) of the location group `key`, or the key itself when the local
+    /// store no longer has the group: how a role's scope is named in Groups and entitlements.
+    async fn group_path(&self, key: &str) -> Result<String, StoreError> {
+        Ok(self
+            .local
+            .group(key)
+            .await?
+            .map_or_else(|| key.to_string(), |g| g.path))
     }
 
     /// Take one member out of a Group, in the first form the server takes: the filtered path
@@ -392,12 +397,7 @@ impl ScimStore {
         for (role, group) in add {
             let external = role_group_id(tenant, role, group.as_deref());
             let scope = match group {
-                Some(key) => Some(
-                    self.local
-                        .group(key)
-                        .await?
-                        .map_or_else(|| key.clone(), |g| g.path),
-                ),
+                Some(key) => Some(self.group_path(key).await?),
                 None => None,
             };
             let display = match scope {

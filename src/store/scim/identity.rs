@@ -121,15 +121,7 @@ impl Identity {
     pub fn with_account(&self, id: &str, fields: &UserFields) -> Identity {
         let mut next = self.clone();
         next.accounts.push(Account {
-            record: UserRecord {
-                id: id.to_string(),
-                tenant: fields.tenant.clone(),
-                external_id: fields.external_id.clone(),
-                email: fields.email.clone(),
-                profile: fields.profile.clone(),
-                active: false,
-                activated_at: None,
-            },
+            record: UserRecord::created(id.to_string(), fields),
             assignments: Vec::new(),
         });
         next

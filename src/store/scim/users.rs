@@ -438,21 +438,12 @@ impl ScimStore {
         Ok(())
     }
 
-    /// The id of a User whose userName is `fields.email` (in any case) and whose externalId is
-    /// `fields.external_id`: usher's own account, which a server that cannot filter on
-    /// externalId did not show. None for anyone else's.
-    async fn ours_by_user_name(&self, fields: &UserFields) -> Result<Option<String>, StoreError> {
-        let found = self
-            .list(
-                "/Users",
-                &Filter::EqIgnoreCase("userName", &fields.email),
-                "",
-            )
-            .await?;
-        Ok(found
-            .iter()
-            .find(|u| u["externalId"].as_str() == Some(fields.external_id.as_str()))
-            .and_then(|u| u["id"].as_str().map(str::to_string)))
+    /// The Users whose userName is `email`, in any case (each answer checked): where a 409 on
+    /// an address is explained, by usher's own User ([`carrying`]) or a person's User in another
+    /// tenant ([`Self::identity_for_address`]).
+    async fn named(&self, email: &str) -> Result<Vec<Value>, StoreError> {
+        self.list("/Users", &Filter::EqIgnoreCase("userName", email), "")
+            .await
     }
 
     /// Operations that make a User hold `fields`: one replace, and removals of what is unset.
@@ -554,21 +545,15 @@ fn fields_of(r: &UserRecord) -> UserFields {
 }
 
 impl ScimStore {
-    /// The User of another tenant's account with the address `fields.email` (in any case), which
-    /// the account of `fields` can share: a User usher keeps accounts for, still theirs, with no
-    /// account of `fields.tenant` yet (one account per tenant and address). None when the
-    /// address is nobody's, or someone else's (not usher's to share).
+    /// Of `found` (the Users [`Self::named`] `fields.email`), the User of another tenant's
+    /// account, which the account of `fields` can share: a User usher keeps accounts for, still
+    /// theirs, with no account of `fields.tenant` yet (one account per tenant and address).
+    /// None when the address is nobody's, or someone else's (not usher's to share).
     async fn identity_for_address(
         &self,
+        found: Vec<Value>,
         fields: &UserFields,
     ) -> Result<Option<(Value, Identity)>, StoreError> {
-        let found = self
-            .list(
-                "/Users",
-                &Filter::EqIgnoreCase("userName", &fields.email),
-                "",
-            )
-            .await?;
         for user in found {
             let Ok(scim_id) = id_of(&user) else { continue };
             let identity = self.identity_of_user(&scim_id, true).await?;
@@ -586,9 +571,14 @@ impl ScimStore {
     }
 
     /// A new account for `fields` sharing the User of another tenant's account with the same
-    /// address; None when there is none to share (see [`Self::identity_for_address`]).
-    async fn join(&self, fields: &UserFields) -> Result<Option<UserRecord>, StoreError> {
-        let Some((user, found)) = self.identity_for_address(fields).await? else {
+    /// address, of `found`; None when there is none to share (see
+    /// [`Self::identity_for_address`]).
+    async fn join(
+        &self,
+        found: Vec<Value>,
+        fields: &UserFields,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let Some((user, found)) = self.identity_for_address(found, fields).await? else {
             return Ok(None);
         };
         let _held = self.lock(&found.scim_id).await;
@@ -679,9 +669,14 @@ impl ScimStore {
         id: &str,
         fields: &UserFields,
     ) -> Result<UserRecord, StoreError> {
-        let target = match self.identity_for_address(fields).await? {
-            Some((_, target)) => target.scim_id,
-            None => self.new_user_for(fields).await?,
+        let found = self.named(&fields.email).await?;
+        let target = match carrying(&found, &fields.external_id) {
+            // Its own, from an earlier attempt.
+            Some(user) => id_of(user)?,
+            None => match self.identity_for_address(found, fields).await? {
+                Some((_, target)) => target.scim_id,
+                None => self.new_user_for(fields).await?,
+            },
         };
         self.lock_also(held, &target).await?;
         self.leave(identity, id).await?;
@@ -724,33 +719,24 @@ impl ScimStore {
         Ok(record)
     }
 
-    /// The id of a new, inactive User for `fields`, or of the one an earlier attempt created
-    /// (a 409 on a User carrying this account's key as `externalId`).
+    /// The id of a new, inactive User for `fields`. A 409 is the server's refusal (the callers
+    /// looked for usher's own User with the address first).
     async fn new_user_for(&self, fields: &UserFields) -> Result<String, StoreError> {
         let mut body = self.user_json(fields);
         body["active"] = json!(false);
-        match self
+        let created = self
             .send(Method::POST, "/Users", Some(&body), None)
             .await?
-            .ok()
-        {
-            Ok(created) => {
-                self.learn_unkept(fields, &created).await?;
-                id_of(&created)
-            }
-            Err(StoreError::Refused {
-                status: 409,
-                detail,
-            }) => self
-                .ours_by_user_name(fields)
-                .await?
-                .ok_or(StoreError::Refused {
-                    status: 409,
-                    detail,
-                }),
-            Err(e) => Err(e),
-        }
+            .ok()?;
+        self.learn_unkept(fields, &created).await?;
+        id_of(&created)
     }
+}
+
+/// Of `found`, the User carrying `key` as its `externalId`: usher's own account, which a server
+/// that cannot filter on externalId did not show. None for anyone else's.
+fn carrying<'a>(found: &'a [Value], key: &str) -> Option<&'a Value> {
+    found.iter().find(|u| u["externalId"].as_str() == Some(key))
 }
 
 #[async_trait]
@@ -789,14 +775,12 @@ impl Accounts for ScimStore {
                 status: 409,
                 detail,
             }) => {
-                if let Some(id) = self.ours_by_user_name(fields).await? {
-                    let existing = self.get_user(&id).await?.map(|(u, _)| u);
-                    if let Some(existing) = existing {
-                        let account = self.known(&existing, None).await?;
-                        return self.update_user(&account.id, fields).await;
-                    }
+                let found = self.named(&fields.email).await?;
+                if let Some(existing) = carrying(&found, &fields.external_id) {
+                    let account = self.known(existing, None).await?;
+                    return self.update_user(&account.id, fields).await;
                 }
-                return match self.join(fields).await? {
+                return match self.join(found, fields).await? {
                     Some(joined) => Ok(joined),
                     None => Err(StoreError::Refused {
                         status: 409,
