@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -87,8 +87,10 @@ pub struct Context {
     pub bindings: Store<RoleBinding>,
     /// The same caches by namespace.
     pub by_ns: ByNs,
-    /// Publishes Events.
+    /// Publishes Warning Events, counting a repeated one as a series of one Event.
     pub recorder: Recorder,
+    /// Who publishes usher's Events (the `reportingController` and `reportingInstance`).
+    pub reporter: Reporter,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Serialises the offboarding guard's count-then-record.
@@ -471,7 +473,16 @@ where
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    // kube's Recorder keeps every Event it publishes for six minutes, to count a repeat as a
+    // series: a failure that lasts repeats its Warning at every retry, and is counted. A
+    // Normal Event marks one transition and does not repeat; kept, the 10,000 `Bound` of a
+    // bulk import held 70 MB (BENCHMARKS.md, peak RSS). So Normal Events go through a
+    // recorder of their own that keeps nothing.
+    let recorder = match type_ {
+        EventType::Warning => ctx.recorder.clone(),
+        EventType::Normal => Recorder::new(ctx.client.clone(), ctx.reporter.clone()),
+    };
+    if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "could not publish an Event");
     }
 }

@@ -341,6 +341,25 @@ where
         .collect()
 }
 
+/// The objects of namespace `ns` whose second key (a binding's person) is `key`, and that
+/// `keep` keeps: read from the index by that key, not by a scan of the namespace.
+pub(super) fn with_key<K>(
+    index: &ByNamespace<K>,
+    ns: Option<String>,
+    key: &str,
+    keep: impl Fn(&K) -> bool,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    index
+        .with_key(ns.as_deref().unwrap_or_default(), key)
+        .iter()
+        .filter(|o| keep(o))
+        .map(|o| ObjectRef::from_obj(&**o))
+        .collect()
+}
+
 /// Reconciles of one kind at a time at most `concurrency`, and a burst of triggers for one object
 /// (its creation, its binding's, the finalizer, …) folded into one reconcile: the triggers that
 /// come within `debounce` of each other (trailing edge; each one pushes the reconcile back, so

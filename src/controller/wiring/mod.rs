@@ -26,6 +26,7 @@ use crate::plan::system_user::{REDEEMED_ANNOTATION, RESEND_ANNOTATION};
 use crate::store::Stores;
 use feed::{
     Feed, PROMPT, SUMMARY, hash, in_namespace, lifecycle, report_invalid, tenant_key, tuned,
+    with_key,
 };
 
 /// The four watches, one per kind.
@@ -91,13 +92,11 @@ pub async fn run(
     // `usher_controllers_running` is 1 from here until this future ends or is dropped (the
     // leader Lease lost).
     let _running = metrics.controllers_running();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        },
-    );
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: std::env::var("HOSTNAME").ok(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter.clone());
     let by_ns = super::ByNs::new();
     let selector = settings.shard_selector.clone();
     let mut feeds = Feeds::new(
@@ -111,6 +110,7 @@ pub async fn run(
     let mail_gate = tokio::sync::Semaphore::new(settings.mail_concurrency.max(1));
     let ctx = Arc::new(Context {
         recorder,
+        reporter,
         client,
         stores,
         mailer,
@@ -233,8 +233,9 @@ where
             hash((lifecycle(b), exclusive.unwrap_or(false)))
         }),
         move |b: RoleBinding| {
-            let user = b.spec.user_ref.name.clone();
-            in_namespace(&u2, b.namespace(), move |u| u.name_any() == user)
+            let ns = b.namespace().unwrap_or_default();
+            u2.get(&ns, &b.spec.user_ref.name)
+                .map(|u| ObjectRef::from_obj(&*u))
         },
     )
     // A location group's spec (its place in the tree) decides whether the bindings scoped to
@@ -372,9 +373,9 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
                 hash((lifecycle(b), b.status.as_ref().and_then(|s| s.phase)))
             }),
             move |b: RoleBinding| {
-                let (user, me) = (b.spec.user_ref.name.clone(), b.name_any());
-                in_namespace(&b1, b.namespace(), move |o| {
-                    o.spec.user_ref.name == user && o.name_any() != me
+                let me = b.name_any();
+                with_key(&b1, b.namespace(), &b.spec.user_ref.name, move |o| {
+                    o.name_any() != me
                 })
             },
         )
@@ -382,10 +383,7 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
             feeds
                 .users
                 .changes(|u: &SystemUser| hash((lifecycle(u), &u.spec.tenant_ref.name))),
-            move |u: SystemUser| {
-                let name = u.name_any();
-                in_namespace(&b2, u.namespace(), move |o| o.spec.user_ref.name == name)
-            },
+            move |u: SystemUser| with_key(&b2, u.namespace(), &u.name_any(), |_| true),
         )
         .watches_stream(feeds.groups.changes(lifecycle), move |g: LocationGroup| {
             in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some())
