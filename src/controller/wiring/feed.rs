@@ -337,8 +337,20 @@ where
         .list(ns.as_deref().unwrap_or_default())
         .iter()
         .filter(|o| keep(o))
-        .map(|o| ObjectRef::from_obj(&**o))
+        .map(|o| key_of(&**o))
         .collect()
+}
+
+/// The key of `o` for a controller's queue: its name and namespace only. `from_obj` would
+/// also copy its resourceVersion and uid, which the queue neither compares nor reads, into each
+/// of the thousands of requests a bulk import queues.
+pub(super) fn key_of<K: Resource<DynamicType = ()>>(o: &K) -> ObjectRef<K> {
+    let m = o.meta();
+    let key = ObjectRef::new(m.name.as_deref().unwrap_or_default());
+    match &m.namespace {
+        Some(ns) => key.within(ns),
+        None => key,
+    }
 }
 
 /// The objects of namespace `ns` whose second key (a binding's person) is `key`, and that
@@ -356,7 +368,7 @@ where
         .with_key(ns.as_deref().unwrap_or_default(), key)
         .iter()
         .filter(|o| keep(o))
-        .map(|o| ObjectRef::from_obj(&**o))
+        .map(|o| key_of(&**o))
         .collect()
 }
 

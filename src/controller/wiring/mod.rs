@@ -25,8 +25,8 @@ use crate::metrics::Metrics;
 use crate::plan::system_user::{REDEEMED_ANNOTATION, RESEND_ANNOTATION};
 use crate::store::Stores;
 use feed::{
-    Feed, PROMPT, SUMMARY, hash, in_namespace, lifecycle, report_invalid, tenant_key, tuned,
-    with_key,
+    Feed, PROMPT, SUMMARY, hash, in_namespace, key_of, lifecycle, report_invalid, tenant_key,
+    tuned, with_key,
 };
 
 /// The four watches, one per kind.
@@ -190,6 +190,13 @@ where
         ctx.by_ns.users.clone(),
     );
     let bindings = ctx.by_ns.bindings.clone();
+    // A person's first reconcile spends about a fifth of its time handing the mail to the
+    // relay and the rest on the store, their status and an Event, which under a bulk import
+    // wait on a busy API server: with 4 reconciles per mail slot the relay idled a third of
+    // the time (BENCHMARKS.md), with 12 it is kept busy.
+    let people = u16::try_from(ctx.settings.mail_concurrency.saturating_mul(12))
+        .unwrap_or(u16::MAX)
+        .max(32);
     let addresses = std::sync::Mutex::new(HashMap::<String, String>::new());
     // A redemption of someone this instance does not watch (another shard's, or another
     // namespace's) is announced on the object itself, so that the instance that watches it
@@ -234,8 +241,7 @@ where
         }),
         move |b: RoleBinding| {
             let ns = b.namespace().unwrap_or_default();
-            u2.get(&ns, &b.spec.user_ref.name)
-                .map(|u| ObjectRef::from_obj(&*u))
+            u2.get(&ns, &b.spec.user_ref.name).map(|u| key_of(&*u))
         },
     )
     // A location group's spec (its place in the tree) decides whether the bindings scoped to
@@ -281,12 +287,12 @@ where
                 .iter()
                 .flat_map(|e| u3.with_key(&ns, e))
                 .filter(|p| p.metadata.uid != u.metadata.uid)
-                .map(|p| ObjectRef::from_obj(&*p))
+                .map(|p| key_of(&*p))
                 .collect::<Vec<_>>()
         },
     )
     .reconcile_on(wake)
-    .with_config(tuned(32, PROMPT))
+    .with_config(tuned(people, PROMPT))
     .shutdown_on_signal()
     .run(system_user::reconcile, error_policy, ctx)
     .for_each(|_| futures::future::ready(()))
@@ -391,7 +397,7 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         .watches_stream(feeds.tenants.changes(lifecycle), move |t: Tenant| {
             in_namespace(&b4, t.namespace(), |_| true)
         })
-        .with_config(tuned(16, PROMPT))
+        .with_config(tuned(32, PROMPT))
         .shutdown_on_signal()
         .run(role_binding::reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
