@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
+use kube::runtime::controller::Controller;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -90,14 +91,14 @@ where
     pub(super) fn changes(
         &mut self,
         key: impl Fn(&K) -> u64 + Send + 'static,
-    ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    ) -> impl Stream<Item = K> + Send + 'static {
         let (tx, rx) = mpsc::unbounded();
         self.senders.push(Subscriber {
             tx,
             key: Box::new(key),
             seen: HashMap::new(),
         });
-        rx.map(Ok)
+        rx
     }
 
     /// The watch, until it ends: fills the cache and the index, then hands each event on.
@@ -339,6 +340,39 @@ where
         .filter(|o| keep(o))
         .map(|o| key_of(&**o))
         .collect()
+}
+
+/// The queue keys `map` names for each object of `changes`: what wakes a controller. Every
+/// trigger is a bare key (`reconcile_on`), not a watched object (`for_stream`,
+/// `watches_stream`): for those kube queues a reason beside each key (a reference to the object
+/// with its API resource, nine strings), and keeps each queued request twice. At the peak of a
+/// bulk import of 10,000 people that was 15 MB of 60 (BENCHMARKS.md, peak RSS).
+pub(super) fn keys<K, T, I>(
+    changes: impl Stream<Item = K> + Send + 'static,
+    mut map: impl FnMut(K) -> I + Send + 'static,
+) -> impl Stream<Item = ObjectRef<T>> + Send + 'static
+where
+    T: Resource<DynamicType = ()> + 'static,
+    I: IntoIterator<Item = ObjectRef<T>>,
+    I::IntoIter: Send + 'static,
+{
+    changes.flat_map(move |o| futures::stream::iter(map(o)))
+}
+
+/// A controller of the objects cached in `store`, woken only by the [`keys`] given to its
+/// `reconcile_on`: its own stream of objects is empty and never ends (an ended one would
+/// stop it).
+pub(super) fn keyed<K>(store: Store<K>) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    Controller::for_stream(futures::stream::pending(), store)
 }
 
 /// The key of `o` for a controller's queue: its name and namespace only. `from_obj` would

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
@@ -25,8 +24,8 @@ use crate::metrics::Metrics;
 use crate::plan::system_user::{REDEEMED_ANNOTATION, RESEND_ANNOTATION};
 use crate::store::Stores;
 use feed::{
-    Feed, PROMPT, SUMMARY, hash, in_namespace, key_of, lifecycle, report_invalid, tenant_key,
-    tuned, with_key,
+    Feed, PROMPT, SUMMARY, hash, in_namespace, key_of, keyed, keys, lifecycle, report_invalid,
+    tenant_key, tuned, with_key,
 };
 
 /// The four watches, one per kind.
@@ -213,89 +212,93 @@ where
             None
         }
     });
-    Controller::for_stream(
-        feeds.users.changes(|u: &SystemUser| {
-            hash((
-                lifecycle(u),
-                u.annotations().get(RESEND_ANNOTATION),
-                u.annotations().get(REDEEMED_ANNOTATION),
-            ))
-        }),
-        ctx.users.clone(),
-    )
-    // The invitation Secrets are not watched: usher only writes and deletes them, so its
-    // ServiceAccount needs no right to read or list any Secret.
-    .watches_stream(feeds.tenants.changes(tenant_key), move |t: Tenant| {
-        let name = t.name_any();
-        in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
-    })
-    // A person's roles are decided in their own reconcile, from the specs of their bindings,
-    // groups and tenant (the snapshot): a binding's spec wakes them, and of its status only
-    // what that decision reads (`exclusive`). Not its phase: that is the binding reconcile's
-    // copy of the same decision, and waking on it would reconcile every person twice.
-    .watches_stream(
-        feeds.bindings.changes(|b: &RoleBinding| {
-            // As the decision reads it: unset is not exclusive.
-            let exclusive = b.status.as_ref().and_then(|s| s.exclusive);
-            hash((lifecycle(b), exclusive.unwrap_or(false)))
-        }),
-        move |b: RoleBinding| {
-            let ns = b.namespace().unwrap_or_default();
-            u2.get(&ns, &b.spec.user_ref.name).map(|u| key_of(&*u))
-        },
-    )
-    // A location group's spec (its place in the tree) decides whether the bindings scoped to
-    // it, or to a group below it, grant anything: it wakes the people with a scoped binding in
-    // its namespace.
-    .watches_stream(feeds.groups.changes(lifecycle), move |g: LocationGroup| {
-        let ns = g.namespace().unwrap_or_default();
-        let people: std::collections::BTreeSet<String> = bindings
-            .list(&ns)
-            .iter()
-            .filter(|b| b.spec.scope.is_some())
-            .map(|b| b.spec.user_ref.name.clone())
-            .collect();
-        people
-            .into_iter()
-            .map(|name| ObjectRef::new(&name).within(&ns))
-            .collect::<Vec<_>>()
-    })
-    // Who holds an address is decided among all its holders (DuplicateEmail), so one that
-    // arrives, leaves or changes address wakes the holders of its old address and its new one.
-    .watches_stream(
-        feeds.users.changes(|u: &SystemUser| {
-            hash((
-                u.spec.email.to_lowercase(),
-                u.metadata.deletion_timestamp.is_some(),
-            ))
-        }),
-        move |u: SystemUser| {
-            let ns = u.namespace().unwrap_or_default();
-            let uid = u.metadata.uid.clone().unwrap_or_default();
-            let email = u.spec.email.to_lowercase();
-            let old = {
-                let mut seen = addresses.lock().unwrap_or_else(|p| p.into_inner());
-                if u.metadata.deletion_timestamp.is_some() {
-                    seen.remove(&uid)
-                } else {
-                    seen.insert(uid, email.clone())
-                }
-            };
-            let mut emails = vec![email];
-            emails.extend(old.filter(|o| o != &emails[0]));
-            emails
-                .iter()
-                .flat_map(|e| u3.with_key(&ns, e))
-                .filter(|p| p.metadata.uid != u.metadata.uid)
-                .map(|p| key_of(&*p))
-                .collect::<Vec<_>>()
-        },
-    )
-    .reconcile_on(wake)
-    .with_config(tuned(people, PROMPT))
-    .shutdown_on_signal()
-    .run(system_user::reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
+    keyed(ctx.users.clone())
+        .reconcile_on(keys(
+            feeds.users.changes(|u: &SystemUser| {
+                hash((
+                    lifecycle(u),
+                    u.annotations().get(RESEND_ANNOTATION),
+                    u.annotations().get(REDEEMED_ANNOTATION),
+                ))
+            }),
+            |o| Some(key_of(&o)),
+        ))
+        // The invitation Secrets are not watched: usher only writes and deletes them, so its
+        // ServiceAccount needs no right to read or list any Secret.
+        .reconcile_on(keys(feeds.tenants.changes(tenant_key), move |t: Tenant| {
+            let name = t.name_any();
+            in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
+        }))
+        // A person's roles are decided in their own reconcile, from the specs of their bindings,
+        // groups and tenant (the snapshot): a binding's spec wakes them, and of its status only
+        // what that decision reads (`exclusive`). Not its phase: that is the binding reconcile's
+        // copy of the same decision, and waking on it would reconcile every person twice.
+        .reconcile_on(keys(
+            feeds.bindings.changes(|b: &RoleBinding| {
+                // As the decision reads it: unset is not exclusive.
+                let exclusive = b.status.as_ref().and_then(|s| s.exclusive);
+                hash((lifecycle(b), exclusive.unwrap_or(false)))
+            }),
+            move |b: RoleBinding| {
+                let ns = b.namespace().unwrap_or_default();
+                u2.get(&ns, &b.spec.user_ref.name).map(|u| key_of(&*u))
+            },
+        ))
+        // A location group's spec (its place in the tree) decides whether the bindings scoped to
+        // it, or to a group below it, grant anything: it wakes the people with a scoped binding in
+        // its namespace.
+        .reconcile_on(keys(
+            feeds.groups.changes(lifecycle),
+            move |g: LocationGroup| {
+                let ns = g.namespace().unwrap_or_default();
+                let people: std::collections::BTreeSet<String> = bindings
+                    .list(&ns)
+                    .iter()
+                    .filter(|b| b.spec.scope.is_some())
+                    .map(|b| b.spec.user_ref.name.clone())
+                    .collect();
+                people
+                    .into_iter()
+                    .map(|name| ObjectRef::new(&name).within(&ns))
+                    .collect::<Vec<_>>()
+            },
+        ))
+        // Who holds an address is decided among all its holders (DuplicateEmail), so one that
+        // arrives, leaves or changes address wakes the holders of its old address and its new one.
+        .reconcile_on(keys(
+            feeds.users.changes(|u: &SystemUser| {
+                hash((
+                    u.spec.email.to_lowercase(),
+                    u.metadata.deletion_timestamp.is_some(),
+                ))
+            }),
+            move |u: SystemUser| {
+                let ns = u.namespace().unwrap_or_default();
+                let uid = u.metadata.uid.clone().unwrap_or_default();
+                let email = u.spec.email.to_lowercase();
+                let old = {
+                    let mut seen = addresses.lock().unwrap_or_else(|p| p.into_inner());
+                    if u.metadata.deletion_timestamp.is_some() {
+                        seen.remove(&uid)
+                    } else {
+                        seen.insert(uid, email.clone())
+                    }
+                };
+                let mut emails = vec![email];
+                emails.extend(old.filter(|o| o != &emails[0]));
+                emails
+                    .iter()
+                    .flat_map(|e| u3.with_key(&ns, e))
+                    .filter(|p| p.metadata.uid != u.metadata.uid)
+                    .map(|p| key_of(&*p))
+                    .collect::<Vec<_>>()
+            },
+        ))
+        .reconcile_on(wake)
+        .with_config(tuned(people, PROMPT))
+        .shutdown_on_signal()
+        .run(system_user::reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
 }
 
 /// Tenant: its spec and the release annotation; its people being deleted (the guard). Their
@@ -303,8 +306,11 @@ where
 /// import would reconcile each Tenant hundreds of times, and the trailing debounce would hold
 /// its own first reconcile (its finalizer, its record in the store) back meanwhile.
 fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
-    Controller::for_stream(feeds.tenants.changes(tenant_key), ctx.tenants.clone())
-        .watches_stream(
+    keyed(ctx.tenants.clone())
+        .reconcile_on(keys(feeds.tenants.changes(tenant_key), |o| {
+            Some(key_of(&o))
+        }))
+        .reconcile_on(keys(
             feeds.users.changes(|u: &SystemUser| {
                 hash((
                     &u.spec.tenant_ref.name,
@@ -317,7 +323,7 @@ fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + u
                     .filter(|_| leaving)
                     .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
             },
-        )
+        ))
         .with_config(tuned(4, PROMPT))
         .shutdown_on_signal()
         .run(tenant::reconcile, error_policy, ctx)
@@ -327,8 +333,9 @@ fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + u
 /// The Tenant census: its people's phases, counted again into its status once they have been
 /// quiet for [`SUMMARY`].
 fn tenant_census(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
-    Controller::for_stream(feeds.tenants.changes(|_| 0), ctx.tenants.clone())
-        .watches_stream(
+    keyed(ctx.tenants.clone())
+        .reconcile_on(keys(feeds.tenants.changes(|_| 0), |o| Some(key_of(&o))))
+        .reconcile_on(keys(
             feeds.users.changes(|u: &SystemUser| {
                 hash((
                     u.status.as_ref().and_then(|s| s.phase),
@@ -339,7 +346,7 @@ fn tenant_census(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
                 u.namespace()
                     .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
             },
-        )
+        ))
         .with_config(tuned(2, SUMMARY))
         .shutdown_on_signal()
         .run(tenant::recount, error_policy, ctx)
@@ -349,13 +356,15 @@ fn tenant_census(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
 /// LocationGroup: any group's spec in the namespace (parents decide children); tenants.
 fn location_groups(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
     let (g1, g2) = (ctx.by_ns.groups.clone(), ctx.by_ns.groups.clone());
-    Controller::for_stream(feeds.groups.changes(lifecycle), ctx.groups.clone())
-        .watches_stream(feeds.groups.changes(lifecycle), move |g: LocationGroup| {
-            in_namespace(&g1, g.namespace(), |_| true)
-        })
-        .watches_stream(feeds.tenants.changes(lifecycle), move |t: Tenant| {
+    keyed(ctx.groups.clone())
+        .reconcile_on(keys(feeds.groups.changes(lifecycle), |o| Some(key_of(&o))))
+        .reconcile_on(keys(
+            feeds.groups.changes(lifecycle),
+            move |g: LocationGroup| in_namespace(&g1, g.namespace(), |_| true),
+        ))
+        .reconcile_on(keys(feeds.tenants.changes(lifecycle), move |t: Tenant| {
             in_namespace(&g2, t.namespace(), |_| true)
-        })
+        }))
         .with_config(tuned(8, PROMPT))
         .shutdown_on_signal()
         .run(location_group::reconcile, error_policy, ctx)
@@ -371,10 +380,13 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
     );
-    Controller::for_stream(feeds.bindings.changes(lifecycle), ctx.bindings.clone())
+    keyed(ctx.bindings.clone())
+        .reconcile_on(keys(feeds.bindings.changes(lifecycle), |o| {
+            Some(key_of(&o))
+        }))
         // A sibling's spec, or its phase: one that expires frees what it blocked, without an edit.
         // Not the binding itself: its own phase is what its reconcile just wrote.
-        .watches_stream(
+        .reconcile_on(keys(
             feeds.bindings.changes(|b: &RoleBinding| {
                 hash((lifecycle(b), b.status.as_ref().and_then(|s| s.phase)))
             }),
@@ -384,19 +396,20 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
                     o.name_any() != me
                 })
             },
-        )
-        .watches_stream(
+        ))
+        .reconcile_on(keys(
             feeds
                 .users
                 .changes(|u: &SystemUser| hash((lifecycle(u), &u.spec.tenant_ref.name))),
             move |u: SystemUser| with_key(&b2, u.namespace(), &u.name_any(), |_| true),
-        )
-        .watches_stream(feeds.groups.changes(lifecycle), move |g: LocationGroup| {
-            in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some())
-        })
-        .watches_stream(feeds.tenants.changes(lifecycle), move |t: Tenant| {
+        ))
+        .reconcile_on(keys(
+            feeds.groups.changes(lifecycle),
+            move |g: LocationGroup| in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some()),
+        ))
+        .reconcile_on(keys(feeds.tenants.changes(lifecycle), move |t: Tenant| {
             in_namespace(&b4, t.namespace(), |_| true)
-        })
+        }))
         .with_config(tuned(32, PROMPT))
         .shutdown_on_signal()
         .run(role_binding::reconcile, error_policy, ctx)
