@@ -410,7 +410,7 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         .reconcile_on(keys(feeds.tenants.changes(lifecycle), move |t: Tenant| {
             in_namespace(&b4, t.namespace(), |_| true)
         }))
-        .with_config(tuned(32, PROMPT))
+        .with_config(tuned(16, PROMPT))
         .shutdown_on_signal()
         .run(role_binding::reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
