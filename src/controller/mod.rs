@@ -476,7 +476,7 @@ where
     // kube's Recorder keeps every Event it publishes for six minutes, to count a repeat as a
     // series: a failure that lasts repeats its Warning at every retry, and is counted. A
     // Normal Event marks one transition and does not repeat; kept, the 10,000 `Bound` of a
-    // bulk import held 70 MB (BENCHMARKS.md, peak RSS). So Normal Events go through a
+    // bulk import held 70 MB (README, "Where the memory goes"). So Normal Events go through a
     // recorder of their own that keeps nothing.
     let recorder = match type_ {
         EventType::Warning => ctx.recorder.clone(),

@@ -346,7 +346,7 @@ where
 /// trigger is a bare key (`reconcile_on`), not a watched object (`for_stream`,
 /// `watches_stream`): for those kube queues a reason beside each key (a reference to the object
 /// with its API resource, nine strings), and keeps each queued request twice. At the peak of a
-/// bulk import of 10,000 people that was 15 MB of 60 (BENCHMARKS.md, peak RSS).
+/// bulk import of 10,000 people that was 15 MB of 60 (README, "Where the memory goes").
 pub(super) fn keys<K, T, I>(
     changes: impl Stream<Item = K> + Send + 'static,
     mut map: impl FnMut(K) -> I + Send + 'static,
@@ -436,6 +436,33 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
     use super::*;
+
+    #[test]
+    fn a_queue_key_is_name_and_namespace_and_each_change_wakes_what_it_maps_to() {
+        let mut tenant: Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "usher.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "acme", "namespace": "acme", "uid": "u-1",
+                         "resourceVersion": "42"},
+            "spec": {"displayName": "Acme"}
+        }))
+        .unwrap();
+        let key = key_of(&tenant);
+        assert_eq!(key, ObjectRef::new("acme").within("acme"));
+        assert_eq!(key.extra.uid, None);
+        assert_eq!(key.extra.resource_version, None);
+        tenant.metadata.name = Some("globex".into());
+        let changes = futures::stream::iter([tenant.clone(), tenant]);
+        let woken: Vec<ObjectRef<Tenant>> = futures::executor::block_on(
+            keys(changes, |t: Tenant| {
+                let ns = t.metadata.namespace.clone().unwrap_or_default();
+                vec![key_of(&t), ObjectRef::new("other").within(&ns)]
+            })
+            .collect(),
+        );
+        assert_eq!(woken.len(), 4);
+        assert_eq!(woken[0], ObjectRef::new("globex").within("acme"));
+        assert_eq!(woken[1], ObjectRef::new("other").within("acme"));
+    }
 
     #[test]
     fn the_cache_keeps_neither_managed_fields_nor_the_last_applied_copy() {
