@@ -334,8 +334,15 @@ pub(super) fn in_namespace<K>(
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    index
-        .list(ns.as_deref().unwrap_or_default())
+    keys_kept(index.list(ns.as_deref().unwrap_or_default()), keep)
+}
+
+/// The queue keys of the `objects` that `keep` keeps.
+fn keys_kept<K>(objects: Vec<Arc<K>>, keep: impl Fn(&K) -> bool) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()>,
+{
+    objects
         .iter()
         .filter(|o| keep(o))
         .map(|o| key_of(&**o))
@@ -398,12 +405,7 @@ pub(super) fn with_key<K>(
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    index
-        .with_key(ns.as_deref().unwrap_or_default(), key)
-        .iter()
-        .filter(|o| keep(o))
-        .map(|o| key_of(&**o))
-        .collect()
+    keys_kept(index.with_key(ns.as_deref().unwrap_or_default(), key), keep)
 }
 
 /// Reconciles of one kind at a time at most `concurrency`, and a burst of triggers for one object
