@@ -3,7 +3,8 @@
 //! a ratio to a floor measured in the same run on the same API server and mail relay, because
 //! the machines are noisy; the quick run asserts nothing about time.
 //!
-//! `cargo bench --bench scale -- [--users N] [--write FILE]`
+//! `cargo bench --bench scale -- [--users N] [--write FILE] [--onboarding-only]` (the last stops
+//! after the floor and the onboarding, to profile one change quickly)
 
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
@@ -20,7 +21,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde_json::json;
-use usher::crd::{LocationGroup, RoleBinding, SystemUser, Tenant, UserPhase};
+use usher::crd::{BindingPhase, LocationGroup, RoleBinding, SystemUser, Tenant, UserPhase};
 use usher_testenv::Smtp;
 
 use support::{Usher, client, eventually, invitation_in};
@@ -33,18 +34,22 @@ const IN_FLIGHT: usize = 64;
 struct Args {
     users: usize,
     write: Option<std::path::PathBuf>,
+    /// Stop after the floor and the onboarding (for profiling one change quickly).
+    onboarding_only: bool,
 }
 
 fn args() -> Args {
     let mut a = Args {
         users: 10_000,
         write: None,
+        onboarding_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--users" => a.users = it.next().and_then(|v| v.parse().ok()).expect("--users N"),
             "--write" => a.write = it.next().map(Into::into),
+            "--onboarding-only" => a.onboarding_only = true,
             // cargo bench passes --bench; nothing else is ours.
             _ => {}
         }
@@ -171,6 +176,7 @@ async fn floor(client: &Client, n: usize) -> Duration {
     let objects = objects("floor", n, false);
     let started = Instant::now();
     create_all(client, &objects).await;
+    eprintln!("bench: API floor: creates took {:?}", started.elapsed());
     let pp = PatchParams::default();
     futures::stream::iter(&objects)
         .map(|(ns, o)| {
@@ -274,33 +280,52 @@ async fn namespaces(client: &Client, prefix: &str) {
     }
 }
 
-/// Counts SystemUsers by phase, from a watch.
-fn phase_counter(client: &Client) -> Arc<std::sync::Mutex<HashMap<String, Option<UserPhase>>>> {
+/// Phases by `namespace/name`, kept up to date from a watch.
+type Phases<P> = Arc<std::sync::Mutex<HashMap<String, Option<P>>>>;
+
+/// Watches every object of kind `K` and keeps its phase (`phase_of`).
+fn phase_counter<K, P>(client: &Client, phase_of: fn(K) -> Option<P>) -> Phases<P>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    P: Send + 'static,
+{
     let seen = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let s = seen.clone();
-    let api: Api<SystemUser> = Api::all(client.clone());
+    let api: Api<K> = Api::all(client.clone());
     tokio::spawn(async move {
         let mut events = watcher(api, watcher::Config::default())
             .applied_objects()
             .boxed();
-        while let Ok(Some(u)) = events.try_next().await {
+        while let Ok(Some(o)) = events.try_next().await {
             let key = format!(
                 "{}/{}",
-                u.metadata.namespace.clone().unwrap_or_default(),
-                u.metadata.name.clone().unwrap_or_default()
+                o.meta().namespace.clone().unwrap_or_default(),
+                o.meta().name.clone().unwrap_or_default()
             );
-            let phase = u.status.and_then(|s| s.phase);
-            s.lock().unwrap().insert(key, phase);
+            s.lock().unwrap().insert(key, phase_of(o));
         }
     });
     seen
 }
 
-fn count(seen: &std::sync::Mutex<HashMap<String, Option<UserPhase>>>, phase: UserPhase) -> usize {
+fn user_phase(u: SystemUser) -> Option<UserPhase> {
+    u.status.and_then(|s| s.phase)
+}
+
+fn binding_phase(b: RoleBinding) -> Option<BindingPhase> {
+    b.status.and_then(|s| s.phase)
+}
+
+fn count<P: PartialEq>(seen: &std::sync::Mutex<HashMap<String, Option<P>>>, phase: P) -> usize {
     seen.lock()
         .unwrap()
         .values()
-        .filter(|p| **p == Some(phase))
+        .filter(|p| p.as_ref() == Some(&phase))
         .count()
 }
 
@@ -328,11 +353,36 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / per_second
 }
 
+/// Waits until usher has made no API write for 3 s.
+async fn settle(usher: &Usher) {
+    let mut quiet_since = Instant::now();
+    let mut last_writes = -1.0;
+    while quiet_since.elapsed() < Duration::from_secs(3) {
+        let w = metrics(usher)
+            .await
+            .get("usher_api_writes_total")
+            .copied()
+            .unwrap_or(0.0);
+        if w != last_writes {
+            last_writes = w;
+            quiet_since = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The peak RSS of process `pid` so far, in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
+    rss_mib(pid, "VmHWM:")
+}
+
+/// A memory figure of process `pid` from `/proc/<pid>/status` (`VmRSS:` now, `VmHWM:` the
+/// peak), in MiB.
+fn rss_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -399,21 +449,36 @@ async fn run(args: Args) {
     let concurrency = MAIL_CONCURRENCY.to_string();
     let mut usher = Usher::start("", &smtp.url(), &["--mail-concurrency", &concurrency]).await;
     namespaces(&client, "bench").await;
-    let phases = phase_counter(&client);
+    let phases = phase_counter(&client, user_phase);
+    let bound = phase_counter(&client, binding_phase);
     let bulk = objects("bench", n, false);
     let started = Instant::now();
     create_all(&client, &bulk).await;
     let created = started.elapsed();
     let mut last = Instant::now();
+    // Onboarding is done when every person is Pending with their mail received and every
+    // binding is Bound; when the people were done is kept apart.
+    let mut people_done = None;
     loop {
         let pending = count(&phases, UserPhase::Pending);
-        let mails = smtp.count() - mails_base;
-        if pending >= n && mails >= n {
+        let bindings = count(&bound, BindingPhase::Bound);
+        // The relay's Maildir is listed only when it can matter (or for progress): listing
+        // tens of thousands of files ten times a second would take CPU from what is measured.
+        let progress = last.elapsed() > Duration::from_secs(10);
+        let mails = if (people_done.is_none() && pending >= n) || progress {
+            smtp.count() - mails_base
+        } else {
+            0
+        };
+        if people_done.is_none() && pending >= n && mails >= n {
+            people_done = Some(started.elapsed());
+        }
+        if people_done.is_some() && bindings >= n {
             break;
         }
-        if last.elapsed() > Duration::from_secs(10) {
+        if progress {
             eprintln!(
-                "bench: {:?}: {pending} Pending, {mails} mails",
+                "bench: {:?}: {pending} Pending, {mails} mails, {bindings} Bound",
                 started.elapsed()
             );
             last = Instant::now();
@@ -425,13 +490,14 @@ async fn run(args: Args) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let onboarding = started.elapsed();
+    let people_done = people_done.unwrap_or(onboarding);
     let pid = usher.pid().expect("usher runs");
     let onboarding_cpu = cpu_seconds(pid);
     let (mails, mail_seconds) = profile(&usher).await;
     let onboarded = metrics(&usher).await;
     rows.push((
-        format!("onboarding N = {n} (+{n} RoleBindings, {TENANTS} tenants, {} groups): bulk create → all Pending and every mail received", TENANTS * GROUPS_PER_TENANT),
-        format!("{} (creates done after {}); **ratio to floor {:.2}**", secs(onboarding), secs(created), onboarding.as_secs_f64() / floor.as_secs_f64()),
+        format!("onboarding N = {n} (+{n} RoleBindings, {TENANTS} tenants, {} groups): bulk create → every person Pending with their mail received and every binding Bound", TENANTS * GROUPS_PER_TENANT),
+        format!("{} (creates done after {}, people after {}); **ratio to floor {:.2}**", secs(onboarding), secs(created), secs(people_done), onboarding.as_secs_f64() / floor.as_secs_f64()),
     ));
     rows.push((
         "usher's CPU during onboarding (user + system, all threads; the machine has two cores, shared with the API server, etcd, the relay and this client)".into(),
@@ -477,7 +543,22 @@ async fn run(args: Args) {
         ),
     ));
 
-    // 3. Latency with the N in place.
+    rows.push((
+        "usher's RSS when onboarding ends".to_string(),
+        format!(
+            "{:.0} MiB (peak so far {:.0} MiB)",
+            rss_mib(pid, "VmRSS:"),
+            rss_mib(pid, "VmHWM:")
+        ),
+    ));
+    if args.onboarding_only {
+        println!("{}", render(&rows));
+        return;
+    }
+
+    // 3. Latency with the N in place, once the onboarding's last writes (tenant counts) are done,
+    // so that nothing else runs meanwhile.
+    settle(&usher).await;
     let samples = if n >= 10_000 { 50 } else { 20 };
     let api: Api<SystemUser> = Api::namespaced(client.clone(), "bench-00");
     let mut apply = Vec::new();
@@ -615,22 +696,9 @@ async fn run(args: Args) {
     .await;
     assert!(settled.is_some(), "redeemed people turn Active");
     let peak = peak_rss_mib(pid);
-    // Settled: no write for 3 s (tenant counts follow the last redemptions), so that what the
-    // restart writes, if anything, is not late work of this run.
-    let mut quiet_since = Instant::now();
-    let mut last_writes = -1.0;
-    while quiet_since.elapsed() < Duration::from_secs(3) {
-        let w = metrics(&usher)
-            .await
-            .get("usher_api_writes_total")
-            .copied()
-            .unwrap_or(0.0);
-        if w != last_writes {
-            last_writes = w;
-            quiet_since = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // Settled (tenant counts follow the last redemptions), so that what the restart writes, if
+    // anything, is not late work of this run.
+    settle(&usher).await;
 
     // 5. Cold start with nothing to write, then a full resync with nothing to write.
     let total = n + samples;
@@ -692,9 +760,10 @@ async fn run(args: Args) {
         format!("no-op: restart + one full resync of all {total} SystemUsers and their bindings, groups, tenants"),
         format!("{api_writes} API writes, {store_writes} store writes, {events} Events, {mails} mails"),
     ));
+    let restarted_peak = usher.pid().map_or(0.0, peak_rss_mib);
     rows.push((
         format!("peak RSS of usher run at N = {n}"),
-        format!("{peak:.0} MiB"),
+        format!("{peak:.0} MiB through onboarding, latency and redemptions; {restarted_peak:.0} MiB restarted, through its cold start and resync"),
     ));
 
     // 6. Two shards: the same onboarding split between two instances by a label, each with its

@@ -404,8 +404,12 @@ pub fn report(
             now,
         ),
     };
+    // An Event marks a change of verdict. A new binding found Bound is what its author asked
+    // for and its status says so: an Event each would be 10,000 more API writes in a bulk
+    // import, on the API server the import is waiting for. Bound after anything else is news.
     let old_phase = binding.status.as_ref().and_then(|s| s.phase);
-    let note = (old_phase != Some(verdict.phase)).then(|| super::condition::Note {
+    let first_bound = old_phase.is_none() && verdict.phase == BindingPhase::Bound;
+    let note = (old_phase != Some(verdict.phase) && !first_bound).then(|| super::condition::Note {
         warning: matches!(
             verdict.phase,
             BindingPhase::Conflict | BindingPhase::Invalid
@@ -748,5 +752,42 @@ mod tests {
         let v = run(&bindings);
         assert_eq!(bound_roles("alice", &bindings, &v), ["Technician@west"]);
         assert_eq!(bound_roles("bob", &bindings, &v), ["Administrator@tenant"]);
+    }
+
+    #[test]
+    fn a_new_binding_found_bound_publishes_nothing_and_every_change_of_verdict_does() {
+        let verdict = |phase, reason| Verdict {
+            phase,
+            conflicts_with: Vec::new(),
+            reason,
+            message: format!("{reason} because"),
+            tenant: Some("acme".into()),
+            exclusive: Some(false),
+        };
+        let spec: crate::crd::RoleBindingSpec = serde_json::from_value(serde_json::json!({
+            "userRef": {"name": "rita"}, "role": "Manager"
+        }))
+        .unwrap();
+        let fresh = crate::crd::RoleBinding::new("rita-manager", spec);
+        let now = Timestamp::UNIX_EPOCH;
+        let bound = verdict(BindingPhase::Bound, "Bound");
+        let conflict = verdict(BindingPhase::Conflict, "ExclusiveRole");
+
+        let (status, note) = report(&fresh, &bound, now);
+        assert_eq!(status.phase, Some(BindingPhase::Bound));
+        assert!(note.is_none(), "the status says Bound; no Event");
+        let first = report(&fresh, &conflict, now).1.expect("a Warning");
+        assert!(first.warning);
+
+        let mut was = fresh.clone();
+        was.status = Some(report(&fresh, &conflict, now).0);
+        let freed = report(&was, &bound, now)
+            .1
+            .expect("Bound after Conflict is news");
+        assert!(!freed.warning);
+        assert_eq!(freed.reason, "Bound");
+        was.status = Some(report(&fresh, &bound, now).0);
+        assert!(report(&was, &bound, now).1.is_none(), "no change, no Event");
+        assert!(report(&was, &conflict, now).1.is_some_and(|n| n.warning));
     }
 }
