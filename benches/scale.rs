@@ -548,7 +548,7 @@ async fn run(args: Args) {
         format!(
             "{:.0} MiB (peak so far {:.0} MiB)",
             rss_mib(pid, "VmRSS:"),
-            rss_mib(pid, "VmHWM:")
+            peak_rss_mib(pid)
         ),
     ));
     if args.onboarding_only {
