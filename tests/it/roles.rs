@@ -195,6 +195,27 @@ async fn the_older_technician_binding_wins_and_its_deletion_promotes_the_manager
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(promoted, ["Manager@tenant"]);
+
+    // Bound after Conflict is an Event; a new binding found Bound (the technician's) was not,
+    // though it was Bound seconds before the manager's Event was published.
+    let freed = events_of(&client, &ns, "alice-manager", "Bound").await;
+    assert_eq!(freed.len(), 1, "one Event for the promotion: {freed:?}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let first_bound = events
+        .list(&Default::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("alice-technician")
+        })
+        .filter(|e| e.reason.as_deref() == Some("Bound"))
+        .count();
+    assert_eq!(
+        first_bound, 0,
+        "a new binding found Bound publishes no Event"
+    );
 }
 
 /// Issue 17, access until a date: an exclusive Technician binding with `expiresAt` holds its
