@@ -113,7 +113,12 @@ where
             selector,
         } = self;
         let cached = reader.clone();
-        let mut config = watcher::Config::default().any_semantic();
+        // Lists in pages (500 objects each, kube's default) rather than from the API server's
+        // cache at any version: a list at resourceVersion 0 ignores the page size, so a start
+        // among 10,000 people read them in one response and held its body and every decoded
+        // object at once (BENCHMARKS.md, the restarted process's peak). Since Kubernetes 1.34
+        // a paged list at the latest version is served from the same cache.
+        let mut config = watcher::Config::default();
         if let Some(selector) = &selector {
             config = config.labels(selector);
         }
