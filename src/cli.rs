@@ -322,7 +322,8 @@ pub struct RunArgs {
     /// that takes the unlabelled rest. Label every object of a tenant alike.
     #[arg(long, env = "USHER_SHARD_SELECTOR", value_parser = parse_selector)]
     shard_selector: Option<String>,
-    /// How often every object is reconciled again without a change, e.g. 10m.
+    /// How often every object is reconciled again without a change, e.g. 10m: one object at a
+    /// time, spread evenly over the period, so drift is repaired within about two periods.
     #[arg(long, env = "USHER_RESYNC", default_value = "10m", value_parser = parse_duration)]
     resync: std::time::Duration,
     /// Reconcile only while holding a Lease, so that of several replicas one works at a time.

@@ -8,7 +8,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use super::snapshot::snapshot;
-use super::{Context, Error, apply_status, publish, reconcile_with};
+use super::{Context, Error, publish, reconcile_with, replace_status};
 use crate::crd::LocationGroup;
 use crate::plan::groups;
 use crate::plan::records::object_key;
@@ -62,9 +62,10 @@ async fn apply(group: &LocationGroup, ctx: &Context) -> Result<Action, Error> {
         None if stored.is_some() => store.delete_group(&key).await?,
         _ => {}
     }
-    apply_status(ctx, group, group.status.as_ref(), &todo.status).await?;
+    replace_status(ctx, group, group.status.as_ref(), &todo.status).await?;
     if let Some(note) = todo.event {
         publish(ctx, group, EventType::Warning, note.reason, note.message).await;
     }
-    Ok(Action::requeue(ctx.settings.resync))
+    // Nothing falls due: the paced resync looks again.
+    Ok(Action::await_change())
 }

@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::snapshot::snapshot;
-use super::{Context, Error, apply_status, publish_note, reconcile_plain};
+use super::{Context, Error, publish_note, reconcile_plain, replace_status};
 use crate::crd::{BindingPhase, RoleBinding};
 use crate::plan::bindings;
 
@@ -39,7 +39,7 @@ async fn apply(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     };
     let (status, note) = bindings::report(binding, verdict, now);
-    apply_status(ctx, binding, binding.status.as_ref(), &status).await?;
+    replace_status(ctx, binding, binding.status.as_ref(), &status).await?;
     if let Some(note) = note {
         publish_note(ctx, binding, note).await;
     }
@@ -47,9 +47,9 @@ async fn apply(binding: &RoleBinding, ctx: &Context) -> Result<Action, Error> {
     let ends = (verdict.phase == BindingPhase::Bound)
         .then(|| binding.spec.expires_at.as_ref().map(|t| t.0))
         .flatten();
-    Ok(Action::requeue(bindings::wait_until(
-        ends,
-        now,
-        ctx.settings.resync,
-    )))
+    let horizon = ctx.settings.horizon();
+    Ok(super::after(
+        bindings::wait_until(ends, now, horizon),
+        horizon,
+    ))
 }

@@ -16,7 +16,7 @@ use super::guard::Budget;
 use super::invitations::{Executor, KubeSecrets, secret_name};
 use super::snapshot::snapshot;
 use super::tenant_store;
-use super::{Context, Error, apply_status, publish, publish_note, reconcile_with};
+use super::{Context, Error, publish, publish_note, reconcile_with, replace_status};
 use crate::crd::{OffboardingPolicy, SystemUser, Tenant};
 use crate::plan::bindings::{assignments as assignments_of, bound_roles, next_expiry};
 use crate::plan::offboarding::Step;
@@ -50,7 +50,7 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
     let read = match read(ctx, user).await {
         Err(e @ Error::TenantStore(_)) => {
             let (status, note) = plan::store_unavailable(user, &e.to_string(), now);
-            apply_status(ctx, user, user.status.as_ref(), &status).await?;
+            replace_status(ctx, user, user.status.as_ref(), &status).await?;
             if let Some(note) = note {
                 publish_note(ctx, user, note).await;
             }
@@ -66,13 +66,13 @@ async fn apply(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         &done.outcome(),
         &secret_name(&user.name_any()),
         now,
-        ctx.settings.resync,
+        ctx.settings.horizon(),
     );
     show(ctx, user, &report).await?;
     match done.failure {
         // The status says what happened; the error drives the backoff.
         Some(e) => Err(e),
-        None => Ok(Action::requeue(report.requeue)),
+        None => Ok(super::after(report.requeue, ctx.settings.horizon())),
     }
 }
 
@@ -247,7 +247,7 @@ async fn show(ctx: &Context, user: &SystemUser, report: &plan::Report) -> Result
     if report.newly_expired {
         ctx.metrics.invitations_expired.inc();
     }
-    apply_status(ctx, user, user.status.as_ref(), &report.status).await?;
+    replace_status(ctx, user, user.status.as_ref(), &report.status).await?;
     if !report.repaired.is_empty() {
         ctx.metrics.drift_corrected.inc();
         tracing::warn!(repaired = %report.repaired.join(", "), "store changed behind usher's back; repaired");
@@ -309,7 +309,7 @@ async fn offboard(user: &SystemUser, ctx: &Context) -> Result<Action, Error> {
         Err(e @ Error::OffboardingIncomplete { .. }) => {
             let (status, news) =
                 plan::offboarding_incomplete(user, &e.to_string(), Timestamp::now());
-            apply_status(ctx, user, user.status.as_ref(), &status).await?;
+            replace_status(ctx, user, user.status.as_ref(), &status).await?;
             if news {
                 publish(ctx, user, EventType::Warning, e.label(), e.to_string()).await;
             }

@@ -121,7 +121,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     } else {
         0
     };
-    let report = tenant::report(tenant, &members, done, now, ctx.settings.resync);
+    let report = tenant::report(tenant, &members, done, now, ctx.settings.horizon());
     if let Some(people) = &report.status.users {
         ctx.metrics.set_tenant_people(&desired.key, people);
     }
@@ -130,7 +130,7 @@ async fn apply(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     if let Some(note) = report.note {
         publish_note(ctx, tenant, note).await;
     }
-    Ok(Action::requeue(report.requeue))
+    Ok(super::after(report.requeue, ctx.settings.horizon()))
 }
 
 /// The census: a Tenant's people counted again ([`tenant::recount`]) and the count written

@@ -361,16 +361,16 @@ pub fn next_expiry(
 }
 
 /// How long to wait before looking again: until `at` (just after it, so that the clock has
-/// passed it), and at most `resync`.
+/// passed it), and at most `horizon` (nothing due before it).
 pub fn wait_until(
     at: Option<Timestamp>,
     now: Timestamp,
-    resync: std::time::Duration,
+    horizon: std::time::Duration,
 ) -> std::time::Duration {
     at.filter(|at| *at > now)
         .and_then(|at| std::time::Duration::try_from(at.duration_since(now)).ok())
-        .map_or(resync, |d| {
-            (d + std::time::Duration::from_millis(50)).min(resync)
+        .map_or(horizon, |d| {
+            (d + std::time::Duration::from_millis(50)).min(horizon)
         })
 }
 

@@ -162,13 +162,13 @@ pub struct Report {
 /// The status and Events of a Tenant written to the store, from its people (`members`, the
 /// SystemUsers naming it) and `done`, the offboardings of the last hour (0 when none is being
 /// deleted). While deletions are held, it looks again after 30 s to clear the condition once
-/// they are released; otherwise after `resync`.
+/// they are released; otherwise `horizon` (nothing due before it).
 pub fn report(
     tenant: &Tenant,
     members: &[&SystemUser],
     done: u64,
     now: Timestamp,
-    resync: std::time::Duration,
+    horizon: std::time::Duration,
 ) -> Report {
     let phases = members
         .iter()
@@ -185,7 +185,7 @@ pub fn report(
         return Report {
             status,
             note: None,
-            requeue: resync,
+            requeue: horizon,
             held: 0,
         };
     }

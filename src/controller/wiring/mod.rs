@@ -24,8 +24,8 @@ use crate::metrics::Metrics;
 use crate::plan::system_user::{REDEEMED_ANNOTATION, RESEND_ANNOTATION};
 use crate::store::Stores;
 use feed::{
-    Feed, PROMPT, SUMMARY, hash, in_namespace, key_of, keyed, keys, lifecycle, report_invalid,
-    tenant_key, tuned, with_key,
+    Feed, PROMPT, SUMMARY, hash, in_namespace, key_of, keyed, keys, lifecycle, paced,
+    report_invalid, tenant_key, tuned, with_key,
 };
 
 /// The four watches, one per kind.
@@ -295,6 +295,7 @@ where
             },
         ))
         .reconcile_on(wake)
+        .reconcile_on(paced(ctx.users.clone(), ctx.settings.resync))
         .with_config(tuned(people, PROMPT))
         .shutdown_on_signal()
         .run(system_user::reconcile, error_policy, ctx)
@@ -324,6 +325,7 @@ fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + u
                     .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
             },
         ))
+        .reconcile_on(paced(ctx.tenants.clone(), ctx.settings.resync))
         .with_config(tuned(4, PROMPT))
         .shutdown_on_signal()
         .run(tenant::reconcile, error_policy, ctx)
@@ -365,6 +367,7 @@ fn location_groups(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output =
         .reconcile_on(keys(feeds.tenants.changes(lifecycle), move |t: Tenant| {
             in_namespace(&g2, t.namespace(), |_| true)
         }))
+        .reconcile_on(paced(ctx.groups.clone(), ctx.settings.resync))
         .with_config(tuned(8, PROMPT))
         .shutdown_on_signal()
         .run(location_group::reconcile, error_policy, ctx)
@@ -410,6 +413,7 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         .reconcile_on(keys(feeds.tenants.changes(lifecycle), move |t: Tenant| {
             in_namespace(&b4, t.namespace(), |_| true)
         }))
+        .reconcile_on(paced(ctx.bindings.clone(), ctx.settings.resync))
         .with_config(tuned(16, PROMPT))
         .shutdown_on_signal()
         .run(role_binding::reconcile, error_policy, ctx)

@@ -149,16 +149,17 @@ pub fn requeue_at(latest: Option<&InvitationRecord>, now: Timestamp) -> Option<T
 }
 
 /// How long until the person needs looking at again without any change: just after the open
-/// invitation expires (so that Expired shows on time), and at the latest after `resync`.
+/// invitation expires (so that Expired shows on time); `horizon` when nothing falls due before
+/// it (the controller then leaves the person to the paced resync).
 pub fn requeue_after(
     latest: Option<&InvitationRecord>,
     now: Timestamp,
-    resync: std::time::Duration,
+    horizon: std::time::Duration,
 ) -> std::time::Duration {
     requeue_at(latest, now)
         .and_then(|at| std::time::Duration::try_from(at.duration_since(now)).ok())
-        .map_or(resync, |d| {
-            (d + std::time::Duration::from_millis(500)).min(resync)
+        .map_or(horizon, |d| {
+            (d + std::time::Duration::from_millis(500)).min(horizon)
         })
 }
 
@@ -250,7 +251,8 @@ pub struct Report {
     pub delete_secret: Option<String>,
     /// The invitation expired since the status last said so (counted once).
     pub newly_expired: bool,
-    /// How long until the person is looked at again without a change.
+    /// How long until the person is looked at again without a change (the horizon passed to
+    /// [`report`]: nothing falls due before it).
     pub requeue: std::time::Duration,
 }
 
@@ -339,15 +341,15 @@ pub fn store_unavailable(
 }
 
 /// The status, Events and requeue that follow from a [`Decision`] carried out to `outcome`.
-/// `secret_name` is the name the invitation Secret has when the tenant exposes tokens; `resync`
-/// the longest wait before looking again.
+/// `secret_name` is the name the invitation Secret has when the tenant exposes tokens; `horizon`
+/// the longest wait a requeue names (at it, nothing falls due sooner).
 pub fn report(
     user: &SystemUser,
     decision: &Decision,
     outcome: &Outcome<'_>,
     secret_name: &str,
     now: Timestamp,
-    resync: std::time::Duration,
+    horizon: std::time::Duration,
 ) -> Report {
     let refused = outcome
         .refused
@@ -416,14 +418,14 @@ pub fn report(
         });
     }
     let requeue = if matches!(blocked, Some(Blocked::TenantNotFound(_))) {
-        // The Tenant watch wakes the person when it appears; this is only a safety net.
-        resync
+        // The Tenant watch wakes the person when it appears; the resync is only a safety net.
+        horizon
     } else {
         // The sooner of the invitation's expiry and a binding's.
-        requeue_after(outcome.latest, now, resync).min(crate::plan::bindings::wait_until(
+        requeue_after(outcome.latest, now, horizon).min(crate::plan::bindings::wait_until(
             decision.expires,
             now,
-            resync,
+            horizon,
         ))
     };
     Report {
