@@ -221,14 +221,17 @@ where
                     u.annotations().get(REDEEMED_ANNOTATION),
                 ))
             }),
-            |o| Some(key_of(&o)),
+            |o| Some(key_of(&*o)),
         ))
         // The invitation Secrets are not watched: usher only writes and deletes them, so its
         // ServiceAccount needs no right to read or list any Secret.
-        .reconcile_on(keys(feeds.tenants.changes(tenant_key), move |t: Tenant| {
-            let name = t.name_any();
-            in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
-        }))
+        .reconcile_on(keys(
+            feeds.tenants.changes(tenant_key),
+            move |t: Arc<Tenant>| {
+                let name = t.name_any();
+                in_namespace(&u1, t.namespace(), move |u| u.spec.tenant_ref.name == name)
+            },
+        ))
         // A person's roles are decided in their own reconcile, from the specs of their bindings,
         // groups and tenant (the snapshot): a binding's spec wakes them, and of its status only
         // what that decision reads (`exclusive`). Not its phase: that is the binding reconcile's
@@ -239,7 +242,7 @@ where
                 let exclusive = b.status.as_ref().and_then(|s| s.exclusive);
                 hash((lifecycle(b), exclusive.unwrap_or(false)))
             }),
-            move |b: RoleBinding| {
+            move |b: Arc<RoleBinding>| {
                 let ns = b.namespace().unwrap_or_default();
                 u2.get(&ns, &b.spec.user_ref.name).map(|u| key_of(&*u))
             },
@@ -249,7 +252,7 @@ where
         // its namespace.
         .reconcile_on(keys(
             feeds.groups.changes(lifecycle),
-            move |g: LocationGroup| {
+            move |g: Arc<LocationGroup>| {
                 let ns = g.namespace().unwrap_or_default();
                 let people: std::collections::BTreeSet<String> = bindings
                     .list(&ns)
@@ -272,7 +275,7 @@ where
                     u.metadata.deletion_timestamp.is_some(),
                 ))
             }),
-            move |u: SystemUser| {
+            move |u: Arc<SystemUser>| {
                 let ns = u.namespace().unwrap_or_default();
                 let uid = u.metadata.uid.clone().unwrap_or_default();
                 let email = u.spec.email.to_lowercase();
@@ -309,7 +312,7 @@ where
 fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
     keyed(ctx.tenants.clone())
         .reconcile_on(keys(feeds.tenants.changes(tenant_key), |o| {
-            Some(key_of(&o))
+            Some(key_of(&*o))
         }))
         .reconcile_on(keys(
             feeds.users.changes(|u: &SystemUser| {
@@ -318,7 +321,7 @@ fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + u
                     u.metadata.deletion_timestamp.is_some(),
                 ))
             }),
-            |u: SystemUser| {
+            |u: Arc<SystemUser>| {
                 let leaving = u.metadata.deletion_timestamp.is_some();
                 u.namespace()
                     .filter(|_| leaving)
@@ -336,7 +339,7 @@ fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + u
 /// quiet for [`SUMMARY`].
 fn tenant_census(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
     keyed(ctx.tenants.clone())
-        .reconcile_on(keys(feeds.tenants.changes(|_| 0), |o| Some(key_of(&o))))
+        .reconcile_on(keys(feeds.tenants.changes(|_| 0), |o| Some(key_of(&*o))))
         .reconcile_on(keys(
             feeds.users.changes(|u: &SystemUser| {
                 hash((
@@ -344,7 +347,7 @@ fn tenant_census(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
                     &u.spec.tenant_ref.name,
                 ))
             }),
-            |u: SystemUser| {
+            |u: Arc<SystemUser>| {
                 u.namespace()
                     .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
             },
@@ -359,14 +362,15 @@ fn tenant_census(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
 fn location_groups(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
     let (g1, g2) = (ctx.by_ns.groups.clone(), ctx.by_ns.groups.clone());
     keyed(ctx.groups.clone())
-        .reconcile_on(keys(feeds.groups.changes(lifecycle), |o| Some(key_of(&o))))
+        .reconcile_on(keys(feeds.groups.changes(lifecycle), |o| Some(key_of(&*o))))
         .reconcile_on(keys(
             feeds.groups.changes(lifecycle),
-            move |g: LocationGroup| in_namespace(&g1, g.namespace(), |_| true),
+            move |g: Arc<LocationGroup>| in_namespace(&g1, g.namespace(), |_| true),
         ))
-        .reconcile_on(keys(feeds.tenants.changes(lifecycle), move |t: Tenant| {
-            in_namespace(&g2, t.namespace(), |_| true)
-        }))
+        .reconcile_on(keys(
+            feeds.tenants.changes(lifecycle),
+            move |t: Arc<Tenant>| in_namespace(&g2, t.namespace(), |_| true),
+        ))
         .reconcile_on(paced(ctx.groups.clone(), ctx.settings.resync))
         .with_config(tuned(8, PROMPT))
         .shutdown_on_signal()
@@ -385,7 +389,7 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
     );
     keyed(ctx.bindings.clone())
         .reconcile_on(keys(feeds.bindings.changes(lifecycle), |o| {
-            Some(key_of(&o))
+            Some(key_of(&*o))
         }))
         // A sibling's spec, or its phase: one that expires frees what it blocked, without an edit.
         // Not the binding itself: its own phase is what its reconcile just wrote.
@@ -393,7 +397,7 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
             feeds.bindings.changes(|b: &RoleBinding| {
                 hash((lifecycle(b), b.status.as_ref().and_then(|s| s.phase)))
             }),
-            move |b: RoleBinding| {
+            move |b: Arc<RoleBinding>| {
                 let me = b.name_any();
                 with_key(&b1, b.namespace(), &b.spec.user_ref.name, move |o| {
                     o.name_any() != me
@@ -404,15 +408,18 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
             feeds
                 .users
                 .changes(|u: &SystemUser| hash((lifecycle(u), &u.spec.tenant_ref.name))),
-            move |u: SystemUser| with_key(&b2, u.namespace(), &u.name_any(), |_| true),
+            move |u: Arc<SystemUser>| with_key(&b2, u.namespace(), &u.name_any(), |_| true),
         ))
         .reconcile_on(keys(
             feeds.groups.changes(lifecycle),
-            move |g: LocationGroup| in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some()),
+            move |g: Arc<LocationGroup>| {
+                in_namespace(&b3, g.namespace(), |o| o.spec.scope.is_some())
+            },
         ))
-        .reconcile_on(keys(feeds.tenants.changes(lifecycle), move |t: Tenant| {
-            in_namespace(&b4, t.namespace(), |_| true)
-        }))
+        .reconcile_on(keys(
+            feeds.tenants.changes(lifecycle),
+            move |t: Arc<Tenant>| in_namespace(&b4, t.namespace(), |_| true),
+        ))
         .reconcile_on(paced(ctx.bindings.clone(), ctx.settings.resync))
         .with_config(tuned(16, PROMPT))
         .shutdown_on_signal()
