@@ -1,5 +1,5 @@
 //! The controllers, one file per kind: read → decide (in [`crate::plan`]) → write the store →
-//! send mail → patch status (server-side apply, skipped when unchanged) → Events.
+//! send mail → patch status (skipped when unchanged: one JSON Patch, or server-side apply for the Tenant) → Events.
 
 mod guard;
 pub mod index;

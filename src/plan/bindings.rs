@@ -527,16 +527,20 @@ mod tests {
     }
 
     #[test]
-    fn the_wait_for_an_end_lands_just_after_it_and_never_past_the_resync() {
+    fn the_wait_for_an_end_lands_just_after_it_and_never_past_the_horizon() {
         let now = at(0).unwrap();
-        let resync = std::time::Duration::from_secs(600);
+        let horizon = std::time::Duration::from_secs(600);
         assert_eq!(
-            wait_until(at(10), now, resync),
+            wait_until(at(10), now, horizon),
             std::time::Duration::from_millis(10_050)
         );
-        assert_eq!(wait_until(at(10_000), now, resync), resync);
-        assert_eq!(wait_until(at(-1), now, resync), resync, "past: nothing due");
-        assert_eq!(wait_until(None, now, resync), resync);
+        assert_eq!(wait_until(at(10_000), now, horizon), horizon);
+        assert_eq!(
+            wait_until(at(-1), now, horizon),
+            horizon,
+            "past: nothing due"
+        );
+        assert_eq!(wait_until(None, now, horizon), horizon);
     }
 
     #[test]

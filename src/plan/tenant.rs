@@ -329,17 +329,17 @@ mod tests {
         ];
         let members: Vec<&SystemUser> = people.iter().collect();
         assert_eq!(deleting(&members), 2);
-        let resync = std::time::Duration::from_secs(600);
-        // Budget left: no condition, no Event, the usual resync.
-        let quiet = report(&acme(5), &members, 4, now(), resync);
+        let horizon = std::time::Duration::from_secs(600);
+        // Budget left: no condition, no Event, nothing due before the horizon.
+        let quiet = report(&acme(5), &members, 4, now(), horizon);
         let users = quiet.status.users.clone().unwrap();
         assert_eq!((users.total, users.active, users.pending), (4, 2, 1));
         assert_eq!(quiet.note, None);
-        assert_eq!(quiet.requeue, resync);
+        assert_eq!(quiet.requeue, horizon);
         assert_eq!(quiet.held, 0, "two are being deleted, none held");
         // Spent: the condition, one Warning, and a look again soon.
         let mut tenant = acme(5);
-        let held = report(&tenant, &members, 5, now(), resync);
+        let held = report(&tenant, &members, 5, now(), horizon);
         let condition = held.status.conditions.last().unwrap();
         assert_eq!(condition.type_, THROTTLED);
         assert!(
@@ -351,11 +351,11 @@ mod tests {
             held.note.as_ref().map(|n| (n.warning, n.reason)),
             Some((true, THROTTLED))
         );
-        assert!(held.requeue < resync);
+        assert!(held.requeue < horizon);
         assert_eq!(held.held, 2);
         // Shown already: no second Warning.
         tenant.status = Some(held.status.clone());
-        assert_eq!(report(&tenant, &members, 6, now(), resync).note, None);
+        assert_eq!(report(&tenant, &members, 6, now(), horizon).note, None);
     }
 
     #[test]
