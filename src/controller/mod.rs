@@ -68,11 +68,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// How far ahead a deadline gets a timer of its own: twice the resync, the longest an
-    /// object waits between two visits of the paced resync (`wiring::feed::paced`). A deadline
-    /// further away is found by a visit before it is due.
+    /// How far ahead a deadline gets a timer of its own: three times the resync. Two visits
+    /// of the paced resync (`wiring::feed::paced`) are at most about two periods apart (an
+    /// object's place in the next pass moves when others arrive), so a deadline further away
+    /// is seen by a visit with a period to spare, which sets its timer.
     pub fn horizon(&self) -> Duration {
-        self.resync.saturating_mul(2)
+        self.resync.saturating_mul(3)
     }
 }
 
@@ -551,7 +552,12 @@ where
         {"op": "add", "path": "/status", "value": desired},
     ]))
     .map_err(|_| Error::Malformed("status patch"))?;
-    write_status(ctx, obj, PatchParams::default(), &Patch::<()>::Json(ops)).await
+    // Named, so that managedFields credits usher with the status rather than its user agent.
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    };
+    write_status(ctx, obj, params, &Patch::<()>::Json(ops)).await
 }
 
 /// Server-side apply a status part of which another field manager owns (a Tenant's

@@ -92,7 +92,7 @@ pub struct TenantStore {
     /// token (key `token` by default) or the PostgreSQL password (key `password` by default).
     /// usher reads it by name only, so its ServiceAccount must be allowed to `get` that name
     /// (the installed RBAC allows the name `usher-store`). Re-read at every reconcile of the
-    /// Tenant: a rotated credential takes effect within `--resync`.
+    /// Tenant: a rotated credential takes effect within about two `--resync` periods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretKeyRef>,
 }

@@ -32,9 +32,9 @@ pub(super) fn hash(value: impl Hash) -> u64 {
 }
 
 /// One watch of a kind, cached in a reflector and handed to every stream taken from it with
-/// [`Feed::changes`], each getting only the changes its key says are worth a reconcile (a copy
-/// of an object is made only for the subscribers it concerns: most watch events are status
-/// writes that concern one subscriber or none). [`Feed::run`] consumes the feed and starts the
+/// [`Feed::changes`], each getting only the changes its key says are worth a reconcile (most
+/// watch events are status writes that concern one subscriber or none), all of them sharing
+/// one copy of the object. [`Feed::run`] consumes the feed and starts the
 /// watch, so a subscriber can be neither added after the start nor miscounted: each `changes`
 /// is one channel, and every channel has its reader. An object that does not decode (stored under an older schema,
 /// or written around admission) is reported and left out, so that it cannot stop the watch of
@@ -87,10 +87,10 @@ where
     }
 
     /// A stream of the objects whose `key` changed since last seen, and of every deleted
-    /// object, after the cache and the index saw them. Each is the cache's own copy (an
-    /// `Arc`), not a clone: at a cold start the watch lists every object faster than the
-    /// controllers take them, and a dozen subscribers' clones of 20,000 objects waiting in
-    /// their channels were most of the restarted process's peak.
+    /// object, after the cache and the index saw them. Each is shared (an `Arc`: the cache's
+    /// own copy where it has this version) by every subscriber it concerns, rather than cloned
+    /// for each: at a cold start the watch lists every object faster than the controllers take
+    /// them, and a dozen subscribers' clones of 20,000 objects would wait in their channels.
     pub(super) fn changes(
         &mut self,
         key: impl Fn(&K) -> u64 + Send + 'static,
@@ -138,8 +138,9 @@ where
                 match event {
                     Ok(event) => {
                         index.observe(&event, &reader);
+                        let mut shared = None;
                         for subscriber in &mut senders {
-                            subscriber.offer(&event, &reader);
+                            subscriber.offer(&event, &reader, &mut shared);
                         }
                     }
                     Err(e) => {
@@ -303,24 +304,33 @@ struct Subscriber<K> {
 }
 
 impl<K: Resource<DynamicType = ()> + Clone> Subscriber<K> {
-    /// Pass `event`'s object on if its key changed, or it was deleted: the copy `cache` holds
-    /// (which the event was just written to), or, for a deleted object, a copy of its own.
-    fn offer(&mut self, event: &watcher::Event<K>, cache: &Store<K>) {
+    /// Pass `event`'s object on if its key changed, or it was deleted, as `shared`: one copy
+    /// for every subscriber of the event, made by the first that needs it. That is the copy
+    /// `cache` holds when the cache has this version (an `Apply`, just written to it), and a
+    /// copy of its own otherwise (a deletion, or an `InitApply`, which kube's cache keeps
+    /// aside until the list is complete).
+    fn offer(&mut self, event: &watcher::Event<K>, cache: &Store<K>, shared: &mut Option<Arc<K>>) {
         let uid = |o: &K| hash(o.meta().uid.as_deref().unwrap_or_default());
+        let mut copy = |o: &K| {
+            shared
+                .get_or_insert_with(|| {
+                    cache
+                        .get(&key_of(o))
+                        .filter(|c| c.meta().resource_version == o.meta().resource_version)
+                        .unwrap_or_else(|| Arc::new(o.clone()))
+                })
+                .clone()
+        };
         match event {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
                 let k = (self.key)(o);
                 if self.seen.insert(uid(o), k) != Some(k) {
-                    let cached = cache
-                        .get(&key_of(o))
-                        .filter(|c| c.meta().resource_version == o.meta().resource_version);
-                    let o = cached.unwrap_or_else(|| Arc::new(o.clone()));
-                    let _ = self.tx.unbounded_send(o);
+                    let _ = self.tx.unbounded_send(copy(o));
                 }
             }
             watcher::Event::Delete(o) => {
                 self.seen.remove(&uid(o));
-                let _ = self.tx.unbounded_send(Arc::new(o.clone()));
+                let _ = self.tx.unbounded_send(copy(o));
             }
             watcher::Event::Init | watcher::Event::InitDone => {}
         }
@@ -424,10 +434,23 @@ where
     // A pass holds the keys only (each namespace once), not the objects: an object updated
     // meanwhile would otherwise be kept twice until its turn.
     type Pass = std::collections::VecDeque<(Arc<str>, Box<str>)>;
-    let start = (store, Pass::new(), period);
-    futures::stream::unfold(start, move |(store, mut pass, mut step)| async move {
+    // Each visit is due at a fixed point of its pass (the k-th of n at start + period * k / n),
+    // not a step after the one before: a step waited after each visit would add every delay
+    // of a busy runtime (and tokio's rounding up to the millisecond) to all visits after it,
+    // and a pass of 60,000 objects at one a millisecond would outlast its period.
+    struct Round {
+        pass: Pass,
+        start: tokio::time::Instant,
+        n: usize,
+    }
+    let start = Round {
+        pass: Pass::new(),
+        start: tokio::time::Instant::now(),
+        n: 0,
+    };
+    futures::stream::unfold((store, start), move |(store, mut round)| async move {
         let (ns, name) = loop {
-            if let Some(next) = pass.pop_front() {
+            if let Some(next) = round.pass.pop_front() {
                 break next;
             }
             // Not `store.wait_until_ready()`: kube wakes only the last task that polled it,
@@ -450,19 +473,25 @@ where
                 continue;
             }
             keys.sort_unstable();
-            step = period / u32::try_from(keys.len()).unwrap_or(u32::MAX);
+            round.n = keys.len();
+            round.start = tokio::time::Instant::now();
             let mut current: Arc<str> = Arc::from("");
             for (ns, name) in keys {
                 if *current != *ns {
                     current = Arc::from(ns);
                 }
-                pass.push_back((current.clone(), name.into_boxed_str()));
+                round
+                    .pass
+                    .push_back((current.clone(), name.into_boxed_str()));
             }
         };
-        tokio::time::sleep(step).await;
+        // usize → f64 loses nothing below 2^53 objects.
+        #[allow(clippy::cast_precision_loss)]
+        let done = (round.n - round.pass.len()) as f64 / round.n as f64;
+        tokio::time::sleep_until(round.start + period.mul_f64(done)).await;
         let key = ObjectRef::new(&name);
         let key = if ns.is_empty() { key } else { key.within(&ns) };
-        Some((key, (store, pass, step)))
+        Some((key, (store, round)))
     })
 }
 
@@ -616,7 +645,7 @@ mod tests {
         };
         let mut feed = |event: watcher::Event<Tenant>, cache: &Store<Tenant>| {
             writer.apply_watcher_event(&event);
-            subscriber.offer(&event, cache);
+            subscriber.offer(&event, cache, &mut None);
         };
         feed(watcher::Event::Apply(versioned("1", "Acme")), &cache);
         let first = rx.try_recv().unwrap();
@@ -634,6 +663,64 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().spec.display_name, "Acme Corp");
         feed(watcher::Event::Delete(versioned("3", "Acme Corp")), &cache);
         assert!(rx.try_recv().is_ok(), "every deletion is passed on");
+    }
+
+    #[test]
+    fn the_subscribers_of_one_listed_object_share_one_copy() {
+        let (cache, mut writer) = reflector::store::<Tenant>();
+        let mut subscribers: Vec<_> = (0..3)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded();
+                let subscriber = Subscriber {
+                    tx,
+                    key: Box::new(|_: &Tenant| 0),
+                    seen: HashMap::new(),
+                };
+                (subscriber, rx)
+            })
+            .collect();
+        let mut listed = tenant("acme", "acme");
+        listed.metadata.uid = Some("u-1".into());
+        // kube's cache keeps a listed object aside until the list is complete: the copy is
+        // made once, for all three.
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(listed.clone()),
+        ] {
+            writer.apply_watcher_event(&event);
+            let mut shared = None;
+            for (subscriber, _) in &mut subscribers {
+                subscriber.offer(&event, &cache, &mut shared);
+            }
+        }
+        let copies: Vec<Arc<Tenant>> = subscribers
+            .iter_mut()
+            .map(|(_, rx)| rx.try_recv().unwrap())
+            .collect();
+        assert!(copies.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
+        assert_eq!(Arc::strong_count(&copies[0]), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_of_many_objects_fits_its_period_though_each_step_is_under_a_millisecond() {
+        let (reader, mut writer) = reflector::store::<Tenant>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for i in 0..5_000 {
+            let t = tenant(&format!("ns{i:04}"), "t");
+            writer.apply_watcher_event(&watcher::Event::InitApply(t));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let period = std::time::Duration::from_secs(1);
+        let start = tokio::time::Instant::now();
+        let visited: Vec<_> = paced(reader, period).take(5_000).collect().await;
+        assert_eq!(visited.len(), 5_000);
+        // A step of 0.2 ms waited after each visit would take at least 5 s (tokio's timer
+        // counts whole milliseconds).
+        let took = start.elapsed();
+        assert!(
+            took <= period + std::time::Duration::from_millis(2),
+            "a pass of 5,000 took {took:?}"
+        );
     }
 
     #[test]
