@@ -34,7 +34,9 @@ pub(super) fn hash(value: impl Hash) -> u64 {
 /// One watch of a kind, cached in a reflector and handed to every stream taken from it with
 /// [`Feed::changes`], each getting only the changes its key says are worth a reconcile (most
 /// watch events are status writes that concern one subscriber or none), all of them sharing
-/// one copy of the object. [`Feed::run`] consumes the feed and starts the
+/// one copy of the object. The objects of the first list are not handed on: after a start each
+/// controller visits every object once, as fast as it takes them ([`super::resync::paced`]),
+/// rather than have a dozen subscribers queue 20,000 objects at once. [`Feed::run`] consumes the feed and starts the
 /// watch, so a subscriber can be neither added after the start nor miscounted: each `changes`
 /// is one channel, and every channel has its reader. An object that does not decode (stored under an older schema,
 /// or written around admission) is reported and left out, so that it cannot stop the watch of
@@ -46,6 +48,8 @@ pub(super) struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
     reader: Store<K>,
     writer: reflector::store::Writer<K>,
     senders: Vec<Subscriber<K>>,
+    /// Set once the first list is complete (and the cache with it).
+    listed: tokio::sync::watch::Sender<bool>,
     /// Only objects with these labels (`--shard-selector`); None: every object.
     selector: Option<String>,
 }
@@ -77,8 +81,14 @@ where
             reader,
             writer,
             senders: Vec::new(),
+            listed: tokio::sync::watch::Sender::new(false),
             selector,
         }
+    }
+
+    /// Becomes true once the first list is complete: the cache holds every object.
+    pub(super) fn listed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.listed.subscribe()
     }
 
     /// The cache the watch fills.
@@ -87,7 +97,8 @@ where
     }
 
     /// A stream of the objects whose `key` changed since last seen, and of every deleted
-    /// object, after the cache and the index saw them. Each is shared (an `Arc`: the cache's
+    /// object, after the cache and the index saw them; not the objects of the first list (their
+    /// keys are remembered, so a relist passes on only what changed). Each is shared (an `Arc`: the cache's
     /// own copy where it has this version) by every subscriber it concerns, rather than cloned
     /// for each: at a cold start the watch lists every object faster than the controllers take
     /// them, and a dozen subscribers' clones of 20,000 objects would wait in their channels.
@@ -95,11 +106,29 @@ where
         &mut self,
         key: impl Fn(&K) -> u64 + Send + 'static,
     ) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.subscribe(key, false)
+    }
+
+    /// [`Feed::changes`], and the objects of the first list too: for a subscriber that
+    /// remembers what it was handed (who held which address), not only what it wakes.
+    pub(super) fn changes_and_first_list(
+        &mut self,
+        key: impl Fn(&K) -> u64 + Send + 'static,
+    ) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.subscribe(key, true)
+    }
+
+    fn subscribe(
+        &mut self,
+        key: impl Fn(&K) -> u64 + Send + 'static,
+        listed: bool,
+    ) -> impl Stream<Item = Arc<K>> + Send + 'static {
         let (tx, rx) = mpsc::unbounded();
         self.senders.push(Subscriber {
             tx,
             key: Box::new(key),
             seen: HashMap::new(),
+            listed,
         });
         rx
     }
@@ -113,6 +142,7 @@ where
             reader,
             writer,
             mut senders,
+            listed,
             selector,
         } = self;
         let cached = reader.clone();
@@ -137,6 +167,9 @@ where
             .for_each(move |event| {
                 match event {
                     Ok(event) => {
+                        if matches!(event, watcher::Event::InitDone) {
+                            listed.send_replace(true);
+                        }
                         index.observe(&event, &reader);
                         let mut shared = None;
                         for subscriber in &mut senders {
@@ -294,13 +327,15 @@ where
     }
 }
 
-/// One subscriber of a [`Feed`]: its channel, the key whose change is worth passing on, and
-/// the key each object had when last passed on (by a hash of its uid: 16 bytes an object
-/// rather than a copy of the uid, in each of the dozen subscribers).
+/// One subscriber of a [`Feed`]: its channel, the key whose change is worth passing on, the
+/// key each object had when last passed on (by a hash of its uid: 16 bytes an object rather
+/// than a copy of the uid, in each of the dozen subscribers), and whether the first list is
+/// over (or passed on too).
 struct Subscriber<K> {
     tx: mpsc::UnboundedSender<Arc<K>>,
     key: Box<dyn Fn(&K) -> u64 + Send>,
     seen: HashMap<u64, u64>,
+    listed: bool,
 }
 
 impl<K: Resource<DynamicType = ()> + Clone> Subscriber<K> {
@@ -324,7 +359,7 @@ impl<K: Resource<DynamicType = ()> + Clone> Subscriber<K> {
         match event {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
                 let k = (self.key)(o);
-                if self.seen.insert(uid(o), k) != Some(k) {
+                if self.seen.insert(uid(o), k) != Some(k) && self.listed {
                     let _ = self.tx.unbounded_send(copy(o));
                 }
             }
@@ -332,7 +367,8 @@ impl<K: Resource<DynamicType = ()> + Clone> Subscriber<K> {
                 self.seen.remove(&uid(o));
                 let _ = self.tx.unbounded_send(copy(o));
             }
-            watcher::Event::Init | watcher::Event::InitDone => {}
+            watcher::Event::InitDone => self.listed = true,
+            watcher::Event::Init => {}
         }
     }
 }
@@ -417,84 +453,6 @@ pub(super) fn key_of<K: Resource<DynamicType = ()>>(o: &K) -> ObjectRef<K> {
     }
 }
 
-/// Every object cached in `store`, one at a time, spread evenly over each `period`: with `n`
-/// objects, one every `period / n`, in the order of their keys, pass after pass. This is the
-/// resync (`--resync`): an object is looked at again at most two periods after its last visit
-/// (one when none arrive meanwhile), without a timer of its own in a controller's queue (0.4 KB
-/// an object, for every object; README, "Where the memory goes"), and without the burst a
-/// resync of everything at once would be. A deadline sooner than that keeps its own timer
-/// ([`crate::controller::after`]).
-pub(super) fn paced<K>(
-    store: Store<K>,
-    period: std::time::Duration,
-) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    // A pass holds the keys only (each namespace once), not the objects: an object updated
-    // meanwhile would otherwise be kept twice until its turn.
-    type Pass = std::collections::VecDeque<(Arc<str>, Box<str>)>;
-    // Each visit is due at a fixed point of its pass (the k-th of n at start + period * k / n),
-    // not a step after the one before: a step waited after each visit would add every delay
-    // of a busy runtime (and tokio's rounding up to the millisecond) to all visits after it,
-    // and a pass of 60,000 objects at one a millisecond would outlast its period.
-    struct Round {
-        pass: Pass,
-        start: tokio::time::Instant,
-        n: usize,
-    }
-    let start = Round {
-        pass: Pass::new(),
-        start: tokio::time::Instant::now(),
-        n: 0,
-    };
-    futures::stream::unfold((store, start), move |(store, mut round)| async move {
-        let (ns, name) = loop {
-            if let Some(next) = round.pass.pop_front() {
-                break next;
-            }
-            // Not `store.wait_until_ready()`: kube wakes only the last task that polled it,
-            // and `Context::caches_ready` polls it with a no-op waker, so this pass would wait
-            // for ever. Before the first list the cache is empty and the pass comes a period
-            // later; the first list wakes every object anyway.
-            let mut keys: Vec<(String, String)> = store
-                .state()
-                .iter()
-                .map(|o| {
-                    let m = o.meta();
-                    (
-                        m.namespace.clone().unwrap_or_default(),
-                        m.name.clone().unwrap_or_default(),
-                    )
-                })
-                .collect();
-            if keys.is_empty() {
-                tokio::time::sleep(period).await;
-                continue;
-            }
-            keys.sort_unstable();
-            round.n = keys.len();
-            round.start = tokio::time::Instant::now();
-            let mut current: Arc<str> = Arc::from("");
-            for (ns, name) in keys {
-                if *current != *ns {
-                    current = Arc::from(ns);
-                }
-                round
-                    .pass
-                    .push_back((current.clone(), name.into_boxed_str()));
-            }
-        };
-        // usize → f64 loses nothing below 2^53 objects.
-        #[allow(clippy::cast_precision_loss)]
-        let done = (round.n - round.pass.len()) as f64 / round.n as f64;
-        tokio::time::sleep_until(round.start + period.mul_f64(done)).await;
-        let key = ObjectRef::new(&name);
-        let key = if ns.is_empty() { key } else { key.within(&ns) };
-        Some((key, (store, round)))
-    })
-}
-
 /// The objects of namespace `ns` whose second key (a binding's person) is `key`, and that
 /// `keep` keeps: read from the index by that key, not by a scan of the namespace.
 pub(super) fn with_key<K>(
@@ -549,57 +507,6 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_resync_visits_each_object_once_a_period_spread_evenly_and_finds_new_ones() {
-        let (reader, mut writer) = reflector::store::<Tenant>();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        for (ns, name) in [("b", "x"), ("a", "y"), ("a", "x"), ("c", "z")] {
-            writer.apply_watcher_event(&watcher::Event::InitApply(tenant(ns, name)));
-        }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        let period = std::time::Duration::from_secs(40);
-        let start = tokio::time::Instant::now();
-        let mut visits = Box::pin(paced(reader, period));
-        let mut first = Vec::new();
-        for _ in 0..4 {
-            let key = visits.next().await.unwrap();
-            first.push((
-                format!("{}/{}", key.namespace.unwrap_or_default(), key.name),
-                start.elapsed().as_secs(),
-            ));
-        }
-        // In key order, one every period / 4.
-        assert_eq!(
-            first,
-            [
-                ("a/x".to_string(), 10),
-                ("a/y".to_string(), 20),
-                ("b/x".to_string(), 30),
-                ("c/z".to_string(), 40)
-            ]
-        );
-        // An object that arrived during a pass is in the next one; a deleted one is not.
-        writer.apply_watcher_event(&watcher::Event::Apply(tenant("a", "w")));
-        writer.apply_watcher_event(&watcher::Event::Delete(tenant("c", "z")));
-        let mut second = Vec::new();
-        for _ in 0..4 {
-            let key = visits.next().await.unwrap();
-            second.push((
-                format!("{}/{}", key.namespace.unwrap_or_default(), key.name),
-                start.elapsed().as_secs(),
-            ));
-        }
-        assert_eq!(
-            second,
-            [
-                ("a/w".to_string(), 50),
-                ("a/x".to_string(), 60),
-                ("a/y".to_string(), 70),
-                ("b/x".to_string(), 80)
-            ]
-        );
-    }
-
     #[test]
     fn a_queue_key_is_name_and_namespace_and_each_change_wakes_what_it_maps_to() {
         let mut tenant: Tenant = serde_json::from_value(serde_json::json!({
@@ -642,6 +549,7 @@ mod tests {
             tx,
             key: Box::new(|t: &Tenant| hash(&t.spec.display_name)),
             seen: HashMap::new(),
+            listed: true,
         };
         let mut feed = |event: watcher::Event<Tenant>, cache: &Store<Tenant>| {
             writer.apply_watcher_event(&event);
@@ -671,10 +579,12 @@ mod tests {
         let mut subscribers: Vec<_> = (0..3)
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded();
+                // After the first list: a relist.
                 let subscriber = Subscriber {
                     tx,
                     key: Box::new(|_: &Tenant| 0),
                     seen: HashMap::new(),
+                    listed: true,
                 };
                 (subscriber, rx)
             })
@@ -701,26 +611,52 @@ mod tests {
         assert_eq!(Arc::strong_count(&copies[0]), 3);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_pass_of_many_objects_fits_its_period_though_each_step_is_under_a_millisecond() {
-        let (reader, mut writer) = reflector::store::<Tenant>();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        for i in 0..5_000 {
-            let t = tenant(&format!("ns{i:04}"), "t");
-            writer.apply_watcher_event(&watcher::Event::InitApply(t));
-        }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        let period = std::time::Duration::from_secs(1);
-        let start = tokio::time::Instant::now();
-        let visited: Vec<_> = paced(reader, period).take(5_000).collect().await;
-        assert_eq!(visited.len(), 5_000);
-        // A step of 0.2 ms waited after each visit would take at least 5 s (tokio's timer
-        // counts whole milliseconds).
-        let took = start.elapsed();
-        assert!(
-            took <= period + std::time::Duration::from_millis(2),
-            "a pass of 5,000 took {took:?}"
-        );
+    #[test]
+    fn the_first_list_is_remembered_not_passed_on_and_a_relist_passes_on_what_changed() {
+        let named = |name: &str, display: &str| {
+            let mut t = tenant("acme", name);
+            t.metadata.uid = Some(format!("u-{name}"));
+            t.spec.display_name = display.into();
+            t
+        };
+        let (cache, mut writer) = reflector::store::<Tenant>();
+        let subscriber = |listed| {
+            let (tx, rx) = mpsc::unbounded();
+            let s = Subscriber {
+                tx,
+                key: Box::new(|t: &Tenant| hash(&t.spec.display_name)),
+                seen: HashMap::new(),
+                listed,
+            };
+            (s, rx)
+        };
+        let (mut quiet, mut quiet_rx) = subscriber(false);
+        let (mut every, mut every_rx) = subscriber(true);
+        let mut feed = |event: watcher::Event<Tenant>| {
+            writer.apply_watcher_event(&event);
+            quiet.offer(&event, &cache, &mut None);
+            every.offer(&event, &cache, &mut None);
+        };
+        let names = |rx: &mut mpsc::UnboundedReceiver<Arc<Tenant>>| {
+            std::iter::from_fn(|| rx.try_recv().ok())
+                .map(|t| t.name_any())
+                .collect::<Vec<_>>()
+        };
+        feed(watcher::Event::Init);
+        feed(watcher::Event::InitApply(named("a", "A")));
+        feed(watcher::Event::InitApply(named("b", "B")));
+        feed(watcher::Event::InitDone);
+        assert_eq!(names(&mut quiet_rx), Vec::<String>::new());
+        assert_eq!(names(&mut every_rx), ["a", "b"]);
+        // A relist (after the watch fell behind): only what changed meanwhile.
+        feed(watcher::Event::Init);
+        feed(watcher::Event::InitApply(named("a", "A")));
+        feed(watcher::Event::InitApply(named("b", "B, renamed")));
+        feed(watcher::Event::InitDone);
+        assert_eq!(names(&mut quiet_rx), ["b"]);
+        assert_eq!(names(&mut every_rx), ["b"]);
+        feed(watcher::Event::Apply(named("a", "A, renamed")));
+        assert_eq!(names(&mut quiet_rx), ["a"]);
     }
 
     #[test]

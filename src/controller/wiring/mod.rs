@@ -1,8 +1,10 @@
 //! How the four controllers are fed, and what wakes each: one function per controller, each
 //! subscribing to the watch feeds ([`feed::Feed`]) it needs, with the filter that says which
-//! change of a watched object is worth a reconcile.
+//! change of a watched object is worth a reconcile, and each with its resync ([`resync`]), which
+//! after a start is also its catch-up.
 
 mod feed;
+mod resync;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,9 +26,10 @@ use crate::metrics::Metrics;
 use crate::plan::system_user::{REDEEMED_ANNOTATION, RESEND_ANNOTATION};
 use crate::store::Stores;
 use feed::{
-    Feed, PROMPT, SUMMARY, hash, in_namespace, key_of, keyed, keys, lifecycle, paced,
-    report_invalid, tenant_key, tuned, with_key,
+    Feed, PROMPT, SUMMARY, hash, in_namespace, key_of, keyed, keys, lifecycle, report_invalid,
+    tenant_key, tuned, with_key,
 };
+use resync::{Intake, Listed, paced};
 
 /// The four watches, one per kind.
 struct Feeds {
@@ -75,6 +78,36 @@ impl Feeds {
             ),
         }
     }
+
+    /// Every watch's first list, which a resync's catch-up waits for.
+    fn listed(&self) -> Listed {
+        Listed(vec![
+            self.users.listed(),
+            self.tenants.listed(),
+            self.groups.listed(),
+            self.bindings.listed(),
+        ])
+    }
+}
+
+/// A controller's resync ([`paced`]) and what its results are consumed with, handing each key
+/// back to the resync ([`Intake::handled`]): at most two reconciles a slot (`concurrency`)
+/// queued by the resync at once.
+fn resync<K>(
+    feeds: &Feeds,
+    store: &kube::runtime::reflector::Store<K>,
+    period: std::time::Duration,
+    concurrency: u16,
+) -> (
+    impl Stream<Item = ObjectRef<K>> + Send + 'static + use<K>,
+    Arc<Intake>,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let intake = Intake::new(2 * usize::from(concurrency));
+    let visits = paced(store.clone(), period, feeds.listed(), intake.clone());
+    (visits, intake)
 }
 
 /// Run the four controllers until shutdown. `wake` carries the SystemUsers whose invitation was
@@ -196,6 +229,7 @@ where
     let people = u16::try_from(ctx.settings.mail_concurrency.saturating_mul(12))
         .unwrap_or(u16::MAX)
         .max(32);
+    let (visits, intake) = resync(feeds, &ctx.users, ctx.settings.resync, people);
     let addresses = std::sync::Mutex::new(HashMap::<String, String>::new());
     // A redemption of someone this instance does not watch (another shard's, or another
     // namespace's) is announced on the object itself, so that the instance that watches it
@@ -268,8 +302,9 @@ where
         ))
         // Who holds an address is decided among all its holders (DuplicateEmail), so one that
         // arrives, leaves or changes address wakes the holders of its old address and its new one.
+        // The first list too: `addresses` must know who held what before any change.
         .reconcile_on(keys(
-            feeds.users.changes(|u: &SystemUser| {
+            feeds.users.changes_and_first_list(|u: &SystemUser| {
                 hash((
                     u.spec.email.to_lowercase(),
                     u.metadata.deletion_timestamp.is_some(),
@@ -298,11 +333,11 @@ where
             },
         ))
         .reconcile_on(wake)
-        .reconcile_on(paced(ctx.users.clone(), ctx.settings.resync))
+        .reconcile_on(visits)
         .with_config(tuned(people, PROMPT))
         .shutdown_on_signal()
         .run(system_user::reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(intake.handled())
 }
 
 /// Tenant: its spec and the release annotation; its people being deleted (the guard). Their
@@ -310,6 +345,7 @@ where
 /// import would reconcile each Tenant hundreds of times, and the trailing debounce would hold
 /// its own first reconcile (its finalizer, its record in the store) back meanwhile.
 fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
+    let (visits, intake) = resync(feeds, &ctx.tenants, ctx.settings.resync, 4);
     keyed(ctx.tenants.clone())
         .reconcile_on(keys(feeds.tenants.changes(tenant_key), |o| {
             Some(key_of(&*o))
@@ -328,16 +364,19 @@ fn tenants(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + u
                     .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
             },
         ))
-        .reconcile_on(paced(ctx.tenants.clone(), ctx.settings.resync))
+        .reconcile_on(visits)
         .with_config(tuned(4, PROMPT))
         .shutdown_on_signal()
         .run(tenant::reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(intake.handled())
 }
 
 /// The Tenant census: its people's phases, counted again into its status once they have been
 /// quiet for [`SUMMARY`].
 fn tenant_census(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
+    // Its resync counts each Tenant once after a start (the first list wakes nothing), and
+    // again each period, writing only what changed.
+    let (visits, intake) = resync(feeds, &ctx.tenants, ctx.settings.resync, 2);
     keyed(ctx.tenants.clone())
         .reconcile_on(keys(feeds.tenants.changes(|_| 0), |o| Some(key_of(&*o))))
         .reconcile_on(keys(
@@ -352,15 +391,17 @@ fn tenant_census(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
                     .map(|ns| ObjectRef::new(&u.spec.tenant_ref.name).within(&ns))
             },
         ))
+        .reconcile_on(visits)
         .with_config(tuned(2, SUMMARY))
         .shutdown_on_signal()
         .run(tenant::recount, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(intake.handled())
 }
 
 /// LocationGroup: any group's spec in the namespace (parents decide children); tenants.
 fn location_groups(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
     let (g1, g2) = (ctx.by_ns.groups.clone(), ctx.by_ns.groups.clone());
+    let (visits, intake) = resync(feeds, &ctx.groups, ctx.settings.resync, 8);
     keyed(ctx.groups.clone())
         .reconcile_on(keys(feeds.groups.changes(lifecycle), |o| Some(key_of(&*o))))
         .reconcile_on(keys(
@@ -371,11 +412,11 @@ fn location_groups(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output =
             feeds.tenants.changes(lifecycle),
             move |t: Arc<Tenant>| in_namespace(&g2, t.namespace(), |_| true),
         ))
-        .reconcile_on(paced(ctx.groups.clone(), ctx.settings.resync))
+        .reconcile_on(visits)
         .with_config(tuned(8, PROMPT))
         .shutdown_on_signal()
         .run(location_group::reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(intake.handled())
 }
 
 /// RoleBinding: its spec; its siblings (same user), their specs and phases; its user; groups;
@@ -387,6 +428,7 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
     );
+    let (visits, intake) = resync(feeds, &ctx.bindings, ctx.settings.resync, 16);
     keyed(ctx.bindings.clone())
         .reconcile_on(keys(feeds.bindings.changes(lifecycle), |o| {
             Some(key_of(&*o))
@@ -420,9 +462,9 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
             feeds.tenants.changes(lifecycle),
             move |t: Arc<Tenant>| in_namespace(&b4, t.namespace(), |_| true),
         ))
-        .reconcile_on(paced(ctx.bindings.clone(), ctx.settings.resync))
+        .reconcile_on(visits)
         .with_config(tuned(16, PROMPT))
         .shutdown_on_signal()
         .run(role_binding::reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(intake.handled())
 }
