@@ -69,7 +69,7 @@ pub struct Settings {
 
 impl Settings {
     /// How far ahead a deadline gets a timer of its own: three times the resync. Two visits
-    /// of the paced resync (`wiring::feed::paced`) are at most about two periods apart (an
+    /// of the paced resync (`wiring::resync::paced`) are at most about two periods apart (an
     /// object's place in the next pass moves when others arrive), so a deadline further away
     /// is seen by a visit with a period to spare, which sets its timer.
     pub fn horizon(&self) -> Duration {

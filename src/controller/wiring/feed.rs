@@ -129,6 +129,7 @@ where
             key: Box::new(key),
             seen: HashMap::new(),
             listed,
+            held: Vec::new(),
         });
         rx
     }
@@ -167,13 +168,14 @@ where
             .for_each(move |event| {
                 match event {
                     Ok(event) => {
-                        if matches!(event, watcher::Event::InitDone) {
-                            listed.send_replace(true);
-                        }
                         index.observe(&event, &reader);
                         let mut shared = None;
                         for subscriber in &mut senders {
                             subscriber.offer(&event, &reader, &mut shared);
+                        }
+                        // After the index: a catch-up that starts now reads a complete one.
+                        if matches!(event, watcher::Event::InitDone) {
+                            listed.send_replace(true);
                         }
                     }
                     Err(e) => {
@@ -329,21 +331,23 @@ where
 
 /// One subscriber of a [`Feed`]: its channel, the key whose change is worth passing on, the
 /// key each object had when last passed on (by a hash of its uid: 16 bytes an object rather
-/// than a copy of the uid, in each of the dozen subscribers), and whether the first list is
-/// over (or passed on too).
+/// than a copy of the uid, in each of the dozen subscribers), whether the first list is over
+/// (or passed on too), and what a list in progress changed, held until the list is complete.
 struct Subscriber<K> {
     tx: mpsc::UnboundedSender<Arc<K>>,
     key: Box<dyn Fn(&K) -> u64 + Send>,
     seen: HashMap<u64, u64>,
     listed: bool,
+    held: Vec<Arc<K>>,
 }
 
 impl<K: Resource<DynamicType = ()> + Clone> Subscriber<K> {
     /// Pass `event`'s object on if its key changed, or it was deleted, as `shared`: one copy
     /// for every subscriber of the event, made by the first that needs it. That is the copy
     /// `cache` holds when the cache has this version (an `Apply`, just written to it), and a
-    /// copy of its own otherwise (a deletion, or an `InitApply`, which kube's cache keeps
-    /// aside until the list is complete).
+    /// copy of its own otherwise (a deletion, or an `InitApply`). A relist's changes are held
+    /// until it is complete: kube's cache keeps a list aside until then, and a reconcile woken
+    /// earlier would find the object missing or as it was before.
     fn offer(&mut self, event: &watcher::Event<K>, cache: &Store<K>, shared: &mut Option<Arc<K>>) {
         let uid = |o: &K| hash(o.meta().uid.as_deref().unwrap_or_default());
         let mut copy = |o: &K| {
@@ -357,17 +361,28 @@ impl<K: Resource<DynamicType = ()> + Clone> Subscriber<K> {
                 .clone()
         };
         match event {
-            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+            watcher::Event::Apply(o) => {
+                let k = (self.key)(o);
+                if self.seen.insert(uid(o), k) != Some(k) {
+                    let _ = self.tx.unbounded_send(copy(o));
+                }
+            }
+            watcher::Event::InitApply(o) => {
                 let k = (self.key)(o);
                 if self.seen.insert(uid(o), k) != Some(k) && self.listed {
-                    let _ = self.tx.unbounded_send(copy(o));
+                    self.held.push(copy(o));
                 }
             }
             watcher::Event::Delete(o) => {
                 self.seen.remove(&uid(o));
                 let _ = self.tx.unbounded_send(copy(o));
             }
-            watcher::Event::InitDone => self.listed = true,
+            watcher::Event::InitDone => {
+                self.listed = true;
+                for o in self.held.drain(..) {
+                    let _ = self.tx.unbounded_send(o);
+                }
+            }
             watcher::Event::Init => {}
         }
     }
@@ -550,6 +565,7 @@ mod tests {
             key: Box::new(|t: &Tenant| hash(&t.spec.display_name)),
             seen: HashMap::new(),
             listed: true,
+            held: Vec::new(),
         };
         let mut feed = |event: watcher::Event<Tenant>, cache: &Store<Tenant>| {
             writer.apply_watcher_event(&event);
@@ -585,6 +601,7 @@ mod tests {
                     key: Box::new(|_: &Tenant| 0),
                     seen: HashMap::new(),
                     listed: true,
+                    held: Vec::new(),
                 };
                 (subscriber, rx)
             })
@@ -596,6 +613,7 @@ mod tests {
         for event in [
             watcher::Event::Init,
             watcher::Event::InitApply(listed.clone()),
+            watcher::Event::InitDone,
         ] {
             writer.apply_watcher_event(&event);
             let mut shared = None;
@@ -627,6 +645,7 @@ mod tests {
                 key: Box::new(|t: &Tenant| hash(&t.spec.display_name)),
                 seen: HashMap::new(),
                 listed,
+                held: Vec::new(),
             };
             (s, rx)
         };
@@ -652,6 +671,8 @@ mod tests {
         feed(watcher::Event::Init);
         feed(watcher::Event::InitApply(named("a", "A")));
         feed(watcher::Event::InitApply(named("b", "B, renamed")));
+        // Held until the cache has the relist.
+        assert_eq!(names(&mut quiet_rx), Vec::<String>::new());
         feed(watcher::Event::InitDone);
         assert_eq!(names(&mut quiet_rx), ["b"]);
         assert_eq!(names(&mut every_rx), ["b"]);

@@ -59,7 +59,7 @@ impl Intake {
                 }
             }
             if tokio::time::timeout(STALL, handled).await.is_err() {
-                tracing::debug!(
+                tracing::info!(
                     out = self.window,
                     "no resync visit reported handled for a while; not waiting for them"
                 );
@@ -164,7 +164,7 @@ where
         },
     };
     futures::stream::unfold(state, move |mut state| async move {
-        let first = match state.listed.take() {
+        let mut first = match state.listed.take() {
             Some(listed) => {
                 listed.wait().await;
                 true
@@ -188,6 +188,9 @@ where
                     )
                 })
                 .collect();
+            // Only the pass begun right after the first lists: a store empty then has nothing
+            // to catch up on.
+            round.catch_up = std::mem::take(&mut first);
             if keys.is_empty() {
                 tokio::time::sleep(period).await;
                 continue;
@@ -195,9 +198,6 @@ where
             keys.sort_unstable();
             round.n = keys.len();
             round.start = tokio::time::Instant::now();
-            // Only the pass begun right after the first lists: a store empty then has nothing
-            // to catch up on.
-            round.catch_up = first;
             let mut current: Arc<str> = Arc::from("");
             for (ns, name) in keys {
                 if *current != *ns {
@@ -331,19 +331,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_catch_up_waits_for_every_first_list_and_keeps_a_window_out() {
         let (reader, _writer) = listed_store((0..10).map(|i| tenant("acme", &format!("t{i}"))));
-        let (lists_done, lists) = watch::channel(false);
+        let (users_listed, users) = watch::channel(false);
+        let (groups_listed, groups) = watch::channel(false);
         let intake = Intake::new(3);
         let mut visits = Box::pin(paced(
             reader,
             Duration::from_secs(3600),
-            Listed(vec![lists]),
+            Listed(vec![users, groups]),
             intake.clone(),
         ));
         assert!(
             within_a_second(&mut visits).await.is_none(),
             "not before the lists"
         );
-        lists_done.send_replace(true);
+        groups_listed.send_replace(true);
+        assert!(
+            within_a_second(&mut visits).await.is_none(),
+            "not before every list"
+        );
+        users_listed.send_replace(true);
         let out: Vec<ObjectRef<Tenant>> = [
             within_a_second(&mut visits).await.unwrap(),
             within_a_second(&mut visits).await.unwrap(),
@@ -358,11 +364,32 @@ mod tests {
         let fourth = within_a_second(&mut visits).await.unwrap();
         assert_eq!(named(&fourth), "acme/t3");
         assert!(within_a_second(&mut visits).await.is_none());
-        // A controller that never reports does not stop the resync for good.
-        tokio::time::sleep(STALL).await;
+        // A controller that never reports does not stop the resync for good, but holds it
+        // until the stall time has passed.
+        tokio::time::sleep(STALL - Duration::from_secs(3)).await;
+        assert!(within_a_second(&mut visits).await.is_none());
+        tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(
             named(&within_a_second(&mut visits).await.unwrap()),
             "acme/t4"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_empty_at_the_start_has_no_catch_up_and_its_first_pass_is_spread() {
+        let (reader, mut writer) = listed_store([]);
+        let period = Duration::from_secs(40);
+        let intake = Intake::new(8);
+        let start = tokio::time::Instant::now();
+        let mut visits = Box::pin(paced(reader, period, listed(), intake.clone()));
+        assert!(within_a_second(&mut visits).await.is_none());
+        for name in ["w", "x", "y", "z"] {
+            writer.apply_watcher_event(&watcher::Event::Apply(tenant("a", name)));
+        }
+        let at = |v: [(&str, u64); 4]| v.map(|(k, s)| (k.to_string(), s)).to_vec();
+        assert_eq!(
+            visit(&mut visits, &intake, start, 4).await,
+            at([("a/w", 50), ("a/x", 60), ("a/y", 70), ("a/z", 80)])
         );
     }
 
