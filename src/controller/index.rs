@@ -156,15 +156,6 @@ mod tests {
     use super::*;
     use crate::crd::Tenant;
 
-    fn tenant(ns: &str, name: &str) -> Tenant {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "usher.dev/v1alpha1", "kind": "Tenant",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"displayName": name}
-        }))
-        .unwrap()
-    }
-
     #[test]
     fn follows_the_reflector_by_namespace_and_second_key() {
         let index = ByNamespace::<Tenant>::new(|t| Some(t.spec.display_name.clone()));
@@ -174,14 +165,14 @@ mod tests {
             index.observe(&event, &reader);
         };
         feed(watcher::Event::Init);
-        feed(watcher::Event::InitApply(tenant("a", "one")));
-        feed(watcher::Event::InitApply(tenant("b", "two")));
+        feed(watcher::Event::InitApply(Tenant::named("a", "one")));
+        feed(watcher::Event::InitApply(Tenant::named("b", "two")));
         feed(watcher::Event::InitDone);
         assert_eq!(index.list("a").len(), 1);
-        feed(watcher::Event::Apply(tenant("a", "three")));
+        feed(watcher::Event::Apply(Tenant::named("a", "three")));
         assert_eq!(index.list("a").len(), 2);
         assert_eq!(index.list("b").len(), 1);
-        feed(watcher::Event::Delete(tenant("a", "one")));
+        feed(watcher::Event::Delete(Tenant::named("a", "one")));
         let names: Vec<String> = index
             .list("a")
             .iter()
@@ -190,16 +181,16 @@ mod tests {
         assert_eq!(names, ["three"]);
         assert!(index.list("nowhere").is_empty());
         // The second key follows changes: "three" renamed to "four" is found under "four" only.
-        let mut renamed = tenant("a", "three");
+        let mut renamed = Tenant::named("a", "three");
         renamed.spec.display_name = "four".into();
         feed(watcher::Event::Apply(renamed));
         assert!(index.with_key("a", "three").is_empty());
         assert_eq!(index.with_key("a", "four").len(), 1);
         assert!(index.get("a", "three").is_some());
         // Several objects under one key, in name order; a deletion leaves the others.
-        let mut zed = tenant("a", "zed");
+        let mut zed = Tenant::named("a", "zed");
         zed.spec.display_name = "four".into();
-        let mut abe = tenant("a", "abe");
+        let mut abe = Tenant::named("a", "abe");
         abe.spec.display_name = "four".into();
         feed(watcher::Event::Apply(zed));
         feed(watcher::Event::Apply(abe));
@@ -211,10 +202,10 @@ mod tests {
                 .collect()
         };
         assert_eq!(named("four"), ["abe", "three", "zed"]);
-        feed(watcher::Event::Delete(tenant("a", "three")));
+        feed(watcher::Event::Delete(Tenant::named("a", "three")));
         assert_eq!(named("four"), ["abe", "zed"]);
-        feed(watcher::Event::Delete(tenant("a", "abe")));
-        feed(watcher::Event::Delete(tenant("a", "zed")));
+        feed(watcher::Event::Delete(Tenant::named("a", "abe")));
+        feed(watcher::Event::Delete(Tenant::named("a", "zed")));
         assert!(named("four").is_empty());
         let slot = ("a".to_string(), "four".to_string());
         assert!(!index.by_key.read().unwrap().contains_key(&slot));

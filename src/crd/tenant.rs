@@ -309,3 +309,16 @@ pub struct UserCounts {
     #[serde(default)]
     pub failed: i32,
 }
+
+#[cfg(test)]
+impl Tenant {
+    /// A Tenant `name` in namespace `ns`, displayed as its name: the least a test needs.
+    pub(crate) fn named(ns: &str, name: &str) -> Self {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "usher.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"displayName": name}
+        }))
+        .expect("a valid Tenant")
+    }
+}

@@ -513,15 +513,6 @@ mod tests {
 
     use super::*;
 
-    fn tenant(ns: &str, name: &str) -> Tenant {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "usher.dev/v1alpha1", "kind": "Tenant",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"displayName": name}
-        }))
-        .unwrap()
-    }
-
     #[test]
     fn a_queue_key_is_name_and_namespace_and_each_change_wakes_what_it_maps_to() {
         let mut tenant: Tenant = serde_json::from_value(serde_json::json!({
@@ -552,7 +543,7 @@ mod tests {
     #[test]
     fn a_subscriber_gets_the_caches_copy_once_per_change_of_its_key_and_every_deletion() {
         let versioned = |rv: &str, name: &str| {
-            let mut t = tenant("acme", "acme");
+            let mut t = Tenant::named("acme", "acme");
             t.metadata.uid = Some("u-1".into());
             t.metadata.resource_version = Some(rv.into());
             t.spec.display_name = name.into();
@@ -606,7 +597,7 @@ mod tests {
                 (subscriber, rx)
             })
             .collect();
-        let mut listed = tenant("acme", "acme");
+        let mut listed = Tenant::named("acme", "acme");
         listed.metadata.uid = Some("u-1".into());
         // kube's cache keeps a listed object aside until the list is complete: the copy is
         // made once, for all three.
@@ -632,7 +623,7 @@ mod tests {
     #[test]
     fn the_first_list_is_remembered_not_passed_on_and_a_relist_passes_on_what_changed() {
         let named = |name: &str, display: &str| {
-            let mut t = tenant("acme", name);
+            let mut t = Tenant::named("acme", name);
             t.metadata.uid = Some(format!("u-{name}"));
             t.spec.display_name = display.into();
             t

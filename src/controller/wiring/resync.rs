@@ -230,15 +230,6 @@ mod tests {
     use super::*;
     use crate::crd::Tenant;
 
-    fn tenant(ns: &str, name: &str) -> Tenant {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "usher.dev/v1alpha1", "kind": "Tenant",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"displayName": name}
-        }))
-        .unwrap()
-    }
-
     /// A cache holding `tenants`, its first list complete.
     fn listed_store(
         tenants: impl IntoIterator<Item = Tenant>,
@@ -302,7 +293,7 @@ mod tests {
     async fn after_the_catch_up_each_pass_visits_each_object_once_spread_evenly_and_finds_new_ones()
     {
         let (reader, mut writer) = listed_store(
-            [("b", "x"), ("a", "y"), ("a", "x"), ("c", "z")].map(|(ns, n)| tenant(ns, n)),
+            [("b", "x"), ("a", "y"), ("a", "x"), ("c", "z")].map(|(ns, n)| Tenant::named(ns, n)),
         );
         let period = Duration::from_secs(40);
         let intake = Intake::new(8);
@@ -320,8 +311,8 @@ mod tests {
             at([("a/x", 10), ("a/y", 20), ("b/x", 30), ("c/z", 40)])
         );
         // An object that arrived during a pass is in the next one; a deleted one is not.
-        writer.apply_watcher_event(&watcher::Event::Apply(tenant("a", "w")));
-        writer.apply_watcher_event(&watcher::Event::Delete(tenant("c", "z")));
+        writer.apply_watcher_event(&watcher::Event::Apply(Tenant::named("a", "w")));
+        writer.apply_watcher_event(&watcher::Event::Delete(Tenant::named("c", "z")));
         assert_eq!(
             visit(&mut visits, &intake, start, 4).await,
             at([("a/w", 50), ("a/x", 60), ("a/y", 70), ("b/x", 80)])
@@ -330,7 +321,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_catch_up_waits_for_every_first_list_and_keeps_a_window_out() {
-        let (reader, _writer) = listed_store((0..10).map(|i| tenant("acme", &format!("t{i}"))));
+        let (reader, _writer) =
+            listed_store((0..10).map(|i| Tenant::named("acme", &format!("t{i}"))));
         let (users_listed, users) = watch::channel(false);
         let (groups_listed, groups) = watch::channel(false);
         let intake = Intake::new(3);
@@ -384,7 +376,7 @@ mod tests {
         let mut visits = Box::pin(paced(reader, period, listed(), intake.clone()));
         assert!(within_a_second(&mut visits).await.is_none());
         for name in ["w", "x", "y", "z"] {
-            writer.apply_watcher_event(&watcher::Event::Apply(tenant("a", name)));
+            writer.apply_watcher_event(&watcher::Event::Apply(Tenant::named("a", name)));
         }
         let at = |v: [(&str, u64); 4]| v.map(|(k, s)| (k.to_string(), s)).to_vec();
         assert_eq!(
@@ -395,7 +387,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pass_of_many_objects_fits_its_period_though_each_step_is_under_a_millisecond() {
-        let (reader, _writer) = listed_store((0..5_000).map(|i| tenant(&format!("ns{i:04}"), "t")));
+        let (reader, _writer) =
+            listed_store((0..5_000).map(|i| Tenant::named(&format!("ns{i:04}"), "t")));
         let period = Duration::from_secs(1);
         let intake = Intake::new(usize::MAX);
         let visits = paced(reader, period, listed(), intake);
