@@ -501,6 +501,68 @@ fn cpu_since(before: &HashMap<&'static str, f64>) -> String {
     format!("{total:.1} s of CPU: {}", parts.join(", "))
 }
 
+/// The API server's request counters (`apiserver_request_total`, summed over codes and
+/// scopes) by verb and resource, and the watch events it sent by kind
+/// (`apiserver_watch_events_total`), from its own `/metrics`.
+async fn api_requests(client: &Client) -> HashMap<String, f64> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a GET");
+    let text = client
+        .request_text(request)
+        .await
+        .expect("the API server's metrics");
+    let label = |series: &str, key: &str| -> String {
+        series
+            .split(['{', ',', '}'])
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+            .map(|v| v.trim_end_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    let mut out: HashMap<String, f64> = HashMap::new();
+    for (series, v) in support::parse_metrics(&text) {
+        let key = if series.starts_with("apiserver_request_total{") {
+            let sub = label(&series, "subresource");
+            format!(
+                "{} {}{}",
+                label(&series, "verb"),
+                label(&series, "resource"),
+                if sub.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{sub}")
+                }
+            )
+        } else if series.starts_with("apiserver_watch_events_total{") {
+            format!("watch events {}", label(&series, "resource"))
+        } else {
+            continue;
+        };
+        *out.entry(key).or_default() += v;
+    }
+    out
+}
+
+/// What the API server did since `before`: the requests and watch events that grew by at least
+/// a tenth of `n`, largest first.
+fn api_requests_since(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    n: usize,
+) -> String {
+    let mut grown: Vec<(&String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d >= n as f64 / 10.0)
+        .collect();
+    grown.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+    grown
+        .iter()
+        .map(|(k, d)| format!("{k} {d:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Waits until usher has made no API write for 3 s.
 async fn settle(usher: &Usher) {
     let mut quiet_since = Instant::now();
@@ -616,6 +678,7 @@ async fn run(args: Args) {
     let bound = phase_counter(&client, binding_phase);
     let bulk = objects("bench", n, false);
     let cpu_before = cpu_by_program();
+    let requests_before = api_requests(&client).await;
     let started = Instant::now();
     create_all(&client, &bulk).await;
     let created = started.elapsed();
@@ -624,6 +687,7 @@ async fn run(args: Args) {
     let (people_done, onboarding) =
         wait_onboarded(&phases, &bound, "bench-", n, &smtp, mails_base, started).await;
     let onboarding_cpu_by_program = cpu_since(&cpu_before);
+    let onboarding_requests = api_requests_since(&requests_before, &api_requests(&client).await, n);
     let pid = usher.pid().expect("usher runs");
     let onboarding_cpu = cpu_seconds(pid);
     let (mails, mail_seconds) = profile(&usher).await;
@@ -654,6 +718,10 @@ async fn run(args: Args) {
     rows.push((
         "CPU during onboarding, by program".to_string(),
         onboarding_cpu_by_program,
+    ));
+    rows.push((
+        "API requests and watch events during onboarding, by verb and resource (those over N/10; the bench client's included)".to_string(),
+        onboarding_requests,
     ));
     rows.push((
         "reconciles per object during onboarding (all results)".to_string(),
