@@ -502,8 +502,9 @@ fn cpu_since(before: &HashMap<&'static str, f64>) -> String {
 }
 
 /// The API server's request counters (`apiserver_request_total`, summed over codes and
-/// scopes) by verb and resource, and the watch events it sent by kind
-/// (`apiserver_watch_events_total`), from its own `/metrics`.
+/// scopes) by verb and resource, and the watch events it sent by resource
+/// (`apiserver_watch_events_total`) and its requests to etcd by operation and resource
+/// (`etcd_requests_total`), from its own `/metrics`.
 async fn api_requests(client: &Client) -> HashMap<String, f64> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
@@ -535,6 +536,13 @@ async fn api_requests(client: &Client) -> HashMap<String, f64> {
             )
         } else if series.starts_with("apiserver_watch_events_total{") {
             format!("watch events {}", label(&series, "resource"))
+        } else if series.starts_with("etcd_requests_total{") {
+            // Releases name the resource by `resource` or, older ones, by `type`.
+            let of = match label(&series, "resource") {
+                r if r.is_empty() => label(&series, "type"),
+                r => r,
+            };
+            format!("etcd {} {of}", label(&series, "operation"))
         } else {
             continue;
         };
@@ -720,7 +728,7 @@ async fn run(args: Args) {
         onboarding_cpu_by_program,
     ));
     rows.push((
-        "API requests and watch events during onboarding, by verb and resource (those over N/10; the bench client's included)".to_string(),
+        "API requests, watch events and etcd requests during onboarding, by verb and resource (those over N/10; the bench client's included)".to_string(),
         onboarding_requests,
     ));
     rows.push((
