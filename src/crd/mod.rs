@@ -40,6 +40,12 @@ pub const CATEGORY: &str = "usher";
 /// The condition type every kind carries, following the kstatus conventions.
 pub const READY: &str = "Ready";
 
+/// What usher says of an object the API server admitted but it cannot read (its Warning Event
+/// `Unreadable`, and `usher validate`): `error` names the field at fault.
+pub fn unreadable(kind: &str, error: &str) -> String {
+    format!("usher cannot read this {kind} and skips it until it is fixed: {error}")
+}
+
 /// A reference to another object of this namespace, by name.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ObjectRef {

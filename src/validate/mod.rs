@@ -167,6 +167,72 @@ fn name_problem(name: &str) -> Option<String> {
     })
 }
 
+/// The API server's rules for `metadata.labels` and `metadata.annotations` (apimachinery's
+/// `ValidateLabels` and `ValidateAnnotations`): keys are qualified names (`name` or
+/// `prefix/name`), label values at most 63 characters of the same alphabet or empty, all of
+/// them strings.
+fn metadata_problems(meta: &Value) -> Vec<String> {
+    fn is_name(s: &str) -> bool {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.len() <= 63
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    }
+    fn qualified(key: &str) -> bool {
+        match key.split_once('/') {
+            None => is_name(key),
+            Some((prefix, name)) => {
+                !prefix.is_empty() && name_problem(prefix).is_none() && is_name(name)
+            }
+        }
+    }
+    const KEY: &str = "must be a qualified name: letters, digits, '-', '_' or '.', starting and ending with a letter or digit, at most 63 characters, with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')";
+    let mut out = Vec::new();
+    for (field, labels) in [("labels", true), ("annotations", false)] {
+        match &meta[field] {
+            Value::Null => {}
+            Value::Object(map) => {
+                for (key, value) in map {
+                    let checked = if labels {
+                        key.clone()
+                    } else {
+                        key.to_lowercase()
+                    };
+                    if !qualified(&checked) {
+                        out.push(format!(
+                            "metadata.{field}: Invalid value: {}: {KEY}",
+                            printable(&Value::from(key.as_str()).to_string())
+                        ));
+                    }
+                    match value {
+                        Value::String(v) => {
+                            if labels && !v.is_empty() && !is_name(v) {
+                                out.push(format!(
+                                    "metadata.labels: Invalid value: {}: a label value must be empty or at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+                                    printable(&Value::from(v.as_str()).to_string())
+                                ));
+                            }
+                        }
+                        other => out.push(format!(
+                            "metadata.{field}.{}: Invalid value: {}: must be a string; put it in quotes",
+                            printable(key),
+                            printable(&other.to_string())
+                        )),
+                    }
+                }
+            }
+            other => out.push(format!(
+                "metadata.{field}: Invalid value: {}: must be a map of strings",
+                printable(&other.to_string())
+            )),
+        }
+    }
+    out
+}
+
 /// Validate the manifests under `paths`; every problem found, in file order.
 pub fn validate(paths: &[PathBuf]) -> Vec<Problem> {
     let (sources, mut problems) = read_sources(paths, std::io::empty());
@@ -228,13 +294,31 @@ fn parse_deadline(bytes: usize) -> Duration {
     Duration::from_secs(10 + (bytes >> 20) as u64)
 }
 
-/// The documents of one text, up to its first YAML error.
+/// What `kubectl apply` applies of one document: the document, or the items of a list (`kind:
+/// List` or `SystemUserList` with `items`, what `kubectl get -o yaml` writes), each on its own;
+/// nothing for an empty document.
+fn applied(value: Value) -> Vec<Value> {
+    let is_list = value["kind"].as_str().is_some_and(|k| k.ends_with("List"));
+    match value {
+        Value::Null => Vec::new(),
+        Value::Object(mut map) if is_list && map.get("items").is_some_and(Value::is_array) => {
+            match map.remove("items") {
+                Some(Value::Array(items)) => items.into_iter().flat_map(applied).collect(),
+                _ => Vec::new(),
+            }
+        }
+        other => vec![other],
+    }
+}
+
+/// The documents of one text (the items of a list each on its own), up to its first YAML error.
 fn parse(text: &str) -> Vec<Result<Value, String>> {
     let mut out = Vec::new();
+    // A byte-order mark (what Windows editors save) is no part of the YAML: kubectl reads past it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
         match Value::deserialize(doc) {
-            Ok(Value::Null) => {}
-            Ok(value) => out.push(Ok(value)),
+            Ok(value) => out.extend(applied(value).into_iter().map(Ok)),
             Err(e) => {
                 out.push(Err(format!("not valid YAML: {e}")));
                 break;
@@ -384,16 +468,25 @@ fn validate_within(sources: &[(String, Vec<u8>)], deadline: Duration) -> Vec<Pro
             continue;
         };
         let Some(name) = v["metadata"]["name"].as_str().filter(|n| !n.is_empty()) else {
-            problems.push(report("metadata.name: Required value".into()));
+            let name = &v["metadata"]["name"];
+            problems.push(report(if name.is_null() || name == "" {
+                "metadata.name: Required value".into()
+            } else {
+                format!(
+                    "metadata.name: Invalid value: {}: must be a string; put it in quotes",
+                    printable(&name.to_string())
+                )
+            }));
             continue;
         };
         if let Some(message) = name_problem(name) {
             problems.push(report(message));
             continue;
         }
+        let before = problems.len();
+        problems.extend(metadata_problems(&v["metadata"]).into_iter().map(report));
         let mut found = Vec::new();
         schema::check(schema, v, "", &mut found);
-        let before = problems.len();
         problems.extend(
             found
                 .into_iter()
@@ -437,10 +530,19 @@ fn created() -> Time {
     Time(Timestamp::from_second(1_700_000_000).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-fn decode<K: serde::de::DeserializeOwned + kube::Resource>(doc: &Doc) -> Option<K> {
-    let mut obj: K = serde_json::from_value(doc.value.clone()).ok()?;
+/// The object as the controllers read it, or what the cluster says of one they cannot: the API
+/// server admitted it, and usher skips it with a Warning Event `Unreadable` (the words of
+/// [`crd::unreadable`]).
+fn decode<K: serde::de::DeserializeOwned + kube::Resource>(doc: &Doc) -> Result<K, String> {
+    let mut obj: K = serde_path_to_error::deserialize(&doc.value).map_err(|e| {
+        let kind = doc.value["kind"].as_str().unwrap_or_default();
+        format!(
+            "Unreadable: {}",
+            crd::unreadable(kind, &format!("{}: {}", e.path(), e.inner()))
+        )
+    })?;
     obj.meta_mut().creation_timestamp = Some(created());
-    Some(obj)
+    Ok(obj)
 }
 
 fn check_namespace(docs: &[&Doc], problems: &mut Vec<Problem>) {
@@ -469,12 +571,20 @@ fn check_namespace(docs: &[&Doc], problems: &mut Vec<Problem>) {
         }
         seen.insert(key.clone(), doc);
         file_of.insert(key, doc.file.clone());
-        match doc.value["kind"].as_str() {
-            Some("Tenant") => tenants.extend(decode::<Tenant>(doc)),
-            Some("LocationGroup") => groups_list.extend(decode::<LocationGroup>(doc)),
-            Some("SystemUser") => users.extend(decode::<SystemUser>(doc)),
-            Some("RoleBinding") => bindings_list.extend(decode::<RoleBinding>(doc)),
-            _ => {}
+        let unreadable = match doc.value["kind"].as_str() {
+            Some("Tenant") => decode::<Tenant>(doc).map(|o| tenants.push(o)),
+            Some("LocationGroup") => decode::<LocationGroup>(doc).map(|o| groups_list.push(o)),
+            Some("SystemUser") => decode::<SystemUser>(doc).map(|o| users.push(o)),
+            Some("RoleBinding") => decode::<RoleBinding>(doc).map(|o| bindings_list.push(o)),
+            _ => Ok(()),
+        };
+        if let Err(message) = unreadable {
+            problems.push(Problem {
+                file: doc.file.clone(),
+                object: object_name(&doc.value),
+                message,
+                warning: false,
+            });
         }
     }
     let mut report = |kind: &str, name: &str, message: String, warning: bool| {
@@ -649,6 +759,193 @@ mod addresses {
             assert!(
                 found.iter().any(|m| m.starts_with("EmailUndeliverable")),
                 "{bad}: {found:?}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod parity {
+    //! Inputs on which `usher validate` and the API server (kube-openapi's validators, the
+    //! apiextensions strategy, kubectl's list flattening) or usher's controllers must agree.
+    use super::*;
+
+    const TENANT: &str = "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {displayName: Acme}\n";
+    const USER: &str = "apiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: bob}\nspec: {tenantRef: {name: acme}, email: bob@acme.example}\n";
+
+    fn messages(text: &str) -> Vec<String> {
+        validate_sources(&[("all.yaml".into(), text.as_bytes().to_vec())])
+            .into_iter()
+            .map(|p| format!("{}: {}", p.object, p.message))
+            .collect()
+    }
+
+    fn binding_until(at: &str) -> Vec<String> {
+        messages(&format!(
+            "{TENANT}---\n{USER}---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {{name: bob-m}}\nspec: {{userRef: {{name: bob}}, role: Manager, expiresAt: {}}}\n",
+            serde_json::to_string(at).unwrap()
+        ))
+    }
+
+    /// kube-openapi counts a string's length in characters (runes), not bytes: a name of 70
+    /// accented letters (140 bytes) fits `maxLength: 100`.
+    #[test]
+    fn lengths_are_counted_in_characters_as_the_api_server_does() {
+        let user = |first: &str| {
+            messages(&format!(
+                "{TENANT}---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {{name: ana}}\nspec: {{tenantRef: {{name: acme}}, email: ana@acme.example, firstName: {first}}}\n"
+            ))
+        };
+        assert_eq!(user(&"é".repeat(70)), Vec::<String>::new());
+        assert_eq!(user(&"字".repeat(100)), Vec::<String>::new());
+        let too_long = user(&"é".repeat(101));
+        assert!(
+            too_long
+                .iter()
+                .any(|m| m.contains("spec.firstName: Too long")),
+            "{too_long:?}"
+        );
+    }
+
+    /// `format: date-time` is checked by the API server (kube-openapi's `IsDateTime`): what it
+    /// refuses, `usher validate` refuses, naming the field.
+    #[test]
+    fn expires_at_is_refused_where_the_api_server_refuses_it() {
+        for bad in [
+            "tomorrow",
+            "2027-03-31",
+            "2027-03-31 23:59:59Z",
+            "2027-03-31T23:59:60Z",
+            "2027-03-31T24:00:00Z",
+            "2027-02-30T10:00:00Z",
+            "2027-03-31T23:59:59",
+            "2027-03-31T23:59Z",
+            "2027-03-31T23:59:59+0100",
+            "2027-03-31T23:59:59+01:00[Europe/Paris]",
+            "20270331T235959Z",
+            "",
+        ] {
+            let found = binding_until(bad);
+            assert!(
+                found
+                    .iter()
+                    .any(|m| m.contains("spec.expiresAt") && m.contains("date-time")),
+                "{bad:?}: {found:?}"
+            );
+        }
+        for good in [
+            "2027-03-31T23:59:59Z",
+            "2027-03-31t23:59:59z",
+            "2027-03-31T23:59:59.5+02:00",
+            "2027-03-31T23:59:59.123456789-05:30",
+        ] {
+            assert_eq!(binding_until(good), Vec::<String>::new(), "{good:?}");
+        }
+    }
+
+    /// What the API server admits but usher's controllers cannot read is, in the cluster, a
+    /// Warning Event `Unreadable` and an object usher skips; `usher validate` must not call it
+    /// clean.
+    #[test]
+    fn what_the_controllers_cannot_read_is_a_problem() {
+        for unreadable in [
+            "2027-03-31T23:59:59.1234567890Z",
+            "2027-03-31T23:59:59+99:00",
+            "2027-03-31T23:59:59ZTnoon",
+            "9999-12-31T23:59:59Z",
+        ] {
+            let found = binding_until(unreadable);
+            assert!(
+                found
+                    .iter()
+                    .any(|m| m.starts_with("RoleBinding/bob-m: ") && m.contains("expiresAt")),
+                "{unreadable:?}: {found:?}"
+            );
+        }
+    }
+
+    /// Label and annotation keys and values the API server refuses are refused here too.
+    #[test]
+    fn labels_and_annotations_are_checked_as_the_api_server_does() {
+        let with = |meta: &str| {
+            messages(&format!(
+                "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme, {meta}}}\nspec: {{displayName: Acme}}\n"
+            ))
+        };
+        for good in [
+            "labels: {sharding.fluxcd.io/key: shard1, app: '', a_b.c-d: X.y_z}",
+            "annotations: {example.com/Note: 'any text at all: ok', kustomize.config.k8s.io/id: \"1\"}",
+        ] {
+            assert_eq!(with(good), Vec::<String>::new(), "{good}");
+        }
+        for bad in [
+            "labels: {'bad key!': v}",
+            "labels: {team: 'two words'}",
+            "labels: {team: -x}",
+            "labels: {shard: 1}",
+            "labels: {'Example.com/x': v}",
+            "labels: {'/x': v}",
+            "annotations: {'a b': v}",
+            "annotations: {n: 12}",
+        ] {
+            let found = with(bad);
+            assert!(
+                found
+                    .iter()
+                    .any(|m| m.starts_with("Tenant/acme: metadata.")),
+                "{bad}: {found:?}"
+            );
+        }
+    }
+
+    /// A UTF-8 byte-order mark before the first document is read past, as kubectl does.
+    #[test]
+    fn a_byte_order_mark_is_no_part_of_the_yaml() {
+        assert_eq!(messages(&format!("\u{feff}{TENANT}")), Vec::<String>::new());
+    }
+
+    /// A name YAML reads as a number is named as such, not as missing.
+    #[test]
+    fn a_name_that_is_not_a_string_is_said_to_be_one() {
+        let found = messages(
+            "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: 123}\nspec: {displayName: Acme}\n",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|m| m.contains("metadata.name: Invalid value: 123: must be a string")),
+            "{found:?}"
+        );
+    }
+
+    /// `kubectl apply -f` applies each item of a List (what `kubectl get -o yaml` writes), so
+    /// `usher validate` checks them too.
+    #[test]
+    fn the_items_of_a_list_are_checked() {
+        let item = |text: &str| {
+            text.lines()
+                .enumerate()
+                .map(|(i, l)| format!("{}{l}\n", if i == 0 { "- " } else { "  " }))
+                .collect::<String>()
+        };
+        let bad_user = "apiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: ana}\nspec: {tenantRef: {name: acme}, email: not-an-address}\n";
+        for kind in ["List", "SystemUserList"] {
+            let api = if kind == "List" {
+                "v1"
+            } else {
+                "usher.dev/v1alpha1"
+            };
+            let text = format!(
+                "apiVersion: {api}\nkind: {kind}\nitems:\n{}{}",
+                item(TENANT),
+                item(bad_user)
+            );
+            let found = messages(&text);
+            assert!(
+                found
+                    .iter()
+                    .any(|m| m.starts_with("SystemUser/ana: spec.email")),
+                "{kind}: {found:?}"
             );
         }
     }

@@ -53,6 +53,67 @@ pub(crate) fn open(schema: &Value) -> bool {
         || schema.get("additionalProperties").is_some()
 }
 
+/// Whether the API server takes `text` as a `format: date-time` string: kube-openapi's
+/// `strfmt.IsDateTime`, rule for rule. Lowercased and split at each `t`: the part before the
+/// first is a calendar date (`2006-01-02`, the day within its month), the part after it (and
+/// only that part) `hh:mm:ss`, an optional fraction after any one character, and `z` or
+/// `±hh:mm`, with hours up to 23 and minutes and seconds up to 59.
+pub(crate) fn is_date_time(text: &str) -> bool {
+    if text.len() < 4 {
+        return false;
+    }
+    let lower = text.to_lowercase();
+    let mut parts = lower.split('t');
+    let (Some(date), Some(time)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let two = |s: &str| s.len() == 2 && digits(s);
+    // The date, as Go's time.Parse("2006-01-02") takes it.
+    let date_ok = {
+        let d: Vec<&str> = date.split('-').collect();
+        d.len() == 3 && d[0].len() == 4 && digits(d[0]) && two(d[1]) && two(d[2]) && {
+            let (y, m, day): (i16, i8, i8) = (
+                d[0].parse().unwrap_or(-1),
+                d[1].parse().unwrap_or(-1),
+                d[2].parse().unwrap_or(-1),
+            );
+            jiff::civil::Date::new(y, m, day).is_ok()
+        }
+    };
+    if !date_ok {
+        return false;
+    }
+    // ^([0-9]{2}):([0-9]{2}):([0-9]{2})(.[0-9]+)?(z|([+-][0-9]{2}:[0-9]{2}))$
+    let Some(rest) = time.get(8..) else {
+        return false;
+    };
+    let clock = &time[..8];
+    let c: Vec<&str> = clock.split(':').collect();
+    if c.len() != 3 || !c.iter().all(|p| two(p)) || c[0] > "23" || c[1] > "59" || c[2] > "59" {
+        return false;
+    }
+    let zone_ok = |z: &str| match z.as_bytes() {
+        b"z" => true,
+        [sign, h1, h2, b':', m1, m2] => {
+            matches!(sign, b'+' | b'-') && [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit())
+        }
+        _ => false,
+    };
+    if zone_ok(rest) {
+        return true;
+    }
+    // A fraction: any one character but a newline, then digits, then the zone.
+    let mut chars = rest.chars();
+    match chars.next() {
+        Some(c) if c != '\n' => {}
+        _ => return false,
+    }
+    let after = chars.as_str();
+    let n = after.bytes().take_while(u8::is_ascii_digit).count();
+    n > 0 && zone_ok(&after[n..])
+}
+
 /// Check `value` at `path` (empty at the root) against `schema`. The envelope (apiVersion, kind,
 /// metadata) is the caller's business.
 pub fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldProblem>) {
@@ -100,7 +161,8 @@ pub fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldProbl
     }
     match value {
         Value::String(s) => {
-            let len = s.len() as u64;
+            // In characters, as kube-openapi counts (utf8.RuneCount), not bytes.
+            let len = s.chars().count() as u64;
             if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
                 && len > max
             {
@@ -115,6 +177,16 @@ pub fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldProbl
                 out.push(problem(
                     path,
                     format!("Invalid value: {value}: should be at least {min} chars long"),
+                ));
+            }
+            if schema.get("format").and_then(Value::as_str) == Some("date-time") && !is_date_time(s)
+            {
+                let field = path.trim_start_matches('.');
+                out.push(problem(
+                    path,
+                    format!(
+                        "Invalid value: {value}: {field} in body must be of type date-time: {value}; use RFC 3339, e.g. 2027-03-31T23:59:59Z"
+                    ),
                 ));
             }
         }

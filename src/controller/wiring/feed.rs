@@ -298,9 +298,7 @@ where
             let event = Event {
                 type_: EventType::Warning,
                 reason: "Unreadable".into(),
-                note: Some(format!(
-                    "usher cannot read this {kind} and skips it until it is fixed: {error}"
-                )),
+                note: Some(crate::crd::unreadable(kind, &error)),
                 action: "Decode".into(),
                 secondary: None,
             };
