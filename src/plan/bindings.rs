@@ -8,8 +8,10 @@
 //!
 //! Fail closed: a binding whose role was exclusive when last decided (`status.exclusive`) and
 //! has since left the catalogue (removed, or renamed in two steps) is Invalid, and still blocks
-//! what it blocked until a person fixes or removes it. Otherwise the moment between two applies
-//! would grant the person a role the exclusive one kept from them.
+//! what it blocked until a person fixes or removes it. So does an exclusive binding whose group
+//! is missing, of another tenant or not Ready (a group renamed or moved in two applies): it grants
+//! nothing then, and blocks what it blocked. Otherwise the moment between two applies would grant
+//! the person a role the exclusive one kept from them.
 //!
 //! Over 500 lines because half of it is the tests of the rules, kept beside them.
 
@@ -112,7 +114,8 @@ fn verdict(
 pub fn evaluate(world: &World<'_>) -> BTreeMap<String, Verdict> {
     let mut out = BTreeMap::new();
     // First what each binding is on its own; the survivors compete per user below.
-    // (binding, exclusive, retired: its exclusive role left the catalogue; it blocks, never binds)
+    // (binding, exclusive, retired: an exclusive binding not in effect (its role left the
+    // catalogue, or its group is missing or not Ready); it blocks, never binds)
     let mut eligible: BTreeMap<&str, Vec<(&Binding, bool, bool)>> = BTreeMap::new();
     for b in world.bindings {
         // Ended: it grants nothing and blocks nothing, whatever else is true of it.
@@ -189,29 +192,51 @@ pub fn evaluate(world: &World<'_>) -> BTreeMap<String, Verdict> {
             continue;
         };
         if let Some(group) = &b.group {
-            match world.groups.get(group) {
-                None => {
-                    out.insert(
-                        b.name.clone(),
-                        verdict(BindingPhase::Waiting, "GroupNotFound", format!("LocationGroup {group:?} does not exist in this namespace; waiting for it"), tenant),
-                    );
-                    continue;
+            let not_in_effect = match world.groups.get(group) {
+                None => Some(verdict(
+                    BindingPhase::Waiting,
+                    "GroupNotFound",
+                    format!(
+                        "LocationGroup {group:?} does not exist in this namespace; waiting for it"
+                    ),
+                    tenant,
+                )),
+                Some((group_tenant, _)) if *group_tenant != user.tenant => Some(verdict(
+                    BindingPhase::Invalid,
+                    "GroupInOtherTenant",
+                    format!(
+                        "LocationGroup {group:?} belongs to tenant {group_tenant:?}, but SystemUser {:?} to {:?}",
+                        b.user, user.tenant
+                    ),
+                    tenant,
+                )),
+                Some((_, state)) if !state.ready() => Some(verdict(
+                    BindingPhase::Waiting,
+                    "GroupNotReady",
+                    format!(
+                        "LocationGroup {group:?} is not Ready; nothing is granted through it until it is"
+                    ),
+                    tenant,
+                )),
+                Some(_) => None,
+            };
+            if let Some(mut v) = not_in_effect {
+                // Fail closed: a group renamed or moved in two applies, or a parent briefly
+                // missing, leaves an exclusive binding without its group for a moment. It grants
+                // nothing then, but it still blocks what it blocked; otherwise the person would
+                // hold, until the next apply, a role git keeps from them.
+                if role.exclusive {
+                    v.message.push_str(&format!(
+                        "; {} is exclusive, so it keeps blocking the other roles of {} meanwhile",
+                        b.role, b.user
+                    ));
+                    eligible
+                        .entry(b.user.as_str())
+                        .or_default()
+                        .push((b, true, true));
                 }
-                Some((group_tenant, _)) if *group_tenant != user.tenant => {
-                    out.insert(
-                        b.name.clone(),
-                        verdict(BindingPhase::Invalid, "GroupInOtherTenant", format!("LocationGroup {group:?} belongs to tenant {group_tenant:?}, but SystemUser {:?} to {:?}", b.user, user.tenant), tenant),
-                    );
-                    continue;
-                }
-                Some((_, state)) if !state.ready() => {
-                    out.insert(
-                        b.name.clone(),
-                        verdict(BindingPhase::Waiting, "GroupNotReady", format!("LocationGroup {group:?} is not Ready; nothing is granted through it until it is"), tenant),
-                    );
-                    continue;
-                }
-                Some(_) => {}
+                out.insert(b.name.clone(), v);
+                continue;
             }
         }
         eligible
@@ -625,6 +650,58 @@ mod tests {
         // Fixed by removing the stale binding: the next is granted.
         let v = run(&[b("mgr", "alice", "Manager", None, 10)]);
         assert_eq!(phase(&v, "mgr"), BindingPhase::Bound);
+    }
+
+    /// Kind 7 again, through groups: a group renamed or moved in two applies (the binding's scope
+    /// edited in the second), a parent briefly missing (not Ready), or a group that turned out to
+    /// be another tenant's. The exclusive binding grants nothing meanwhile, and still blocks.
+    #[test]
+    fn an_exclusive_binding_without_its_group_keeps_blocking() {
+        for (group, phase_now, reason) in [
+            ("east", BindingPhase::Waiting, "GroupNotFound"),
+            ("loop", BindingPhase::Waiting, "GroupNotReady"),
+            ("foreign", BindingPhase::Invalid, "GroupInOtherTenant"),
+        ] {
+            let bindings = [
+                b("tech", "alice", "Technician", Some(group), 0),
+                b("mgr", "alice", "Manager", None, 10),
+            ];
+            let v = run(&bindings);
+            assert_eq!((phase(&v, "tech"), v["tech"].reason), (phase_now, reason));
+            assert!(
+                v["tech"].message.contains("keeps blocking"),
+                "{}",
+                v["tech"].message
+            );
+            assert_eq!(v["tech"].exclusive, Some(true));
+            assert_eq!(
+                phase(&v, "mgr"),
+                BindingPhase::Conflict,
+                "{group}: Manager granted"
+            );
+            assert_eq!(v["mgr"].conflicts_with, ["tech"]);
+            assert!(assignments("acme", "alice", &bindings, &v).is_empty());
+        }
+        // An ordinary role without its group blocks nothing, and an older role is not blocked.
+        let v = run(&[
+            b("mgr", "alice", "Manager", Some("east"), 0),
+            b("cs", "alice", "CustomerService", None, 10),
+        ]);
+        assert_eq!(phase(&v, "cs"), BindingPhase::Bound);
+        let v = run(&[
+            b("mgr", "alice", "Manager", None, 0),
+            b("tech", "alice", "Technician", Some("east"), 10),
+        ]);
+        assert_eq!(phase(&v, "mgr"), BindingPhase::Bound);
+        // The group is back: the exclusive role is granted again, and still alone.
+        let v = run(&[
+            b("tech", "alice", "Technician", Some("west"), 0),
+            b("mgr", "alice", "Manager", None, 10),
+        ]);
+        assert_eq!(
+            (phase(&v, "tech"), phase(&v, "mgr")),
+            (BindingPhase::Bound, BindingPhase::Conflict)
+        );
     }
 
     #[test]
