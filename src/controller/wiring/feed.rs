@@ -421,6 +421,30 @@ where
         .collect()
 }
 
+/// What each object pointed at when last seen (a binding's person), for a subscriber fed the
+/// first list too ([`Feed::changes_and_first_list`]): an edit that points an object elsewhere
+/// must also wake what it pointed at before. A binding moved from one person to another leaves
+/// its role in the first person's store assignments until their own reconcile takes it out.
+#[derive(Default)]
+pub(super) struct Moves {
+    by_uid: std::sync::Mutex<HashMap<String, String>>,
+}
+
+impl Moves {
+    /// Record that the object `uid` now points at `to` (or is being deleted), and return what it
+    /// pointed at before if that was something else. An object first seen (the first list, or a
+    /// creation) returns nothing.
+    pub(super) fn moved(&self, uid: &str, to: &str, deleted: bool) -> Option<String> {
+        let mut seen = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+        let before = if deleted {
+            seen.remove(uid)
+        } else {
+            seen.insert(uid.to_string(), to.to_string())
+        };
+        before.filter(|b| b != to)
+    }
+}
+
 /// The queue keys `map` names for each object of `changes`: what wakes a controller. Every
 /// trigger is a bare key (`reconcile_on`), not a watched object (`for_stream`,
 /// `watches_stream`): for those kube queues a reason beside each key (a reference to the object
@@ -536,6 +560,26 @@ mod tests {
         assert_eq!(woken.len(), 4);
         assert_eq!(woken[0], ObjectRef::new("globex").within("acme"));
         assert_eq!(woken[1], ObjectRef::new("other").within("acme"));
+    }
+
+    #[test]
+    fn a_move_names_what_the_object_pointed_at_before_and_nothing_else() {
+        let moves = Moves::default();
+        assert_eq!(moves.moved("b-1", "alice", false), None, "first seen");
+        assert_eq!(moves.moved("b-1", "alice", false), None, "unchanged");
+        assert_eq!(moves.moved("b-1", "bob", false).as_deref(), Some("alice"));
+        assert_eq!(moves.moved("b-2", "bob", false), None, "another object");
+        assert_eq!(
+            moves.moved("b-1", "bob", true),
+            None,
+            "deleted where it was"
+        );
+        assert_eq!(
+            moves.moved("b-1", "carl", false),
+            None,
+            "forgotten once deleted"
+        );
+        assert_eq!(moves.moved("b-2", "carl", true).as_deref(), Some("bob"));
     }
 
     #[test]

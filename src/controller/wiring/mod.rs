@@ -26,8 +26,8 @@ use crate::metrics::Metrics;
 use crate::plan::system_user::{REDEEMED_ANNOTATION, RESEND_ANNOTATION};
 use crate::store::Stores;
 use feed::{
-    Feed, PROMPT, SUMMARY, hash, in_namespace, key_of, keyed, keys, lifecycle, report_invalid,
-    tenant_key, tuned, with_key,
+    Feed, Moves, PROMPT, SUMMARY, hash, in_namespace, key_of, keyed, keys, lifecycle,
+    report_invalid, tenant_key, tuned, with_key,
 };
 use resync::{Intake, Listed, paced};
 
@@ -216,12 +216,13 @@ fn system_users<W>(
 where
     W: Stream<Item = ObjectRef<SystemUser>> + Send + 'static,
 {
-    let (u1, u2, u3) = (
+    let (u1, u2, u3, u4) = (
+        ctx.by_ns.users.clone(),
         ctx.by_ns.users.clone(),
         ctx.by_ns.users.clone(),
         ctx.by_ns.users.clone(),
     );
-    let bindings = ctx.by_ns.bindings.clone();
+    let (bindings, b_now) = (ctx.by_ns.bindings.clone(), ctx.by_ns.bindings.clone());
     // A person's first reconcile spends about a fifth of its time handing the mail to the
     // relay and the rest on the store, their status and an Event, which under a bulk import
     // wait on a busy API server: with 4 reconciles per mail slot the relay idled a third of
@@ -231,6 +232,7 @@ where
         .max(32);
     let (visits, intake) = resync(feeds, &ctx.users, ctx.settings.resync, people);
     let addresses = std::sync::Mutex::new(HashMap::<String, String>::new());
+    let moves = Moves::default();
     // A redemption of someone this instance does not watch (another shard's, or another
     // namespace's) is announced on the object itself, so that the instance that watches it
     // turns it Active at once rather than at its next resync.
@@ -279,6 +281,18 @@ where
             move |b: Arc<RoleBinding>| {
                 let ns = b.namespace().unwrap_or_default();
                 u2.get(&ns, &b.spec.user_ref.name).map(|u| key_of(&*u))
+            },
+        ))
+        // A binding pointed at another person (spec.userRef edited) wakes the one it left too:
+        // their store assignments still hold its role until their own reconcile takes it out.
+        .reconcile_on(keys(
+            feeds
+                .bindings
+                .changes_and_first_list(|b: &RoleBinding| hash(&b.spec.user_ref.name)),
+            move |b: Arc<RoleBinding>| {
+                let ns = b.namespace().unwrap_or_default();
+                let left = moved_from(&moves, &b_now, &ns, &b)?;
+                u4.get(&ns, &left).map(|u| key_of(&*u))
             },
         ))
         // A location group's spec (its place in the tree) decides whether the bindings scoped to
@@ -422,12 +436,15 @@ fn location_groups(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output =
 /// RoleBinding: its spec; its siblings (same user), their specs and phases; its user; groups;
 /// the catalogue.
 fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
-    let (b1, b2, b3, b4) = (
+    let (b1, b2, b3, b4, b5, b6) = (
+        ctx.by_ns.bindings.clone(),
+        ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
     );
+    let moves = Moves::default();
     let (visits, intake) = resync(feeds, &ctx.bindings, ctx.settings.resync, 16);
     keyed(ctx.bindings.clone())
         .reconcile_on(keys(feeds.bindings.changes(lifecycle), |o| {
@@ -444,6 +461,20 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
                 with_key(&b1, b.namespace(), &b.spec.user_ref.name, move |o| {
                     o.name_any() != me
                 })
+            },
+        ))
+        // A binding moved to another person frees what it blocked among the bindings of the one
+        // it left: they are decided again, not at the next resync.
+        .reconcile_on(keys(
+            feeds
+                .bindings
+                .changes_and_first_list(|b: &RoleBinding| hash(&b.spec.user_ref.name)),
+            move |b: Arc<RoleBinding>| {
+                let ns = b.namespace().unwrap_or_default();
+                match moved_from(&moves, &b5, &ns, &b) {
+                    Some(left) => with_key(&b6, Some(ns), &left, |_| true),
+                    None => Vec::new(),
+                }
             },
         ))
         .reconcile_on(keys(
@@ -467,4 +498,21 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         .shutdown_on_signal()
         .run(role_binding::reconcile, error_policy, ctx)
         .for_each(intake.handled())
+}
+
+/// The person a binding was moved away from by this change, if any (see [`Moves`]). A binding
+/// the cache no longer holds under this uid has been deleted: its deletion is the one change
+/// after which nothing of it is remembered.
+fn moved_from(
+    moves: &Moves,
+    cache: &crate::controller::index::ByNamespace<RoleBinding>,
+    ns: &str,
+    b: &RoleBinding,
+) -> Option<String> {
+    let uid = b.metadata.uid.as_deref().unwrap_or_default();
+    let gone = b.metadata.deletion_timestamp.is_some()
+        || cache
+            .get(ns, &b.name_any())
+            .is_none_or(|c| c.metadata.uid.as_deref() != Some(uid));
+    moves.moved(uid, &b.spec.user_ref.name, gone)
 }
