@@ -2,7 +2,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{EMAIL_MESSAGE, EMAIL_RULE, KEY_MESSAGE, KEY_RULE};
+use super::{EMAIL_MESSAGE, EMAIL_RULE, FROM_MESSAGE, FROM_RULE, KEY_MESSAGE, KEY_RULE};
 
 /// A customer account of the product: the people, locations and roles below it belong to it.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -143,7 +143,7 @@ pub struct InvitationPolicy {
     /// The From header of invitation mails, e.g. "Acme Portal <no-reply@acme.example>".
     /// Default: the operator's --mail-from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(r"self.matches('^[^\\r\\n]*[^@\\s<>]+@[^@\\s<>]+\\.[^@\\s<>]+>?$')").message("must be an address such as no-reply@acme.example or \"Acme Portal <no-reply@acme.example>\""))]
+    #[x_kube(validation = Rule::new(FROM_RULE).message(FROM_MESSAGE))]
     #[schemars(length(max = 320))]
     pub from: Option<String>,
 

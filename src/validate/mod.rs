@@ -762,6 +762,57 @@ mod addresses {
             );
         }
     }
+
+    fn from_problems(from: &str) -> Vec<String> {
+        let text = format!(
+            "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\nspec: {{displayName: Acme, invitations: {{from: {}}}}}\n",
+            serde_json::to_string(from).unwrap()
+        );
+        validate_sources(&[("t.yaml".into(), text.into_bytes())])
+            .into_iter()
+            .map(|p| p.message)
+            .collect()
+    }
+
+    /// Kind 5 for the other address a manifest gives the mailer: the Tenant's From header. What
+    /// admission lets through, the mailer can parse; before, `Acme <no-reply@acme.example.>`
+    /// was admitted and every invitation of the tenant failed, retried for ever.
+    #[test]
+    fn admission_and_the_mailer_agree_on_the_from_header() {
+        for address in crate::plan::system_user::examples::REAL_ADDRESSES {
+            for good in [
+                address.to_string(),
+                format!("Acme Portal <{address}>"),
+                format!("Müller & Söhne GmbH <{address}>"),
+                format!("<{address}>"),
+            ] {
+                assert_eq!(from_problems(&good), Vec::<String>::new(), "{good}");
+                assert!(
+                    good.parse::<lettre::message::Mailbox>().is_ok(),
+                    "{good}: admitted, and the mailer cannot parse it"
+                );
+            }
+        }
+        for address in crate::plan::system_user::examples::MALFORMED_ADDRESSES {
+            for bad in [address.to_string(), format!("Acme <{address}>")] {
+                let found = from_problems(&bad);
+                assert!(
+                    found
+                        .iter()
+                        .any(|m| m.starts_with("spec.invitations.from: must be an address")),
+                    "{bad}: {found:?}"
+                );
+            }
+        }
+        for bad in [
+            "Acme <no-reply@acme.example",
+            "Acme no-reply@acme.example>",
+            "Acme\r\nBcc: x@evil.example <no-reply@acme.example>",
+            "<no-reply@acme.example> <x@evil.example>",
+        ] {
+            assert!(!from_problems(bad).is_empty(), "{bad} admitted");
+        }
+    }
 }
 
 #[cfg(test)]
