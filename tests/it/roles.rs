@@ -656,3 +656,74 @@ fn validate_flags_every_manifest_admission_rejects() {
         String::from_utf8_lossy(&examples.stdout)
     );
 }
+
+/// Issue 14, day two: a binding pointed at another person (`spec.userRef` edited). The person it
+/// left loses the role within seconds, not at the resync (10 minutes here), and a binding of
+/// theirs it blocked is promoted.
+#[tokio::test]
+async fn a_binding_moved_to_another_person_leaves_the_first_at_once() {
+    let client = client().await;
+    let ns = namespace(&client, "moved").await;
+    apply_yaml(
+        &client,
+        &ns,
+        "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec: {displayName: Acme}\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: alice}\nspec: {tenantRef: {name: acme}, email: alice@acme.example}\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {name: bob}\nspec: {tenantRef: {name: acme}, email: bob@acme.example}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: aa-technician}\nspec: {userRef: {name: alice}, role: Technician}\n---\napiVersion: usher.dev/v1alpha1\nkind: RoleBinding\nmetadata: {name: bb-alice-manager}\nspec: {userRef: {name: alice}, role: Manager}\n",
+    )
+    .await;
+    let dir = usher_testenv::scratch_dir("mail").unwrap();
+    let usher = Usher::start(&ns, &format!("file://{}", dir.display()), &[]).await;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    let users: Api<SystemUser> = Api::namespaced(client.clone(), &ns);
+    wait_for(&bindings, "bb-alice-manager", "Conflict", |b| {
+        phase(b) == Some(BindingPhase::Conflict)
+    })
+    .await;
+    wait_for(&users, "alice", "roles Technician@tenant", |u| {
+        u.status
+            .as_ref()
+            .is_some_and(|s| s.roles == ["Technician@tenant"])
+    })
+    .await;
+    let alice = format!("{ns}/alice");
+    let holds = |want: &'static str| {
+        let (db, alice) = (usher.db.clone(), alice.clone());
+        eventually(Duration::from_secs(10), move || {
+            let got = assignments(&db, &alice);
+            async move { (got == [want]).then_some(()) }
+        })
+    };
+    assert!(
+        holds("Technician@tenant").await.is_some(),
+        "alice's store holds the technician role"
+    );
+
+    // The technician role goes to bob: one edit of the binding's userRef.
+    bindings
+        .patch(
+            "aa-technician",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"userRef": {"name": "bob"}}})),
+        )
+        .await
+        .expect("patch");
+    wait_for(&users, "bob", "roles Technician@tenant", |u| {
+        u.status
+            .as_ref()
+            .is_some_and(|s| s.roles == ["Technician@tenant"])
+    })
+    .await;
+    // Within seconds: before, alice kept the role in the store until her resync visit.
+    assert!(
+        holds("Manager@tenant").await.is_some(),
+        "alice still holds the technician role in the store: {:?}",
+        assignments(&usher.db, &alice)
+    );
+    wait_for(&bindings, "bb-alice-manager", "Bound", |b| {
+        phase(b) == Some(BindingPhase::Bound)
+    })
+    .await;
+    assert_eq!(
+        assignments(&usher.db, &format!("{ns}/bob")),
+        ["Technician@tenant"]
+    );
+}
