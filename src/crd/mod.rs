@@ -92,12 +92,14 @@ pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml_ng::
 pub(crate) const EMAIL_RULE: &str = r#"self.matches('^[^@\\s.<>()\\[\\]\\\\,;:"]+(\\.[^@\\s.<>()\\[\\]\\\\,;:"]+)*@([\\p{L}\\p{M}\\p{N}]([\\p{L}\\p{M}\\p{N}-]*[\\p{L}\\p{M}\\p{N}])?\\.)+[\\p{L}\\p{M}\\p{N}]([\\p{L}\\p{M}\\p{N}-]*[\\p{L}\\p{M}\\p{N}])?$')"#;
 pub(crate) const EMAIL_MESSAGE: &str = "must be an email address such as alice@example.com: no trailing dot, no two dots in a row, no spaces, quotes or brackets";
 
-/// A From header (`spec.invitations.from`): an address as [`EMAIL_RULE`] admits it, alone or
-/// after a one-line display name in angle brackets ("Acme Portal <no-reply@acme.example>"). The
+/// A From header (`spec.invitations.from`): an address as [`EMAIL_RULE`] admits it, alone or in
+/// angle brackets after a one-line display name ("Acme Portal <no-reply@acme.example>"). The
+/// name is a quoted string (`"Acme, Inc."`, RFC 5322 §3.2.4) or words without the specials
+/// `()<>[]:;@\,"` that do not begin with a dot (what the mailer, lettre, parses). The
 /// same address rule as for people: a From the mailer cannot parse would leave every person of
 /// the tenant unsent, retried for ever. A test checks that the address part is EMAIL_RULE's.
-pub(crate) const FROM_RULE: &str = r#"self.matches('^([^\\r\\n<>]*<[^@\\s.<>()\\[\\]\\\\,;:"]+(\\.[^@\\s.<>()\\[\\]\\\\,;:"]+)*@([\\p{L}\\p{M}\\p{N}]([\\p{L}\\p{M}\\p{N}-]*[\\p{L}\\p{M}\\p{N}])?\\.)+[\\p{L}\\p{M}\\p{N}]([\\p{L}\\p{M}\\p{N}-]*[\\p{L}\\p{M}\\p{N}])?>|[^@\\s.<>()\\[\\]\\\\,;:"]+(\\.[^@\\s.<>()\\[\\]\\\\,;:"]+)*@([\\p{L}\\p{M}\\p{N}]([\\p{L}\\p{M}\\p{N}-]*[\\p{L}\\p{M}\\p{N}])?\\.)+[\\p{L}\\p{M}\\p{N}]([\\p{L}\\p{M}\\p{N}-]*[\\p{L}\\p{M}\\p{N}])?)$')"#;
-pub(crate) const FROM_MESSAGE: &str = "must be an address such as no-reply@acme.example or \"Acme Portal <no-reply@acme.example>\": one line, no trailing dot, no two dots in a row, no stray brackets";
+pub(crate) const FROM_RULE: &str = r#"self.matches('^((?:"(?:[^"\\\\\\r\\n]|\\\\[ -~\\t])*"|[ \\t]*[^ \\t\\r\\n<>()\\[\\]:;@\\\\,".][^\\r\\n<>()\\[\\]:;@\\\\,"]*)?[ \\t]*<[^@\\s.<>()\\[\\]\\\\,;:"]+(\\.[^@\\s.<>()\\[\\]\\\\,;:"]+)*@([\\p{L}\\p{M}\\p{N}]([\\p{L}\\p{M}\\p{N}-]*[\\p{L}\\p{M}\\p{N}])?\\.)+[\\p{L}\\p{M}\\p{N}]([\\p{L}\\p{M}\\p{N}-]*[\\p{L}\\p{M}\\p{N}])?>|[^@\\s.<>()\\[\\]\\\\,;:"]+(\\.[^@\\s.<>()\\[\\]\\\\,;:"]+)*@([\\p{L}\\p{M}\\p{N}]([\\p{L}\\p{M}\\p{N}-]*[\\p{L}\\p{M}\\p{N}])?\\.)+[\\p{L}\\p{M}\\p{N}]([\\p{L}\\p{M}\\p{N}-]*[\\p{L}\\p{M}\\p{N}])?)$')"#;
+pub(crate) const FROM_MESSAGE: &str = "must be an address such as no-reply@acme.example or \"Acme Portal <no-reply@acme.example>\": one line, no trailing dot, no two dots in a row, no stray brackets; put a name with any of ()<>[]:;@\\,\" in double quotes";
 
 /// Names used as keys elsewhere (roles, location ids): letters, digits, `.`, `_`, `-`.
 pub(crate) const KEY_RULE: &str = r"self.matches('^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$')";

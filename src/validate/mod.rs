@@ -785,6 +785,7 @@ mod addresses {
                 format!("Acme Portal <{address}>"),
                 format!("Müller & Söhne GmbH <{address}>"),
                 format!("<{address}>"),
+                format!("\"Acme, Inc.\" <{address}>"),
             ] {
                 assert_eq!(from_problems(&good), Vec::<String>::new(), "{good}");
                 assert!(
@@ -811,6 +812,50 @@ mod addresses {
             "<no-reply@acme.example> <x@evil.example>",
         ] {
             assert!(!from_problems(bad).is_empty(), "{bad} admitted");
+        }
+        // Whatever the rule admits as a display name, the mailer parses: each of the specials
+        // and their neighbours alone, first, inside a word, quoted and escaped in quotes.
+        let alphabet: Vec<char> = " \t!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~aZ0éß日"
+            .chars()
+            .collect();
+        let mut names: Vec<String> = Vec::new();
+        for a in &alphabet {
+            names.push(a.to_string());
+            names.push(format!("{a}Acme"));
+            names.push(format!("Acme{a}x"));
+            names.push(format!("\"{a}\""));
+            names.push(format!("\"\\{a}\""));
+        }
+        for name in &names {
+            let from = format!("{name} <no-reply@acme.example>");
+            if from_problems(&from).is_empty() {
+                assert!(
+                    from.parse::<lettre::message::Mailbox>().is_ok(),
+                    "{from:?}: admitted, and the mailer cannot parse it"
+                );
+            }
+        }
+        for good in [
+            "\"Acme, Inc.\"",
+            "\"Acme (Support)\"",
+            "\"Acme \\\" x\"",
+            "Acme Inc.",
+            "O'Brien & Söhne",
+            "日本",
+        ] {
+            let from = format!("{good} <no-reply@acme.example>");
+            assert_eq!(from_problems(&from), Vec::<String>::new(), "{from}");
+        }
+        for bad in [
+            "Acme, Inc.",
+            "Acme (Support)",
+            "Acme [x]",
+            ".Acme",
+            "Acme@x",
+            "\"Acme",
+        ] {
+            let from = format!("{bad} <no-reply@acme.example>");
+            assert!(!from_problems(&from).is_empty(), "{from} admitted");
         }
     }
 }
