@@ -21,7 +21,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::controller::index::ByNamespace;
-use crate::crd::Tenant;
+use crate::crd::{RoleBinding, Tenant};
 use crate::metrics::{KindLabels, Metrics};
 use crate::plan::offboarding::ALLOW_ANNOTATION;
 
@@ -48,6 +48,7 @@ pub(super) struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
     reader: Store<K>,
     writer: reflector::store::Writer<K>,
     senders: Vec<Subscriber<K>>,
+    inspectors: Vec<Inspector<K>>,
     /// Set once the first list is complete (and the cache with it).
     listed: tokio::sync::watch::Sender<bool>,
     /// Only objects with these labels (`--shard-selector`); None: every object.
@@ -81,6 +82,7 @@ where
             reader,
             writer,
             senders: Vec::new(),
+            inspectors: Vec::new(),
             listed: tokio::sync::watch::Sender::new(false),
             selector,
         }
@@ -118,6 +120,13 @@ where
         self.subscribe(key, true)
     }
 
+    /// Call `inspect` with every event, in order, once the cache and the index hold it: for
+    /// what must see every object, the first list's too, without a copy of each waiting in a
+    /// channel (at a cold start the watch lists faster than the controllers take objects).
+    pub(super) fn inspect(&mut self, inspect: impl FnMut(&watcher::Event<K>) + Send + 'static) {
+        self.inspectors.push(Box::new(inspect));
+    }
+
     fn subscribe(
         &mut self,
         key: impl Fn(&K) -> u64 + Send + 'static,
@@ -143,6 +152,7 @@ where
             reader,
             writer,
             mut senders,
+            mut inspectors,
             listed,
             selector,
         } = self;
@@ -169,6 +179,9 @@ where
                 match event {
                     Ok(event) => {
                         index.observe(&event, &reader);
+                        for inspect in &mut inspectors {
+                            inspect(&event);
+                        }
                         let mut shared = None;
                         for subscriber in &mut senders {
                             subscriber.offer(&event, &reader, &mut shared);
@@ -327,6 +340,9 @@ where
     }
 }
 
+/// What [`Feed::inspect`] calls with every event.
+type Inspector<K> = Box<dyn FnMut(&watcher::Event<K>) + Send>;
+
 /// One subscriber of a [`Feed`]: its channel, the key whose change is worth passing on, the
 /// key each object had when last passed on (by a hash of its uid: 16 bytes an object rather
 /// than a copy of the uid, in each of the dozen subscribers), whether the first list is over
@@ -421,31 +437,48 @@ where
         .collect()
 }
 
-/// What each object pointed at when last seen (a binding's person), for a subscriber fed the
-/// first list too ([`Feed::changes_and_first_list`]): an edit that points an object elsewhere
-/// must also wake what it pointed at before. A binding moved from one person to another leaves
-/// its role in the first person's store assignments until their own reconcile takes it out.
+/// Who each RoleBinding named when last seen ([`Feed::inspect`], every event, the first list's
+/// too): an edit of `spec.userRef` must also wake the person the binding left, whose store
+/// assignments hold its role until their own reconcile takes it out.
 ///
-/// Keyed by a hash of the uid, and the name boxed: at 10,000 bindings the map is about half a
-/// MiB rather than one and a half (a clash of two 64-bit hashes among them, about one in 10^11,
-/// would wake a person for nothing or leave one to their resync visit).
+/// Keyed by a hash of the uid, the name boxed: about 40 bytes a binding. A clash of two 64-bit
+/// hashes (about one in 10^11 among 10,000) would wake a person for nothing or leave one to their
+/// resync visit.
 #[derive(Default)]
 pub(super) struct Moves {
-    by_uid: std::sync::Mutex<HashMap<u64, Box<str>>>,
+    by_uid: HashMap<u64, Box<str>>,
+    held: Vec<(String, String)>,
 }
 
 impl Moves {
-    /// Record that the object `uid` now points at `to` (or is being deleted), and return what it
-    /// pointed at before if that was something else. An object first seen (the first list, or a
-    /// creation) returns nothing.
-    pub(super) fn moved(&self, uid: &str, to: &str, deleted: bool) -> Option<String> {
-        let mut seen = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+    /// The people (namespace, name) that `event` moved a binding away from. A relist's are held
+    /// until it is complete, as [`Feed::changes`] holds its changes: a reconcile woken earlier
+    /// would read the binding from kube's cache as it was, still naming them.
+    pub(super) fn observe(&mut self, event: &watcher::Event<RoleBinding>) -> Vec<(String, String)> {
+        match event {
+            watcher::Event::Apply(b) => self.moved(b, false).into_iter().collect(),
+            watcher::Event::Delete(b) => self.moved(b, true).into_iter().collect(),
+            watcher::Event::InitApply(b) => {
+                let left = self.moved(b, false);
+                self.held.extend(left);
+                Vec::new()
+            }
+            watcher::Event::InitDone => std::mem::take(&mut self.held),
+            watcher::Event::Init => Vec::new(),
+        }
+    }
+
+    fn moved(&mut self, b: &RoleBinding, deleted: bool) -> Option<(String, String)> {
+        let uid = hash(b.metadata.uid.as_deref().unwrap_or_default());
+        let to = b.spec.user_ref.name.as_str();
         let before = if deleted {
-            seen.remove(&hash(uid))
+            self.by_uid.remove(&uid)
         } else {
-            seen.insert(hash(uid), to.into())
+            self.by_uid.insert(uid, to.into())
         };
-        before.filter(|b| &**b != to).map(String::from)
+        before
+            .filter(|was| &**was != to)
+            .map(|was| (b.metadata.namespace.clone().unwrap_or_default(), was.into()))
     }
 }
 
@@ -567,23 +600,54 @@ mod tests {
     }
 
     #[test]
-    fn a_move_names_what_the_object_pointed_at_before_and_nothing_else() {
-        let moves = Moves::default();
-        assert_eq!(moves.moved("b-1", "alice", false), None, "first seen");
-        assert_eq!(moves.moved("b-1", "alice", false), None, "unchanged");
-        assert_eq!(moves.moved("b-1", "bob", false).as_deref(), Some("alice"));
-        assert_eq!(moves.moved("b-2", "bob", false), None, "another object");
+    fn a_move_names_the_person_a_binding_left_and_a_relists_moves_wait_for_its_end() {
+        let binding = |uid: &str, user: &str| {
+            let mut b: RoleBinding = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": uid, "namespace": "acme", "uid": uid},
+                "spec": {"userRef": {"name": user}, "role": "Manager"},
+            }))
+            .unwrap();
+            b.metadata.uid = Some(uid.into());
+            b
+        };
+        let left = |who: &str| vec![("acme".to_string(), who.to_string())];
+        let none: Vec<(String, String)> = Vec::new();
+        let mut moves = Moves::default();
+        use watcher::Event::*;
+        assert_eq!(moves.observe(&Init), none);
         assert_eq!(
-            moves.moved("b-1", "bob", true),
-            None,
+            moves.observe(&InitApply(binding("b-1", "alice"))),
+            none,
+            "first list"
+        );
+        assert_eq!(moves.observe(&InitDone), none);
+        assert_eq!(
+            moves.observe(&Apply(binding("b-1", "alice"))),
+            none,
+            "unchanged"
+        );
+        assert_eq!(moves.observe(&Apply(binding("b-1", "bob"))), left("alice"));
+        assert_eq!(
+            moves.observe(&Apply(binding("b-2", "bob"))),
+            none,
+            "another binding"
+        );
+        assert_eq!(
+            moves.observe(&Delete(binding("b-1", "bob"))),
+            none,
             "deleted where it was"
         );
         assert_eq!(
-            moves.moved("b-1", "carl", false),
-            None,
+            moves.observe(&Apply(binding("b-1", "carl"))),
+            none,
             "forgotten once deleted"
         );
-        assert_eq!(moves.moved("b-2", "carl", true).as_deref(), Some("bob"));
+        assert_eq!(moves.observe(&Delete(binding("b-2", "carl"))), left("bob"));
+        // A relist that finds a binding moved hands the move out only once it is complete.
+        assert_eq!(moves.observe(&Init), none);
+        assert_eq!(moves.observe(&InitApply(binding("b-1", "dora"))), none);
+        assert_eq!(moves.observe(&InitDone), left("carl"));
+        assert_eq!(moves.observe(&InitDone), none, "handed out once");
     }
 
     #[test]

@@ -222,7 +222,7 @@ where
         ctx.by_ns.users.clone(),
         ctx.by_ns.users.clone(),
     );
-    let (bindings, b_now) = (ctx.by_ns.bindings.clone(), ctx.by_ns.bindings.clone());
+    let bindings = ctx.by_ns.bindings.clone();
     // A person's first reconcile spends about a fifth of its time handing the mail to the
     // relay and the rest on the store, their status and an Event, which under a bulk import
     // wait on a busy API server: with 4 reconciles per mail slot the relay idled a third of
@@ -232,7 +232,6 @@ where
         .max(32);
     let (visits, intake) = resync(feeds, &ctx.users, ctx.settings.resync, people);
     let addresses = std::sync::Mutex::new(HashMap::<String, String>::new());
-    let moves = Moves::default();
     // A redemption of someone this instance does not watch (another shard's, or another
     // namespace's) is announced on the object itself, so that the instance that watches it
     // turns it Active at once rather than at its next resync.
@@ -285,16 +284,9 @@ where
         ))
         // A binding pointed at another person (spec.userRef edited) wakes the one it left too:
         // their store assignments still hold its role until their own reconcile takes it out.
-        .reconcile_on(keys(
-            feeds
-                .bindings
-                .changes_and_first_list(|b: &RoleBinding| hash(&b.spec.user_ref.name)),
-            move |b: Arc<RoleBinding>| {
-                let ns = b.namespace().unwrap_or_default();
-                let left = moved_from(&moves, &b_now, &ns, &b)?;
-                u4.get(&ns, &left).map(|u| key_of(&*u))
-            },
-        ))
+        .reconcile_on(keys(moved_away(&mut feeds.bindings), move |(ns, left)| {
+            u4.get(&ns, &left).map(|u| key_of(&*u))
+        }))
         // A location group's spec (its place in the tree) decides whether the bindings scoped to
         // it, or to a group below it, grant anything: it wakes the people with a scoped binding in
         // its namespace.
@@ -436,15 +428,13 @@ fn location_groups(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output =
 /// RoleBinding: its spec; its siblings (same user), their specs and phases; its user; groups;
 /// the catalogue.
 fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
-    let (b1, b2, b3, b4, b5, b6) = (
-        ctx.by_ns.bindings.clone(),
+    let (b1, b2, b3, b4, b5) = (
         ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
     );
-    let moves = Moves::default();
     let (visits, intake) = resync(feeds, &ctx.bindings, ctx.settings.resync, 16);
     keyed(ctx.bindings.clone())
         .reconcile_on(keys(feeds.bindings.changes(lifecycle), |o| {
@@ -465,18 +455,9 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         ))
         // A binding moved to another person frees what it blocked among the bindings of the one
         // it left: they are decided again, not at the next resync.
-        .reconcile_on(keys(
-            feeds
-                .bindings
-                .changes_and_first_list(|b: &RoleBinding| hash(&b.spec.user_ref.name)),
-            move |b: Arc<RoleBinding>| {
-                let ns = b.namespace().unwrap_or_default();
-                match moved_from(&moves, &b5, &ns, &b) {
-                    Some(left) => with_key(&b6, Some(ns), &left, |_| true),
-                    None => Vec::new(),
-                }
-            },
-        ))
+        .reconcile_on(keys(moved_away(&mut feeds.bindings), move |(ns, left)| {
+            with_key(&b5, Some(ns), &left, |_| true)
+        }))
         .reconcile_on(keys(
             feeds
                 .users
@@ -500,19 +481,17 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         .for_each(intake.handled())
 }
 
-/// The person a binding was moved away from by this change, if any (see [`Moves`]). A binding
-/// the cache no longer holds under this uid has been deleted: its deletion is the one change
-/// after which nothing of it is remembered.
-fn moved_from(
-    moves: &Moves,
-    cache: &crate::controller::index::ByNamespace<RoleBinding>,
-    ns: &str,
-    b: &RoleBinding,
-) -> Option<String> {
-    let uid = b.metadata.uid.as_deref().unwrap_or_default();
-    let gone = b.metadata.deletion_timestamp.is_some()
-        || cache
-            .get(ns, &b.name_any())
-            .is_none_or(|c| c.metadata.uid.as_deref() != Some(uid));
-    moves.moved(uid, &b.spec.user_ref.name, gone)
+/// The people (namespace, name) a RoleBinding was pointed away from, as the bindings' watch
+/// sees it ([`Moves`]).
+fn moved_away(
+    bindings: &mut Feed<RoleBinding>,
+) -> impl Stream<Item = (String, String)> + Send + 'static {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let mut moves = Moves::default();
+    bindings.inspect(move |event| {
+        for left in moves.observe(event) {
+            let _ = tx.unbounded_send(left);
+        }
+    });
+    rx
 }
