@@ -712,15 +712,19 @@ mod order {
 mod addresses {
     use super::*;
 
-    fn problems(email: &str) -> Vec<String> {
-        let text = format!(
-            "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\nspec: {{displayName: Acme}}\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {{name: p}}\nspec: {{tenantRef: {{name: acme}}, email: {}}}\n",
-            serde_json::to_string(email).unwrap()
-        );
+    /// What `usher validate` says of one file holding `text`.
+    fn messages(text: String) -> Vec<String> {
         validate_sources(&[("p.yaml".into(), text.into_bytes())])
             .into_iter()
             .map(|p| p.message)
             .collect()
+    }
+
+    fn problems(email: &str) -> Vec<String> {
+        messages(format!(
+            "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\nspec: {{displayName: Acme}}\n---\napiVersion: usher.dev/v1alpha1\nkind: SystemUser\nmetadata: {{name: p}}\nspec: {{tenantRef: {{name: acme}}, email: {}}}\n",
+            serde_json::to_string(email).unwrap()
+        ))
     }
 
     /// Issue 14, kind 5: what admission (the CRD's CEL rule, run here as the API server runs
@@ -764,14 +768,10 @@ mod addresses {
     }
 
     fn from_problems(from: &str) -> Vec<String> {
-        let text = format!(
+        messages(format!(
             "apiVersion: usher.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\nspec: {{displayName: Acme, invitations: {{from: {}}}}}\n",
             serde_json::to_string(from).unwrap()
-        );
-        validate_sources(&[("t.yaml".into(), text.into_bytes())])
-            .into_iter()
-            .map(|p| p.message)
-            .collect()
+        ))
     }
 
     /// Kind 5 for the other address a manifest gives the mailer: the Tenant's From header. What
