@@ -24,7 +24,7 @@ use serde_json::json;
 use usher::crd::{BindingPhase, LocationGroup, RoleBinding, SystemUser, Tenant, UserPhase};
 use usher_testenv::Smtp;
 
-use support::{Usher, client, eventually, invitation_in};
+use support::{Usher, crds_client, eventually, install_finalizer_policy, invitation_in};
 
 const TENANTS: usize = 20;
 const GROUPS_PER_TENANT: usize = 10;
@@ -229,8 +229,10 @@ async fn drop_namespaces(client: &Client, prefix: &str) {
     assert!(gone.is_some(), "the {prefix}- namespaces went away");
 }
 
-/// Take everything in the `prefix-*` namespaces away with usher stopped: usher's finalizer off
-/// every object that holds it (as a person would, `kubectl patch`), then the namespaces.
+/// Take everything in the `prefix-*` namespaces away with usher stopped, as a person would: the
+/// objects deleted, then usher's finalizer taken off each (`kubectl patch`; the finalizer policy
+/// puts it back on an object not being deleted, so the deletion comes first), then the
+/// namespaces.
 async fn clear(client: &Client, prefix: &str) {
     for k in 0..TENANTS {
         let ns = format!("{prefix}-{k:02}");
@@ -241,7 +243,7 @@ async fn clear(client: &Client, prefix: &str) {
     drop_namespaces(client, prefix).await;
 }
 
-/// Every finalizer off every `K` in `ns`.
+/// Every `K` in `ns` deleted, and every finalizer off each.
 async fn release<K>(client: &Client, ns: &str)
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -250,6 +252,9 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("deleting in {ns}: {e}"));
     let held = api
         .list_metadata(&ListParams::default())
         .await
@@ -645,7 +650,8 @@ async fn events_in(client: &Client) -> usize {
 
 async fn run(args: Args) {
     let n = args.users;
-    let client = client().await;
+    // The floors run before usher is installed: no finalizer policy yet.
+    let client = crds_client().await;
     let smtp = Smtp::start().expect("SMTP sink");
     let mut rows: Vec<(String, String)> = Vec::new();
     eprintln!(
@@ -678,7 +684,8 @@ async fn run(args: Args) {
     let floor = api_floor.max(mail_floor);
     let mails_base = smtp.count();
 
-    // 2. Onboarding.
+    // 2. Onboarding, with usher installed as deploy/ installs it: its finalizer policy first.
+    install_finalizer_policy(client.clone()).await;
     let concurrency = MAIL_CONCURRENCY.to_string();
     let mut usher = Usher::start("", &smtp.url(), &["--mail-concurrency", &concurrency]).await;
     namespaces(&client, "bench").await;

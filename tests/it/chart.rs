@@ -81,10 +81,16 @@ fn docs(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `helm template RELEASE charts/usher -n NAMESPACE ARGS…`, parsed.
+/// What a cluster of Kubernetes 1.36 or later serves and `helm template`, offline, does not
+/// know of: the chart renders its finalizer policy only where this API is served.
+const POLICY_API: &str = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy";
+
+/// `helm template RELEASE charts/usher -n NAMESPACE ARGS…`, parsed, rendered as for a cluster
+/// that serves [`POLICY_API`], as the test control plane does.
 fn render(release: &str, ns: &str, args: &[&str]) -> Vec<Value> {
     let chart = chart();
     let mut all = vec!["template", release, chart.as_str(), "-n", ns];
+    all.extend_from_slice(&["--api-versions", POLICY_API]);
     all.extend_from_slice(args);
     let out = helm(&all);
     assert!(out.ok, "helm template {args:?}:\n{}", out.both());
@@ -678,6 +684,44 @@ async fn chart_options_render_objects_the_api_server_accepts() {
         "http",
         "the ingress reaches the public port only"
     );
+
+    // The finalizer policy reaches only the watched namespace: elsewhere no usher would release
+    // an object it held.
+    let binding = find(&objects, "MutatingAdmissionPolicyBinding")[0];
+    assert_eq!(binding["spec"]["policyName"], "usher-finalizer");
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "acme"
+    );
+}
+
+/// The finalizer policy is rendered by default where the API server serves it (the install test
+/// below finds it in the real cluster), and not when it is turned off; usher adds its finalizer
+/// itself then. (Where the API is not served, before Kubernetes 1.36, the template's
+/// `.Capabilities.APIVersions.Has` leaves it out, so `helm install` does not fail on an unknown
+/// kind.)
+#[test]
+fn chart_renders_the_finalizer_policy_only_where_it_is_served() {
+    let kinds = |objects: Vec<Value>| -> Vec<String> {
+        objects
+            .iter()
+            .filter_map(|o| o["kind"].as_str())
+            .filter(|k| k.starts_with("MutatingAdmissionPolicy"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        kinds(render("usher", "usher-system", &[])),
+        ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
+    );
+    assert!(
+        kinds(render(
+            "usher",
+            "usher-system",
+            &["--set", "finalizerPolicy.enabled=false"]
+        ))
+        .is_empty()
+    );
 }
 
 /// `helm install` into the real control plane: the release is deployed and its objects exist;
@@ -731,6 +775,8 @@ async fn chart_installs_and_its_rbac_runs_the_whole_flow_and_nothing_more() {
             "ClusterRoleBinding",
             "ConfigMap",
             "Deployment",
+            "MutatingAdmissionPolicy",
+            "MutatingAdmissionPolicyBinding",
             "PersistentVolumeClaim",
             "Role",
             "Role",

@@ -17,6 +17,7 @@ mod crds;
 mod deploy;
 mod drift;
 mod examples;
+mod finalizer_policy;
 mod find;
 mod hostile;
 mod import;

@@ -16,12 +16,59 @@ use tokio::sync::OnceCell;
 
 pub const FIELD_MANAGER: &str = "usher-tests";
 
-/// A client of this test binary's control plane, with the CRDs installed and Established.
+/// A client of this test binary's control plane, set up as deploy/ sets a cluster up: the CRDs
+/// installed and Established, and usher's finalizer policy in effect
+/// ([`install_finalizer_policy`]). Tests on a control plane of their own install only the CRDs,
+/// so they run usher where the policy is not served and usher adds its finalizer itself.
 pub async fn client() -> Client {
+    let client = crds_client().await;
+    static POLICY: OnceCell<()> = OnceCell::const_new();
+    POLICY
+        .get_or_init(|| install_finalizer_policy(client.clone()))
+        .await;
+    client
+}
+
+/// A client of this test binary's control plane with the CRDs installed and Established, and
+/// nothing else of usher's (the bench's floors run here before usher is installed).
+pub async fn crds_client() -> Client {
     let client = client_of(&usher_testenv::shared().kubeconfig).await;
     static CRDS: OnceCell<()> = OnceCell::const_new();
     CRDS.get_or_init(|| install_crds(client.clone())).await;
     client
+}
+
+/// Apply deploy/finalizer-policy.yaml (the MutatingAdmissionPolicy that adds usher's finalizer
+/// at create) and wait until the API server applies it: a Tenant created in a dry run comes back
+/// with the finalizer. A policy takes effect a moment after it is written, and a test that
+/// counts usher's writes must not see some objects created before and some after.
+pub async fn install_finalizer_policy(client: Client) {
+    let yaml = std::fs::read_to_string(repo().join("deploy/finalizer-policy.yaml"))
+        .expect("deploy/finalizer-policy.yaml");
+    apply_yaml(&client, "", &yaml).await;
+    let tenants: Api<usher::crd::Tenant> = Api::namespaced(client, "default");
+    let probe: usher::crd::Tenant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "usher.dev/v1alpha1", "kind": "Tenant",
+        "metadata": {"name": "finalizer-policy-probe"},
+        "spec": {"displayName": "Probe"},
+    }))
+    .expect("a Tenant");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually(Duration::from_secs(30), || {
+        let (tenants, probe, dry_run) = (&tenants, &probe, &dry_run);
+        async move {
+            let made = tenants.create(dry_run, probe).await.ok()?;
+            made.metadata
+                .finalizers
+                .is_some_and(|f| f.iter().any(|f| f == usher::controller::FINALIZER))
+                .then_some(())
+        }
+    })
+    .await
+    .expect("the finalizer policy took effect within 30 s");
 }
 
 /// A client of the control plane a kubeconfig names (a test's own, say).
