@@ -158,12 +158,13 @@ pub async fn run(
         failures: Default::default(),
     });
 
+    let (people_left, bindings_left) = moved_away(&mut feeds.bindings);
     let controllers = futures::future::join5(
-        system_users(&mut feeds, ctx.clone(), wake),
+        system_users(&mut feeds, ctx.clone(), wake, people_left),
         tenants(&mut feeds, ctx.clone()),
         tenant_census(&mut feeds, ctx.clone()),
         location_groups(&mut feeds, ctx.clone()),
-        role_bindings(&mut feeds, ctx),
+        role_bindings(&mut feeds, ctx, bindings_left),
     );
     // The watches end with the controllers: once all four have shut down, stop feeding.
     let Feeds {
@@ -207,11 +208,12 @@ pub async fn announce_redemption(client: &Client, person: &ObjectRef<SystemUser>
 
 /// SystemUser: its spec, the resend annotation, deletion; its tenant's spec; its bindings'
 /// specs; the location groups they name; the other holders of its address; a redemption
-/// (`wake`).
+/// (`wake`); a binding that left them (`left`, from [`moved_away`]).
 fn system_users<W>(
     feeds: &mut Feeds,
     ctx: Arc<Context>,
     wake: W,
+    left: Moved,
 ) -> impl Future<Output = ()> + use<W>
 where
     W: Stream<Item = ObjectRef<SystemUser>> + Send + 'static,
@@ -284,8 +286,8 @@ where
         ))
         // A binding pointed at another person (spec.userRef edited) wakes the one it left too:
         // their store assignments still hold its role until their own reconcile takes it out.
-        .reconcile_on(keys(moved_away(&mut feeds.bindings), move |(ns, left)| {
-            u4.get(&ns, &left).map(|u| key_of(&*u))
+        .reconcile_on(keys(left, move |(ns, person)| {
+            u4.get(&ns, &person).map(|u| key_of(&*u))
         }))
         // A location group's spec (its place in the tree) decides whether the bindings scoped to
         // it, or to a group below it, grant anything: it wakes the people with a scoped binding in
@@ -426,8 +428,12 @@ fn location_groups(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output =
 }
 
 /// RoleBinding: its spec; its siblings (same user), their specs and phases; its user; groups;
-/// the catalogue.
-fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = ()> + use<> {
+/// the catalogue; a sibling that moved to another person (`left`, from [`moved_away`]).
+fn role_bindings(
+    feeds: &mut Feeds,
+    ctx: Arc<Context>,
+    left: Moved,
+) -> impl Future<Output = ()> + use<> {
     let (b1, b2, b3, b4, b5) = (
         ctx.by_ns.bindings.clone(),
         ctx.by_ns.bindings.clone(),
@@ -455,8 +461,8 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         ))
         // A binding moved to another person frees what it blocked among the bindings of the one
         // it left: they are decided again, not at the next resync.
-        .reconcile_on(keys(moved_away(&mut feeds.bindings), move |(ns, left)| {
-            with_key(&b5, Some(ns), &left, |_| true)
+        .reconcile_on(keys(left, move |(ns, person)| {
+            with_key(&b5, Some(ns), &person, |_| true)
         }))
         .reconcile_on(keys(
             feeds
@@ -481,17 +487,22 @@ fn role_bindings(feeds: &mut Feeds, ctx: Arc<Context>) -> impl Future<Output = (
         .for_each(intake.handled())
 }
 
-/// The people (namespace, name) a RoleBinding was pointed away from, as the bindings' watch
-/// sees it ([`Moves`]).
-fn moved_away(
-    bindings: &mut Feed<RoleBinding>,
-) -> impl Stream<Item = (String, String)> + Send + 'static {
-    let (tx, rx) = futures::channel::mpsc::unbounded();
+/// The people (namespace, name) RoleBindings were pointed away from, in the order the
+/// bindings' watch saw it.
+type Moved = futures::channel::mpsc::UnboundedReceiver<(String, String)>;
+
+/// One [`Moves`] map over the bindings' watch, each person it reports handed to both
+/// controllers that wake on it: the people's (to take the binding's role out of the store)
+/// and the bindings' (to decide that person's other bindings again).
+fn moved_away(bindings: &mut Feed<RoleBinding>) -> (Moved, Moved) {
+    let (people, people_rx) = futures::channel::mpsc::unbounded();
+    let (siblings, siblings_rx) = futures::channel::mpsc::unbounded();
     let mut moves = Moves::default();
     bindings.inspect(move |event| {
         for left in moves.observe(event) {
-            let _ = tx.unbounded_send(left);
+            let _ = people.unbounded_send(left.clone());
+            let _ = siblings.unbounded_send(left);
         }
     });
-    rx
+    (people_rx, siblings_rx)
 }
