@@ -37,34 +37,30 @@ fn finalizer_owners<K: Resource>(obj: &K) -> Vec<String> {
         .collect()
 }
 
+/// Whether `K` `name` in `ns` holds usher's finalizer.
+async fn holds<K>(client: &Client, ns: &str, name: &str) -> bool
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    held(
+        &Api::<K>::namespaced(client.clone(), ns)
+            .get(name)
+            .await
+            .unwrap(),
+    )
+}
+
 /// Rita's four objects as applied: the finalizer on the three kinds that hold one, none on the
 /// RoleBinding.
 async fn finalizers_as_created(client: &Client, ns: &str) -> [bool; 4] {
     [
-        held(
-            &Api::<Tenant>::namespaced(client.clone(), ns)
-                .get("acme")
-                .await
-                .unwrap(),
-        ),
-        held(
-            &Api::<LocationGroup>::namespaced(client.clone(), ns)
-                .get("main")
-                .await
-                .unwrap(),
-        ),
-        held(
-            &Api::<SystemUser>::namespaced(client.clone(), ns)
-                .get("rita")
-                .await
-                .unwrap(),
-        ),
-        held(
-            &Api::<RoleBinding>::namespaced(client.clone(), ns)
-                .get("rita-tech")
-                .await
-                .unwrap(),
-        ),
+        holds::<Tenant>(client, ns, "acme").await,
+        holds::<LocationGroup>(client, ns, "main").await,
+        holds::<SystemUser>(client, ns, "rita").await,
+        holds::<RoleBinding>(client, ns, "rita-tech").await,
     ]
 }
 
