@@ -93,6 +93,11 @@ impl SqlStore {
         let pool = AnyPoolOptions::new()
             .max_connections(connections)
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings a connection each time it is taken from the pool. To a SQLite file that
+            // is one more round trip to the connection's thread for every query, and it finds
+            // nothing: the file does not go away as a server's connection can. A failing query
+            // still reports its own error.
+            .test_before_acquire(dialect == Dialect::Postgres)
             .after_connect(move |conn, _| {
                 let schema = schema.clone();
                 Box::pin(async move {

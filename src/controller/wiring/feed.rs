@@ -731,7 +731,11 @@ mod tests {
             .collect();
         let cached = cache.get(&ObjectRef::new("acme").within("acme")).unwrap();
         assert!(copies.iter().all(|c| Arc::ptr_eq(c, &cached)));
-        assert_eq!(Arc::strong_count(&cached), 5, "the cache's, three subscribers', this one");
+        assert_eq!(
+            Arc::strong_count(&cached),
+            5,
+            "the cache's, three subscribers', this one"
+        );
     }
 
     #[test]
